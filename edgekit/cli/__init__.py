@@ -1,0 +1,86 @@
+"""The command line. The only place that prints, and that turns EdgekitError into exit codes.
+
+Each command group lives in its own module (build.py, deploy.py, device.py); heavy libraries
+(torch, onnxruntime, transformers, paramiko) are imported inside the command bodies only, so
+``edgekit --help`` starts fast (tests/test_imports.py checks this).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from .. import __version__
+from ..errors import EdgekitError
+
+EXIT_UNEXPECTED = 70
+DEBUG_LOG = Path(os.environ.get("EDGEKIT_DEBUG_LOG", os.path.join(tempfile.gettempdir(), "edgekit-debug.log")))
+
+
+class EdgekitGroup(click.Group):
+    """Runs commands and maps failures: EdgekitError -> one line + its exit code; anything else ->
+    one line pointing at the debug log (the traceback goes there, not to the terminal)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgekitError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except BrokenPipeError:  # `edgekit ... | head`: the reader left; not an error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # the promise: never a bare traceback
+            try:
+                DEBUG_LOG.write_text(traceback.format_exc())
+                where = f"; details in {DEBUG_LOG}"
+            except OSError:
+                where = ""
+            click.echo(f"error: unexpected {type(exc).__name__}: {exc}{where}", err=True)
+            ctx.exit(EXIT_UNEXPECTED)
+
+
+@click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekit")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
+def main(verbose: bool) -> None:
+    """edgekit: export, quantize, deploy and validate models on edge boards.
+
+    \b
+    Typical flow:
+      edgekit build --target x86-avx512-vnni
+      edgekit deploy --device local
+      edgekit validate --device local
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from . import build, deploy, device  # noqa: F401  (each module adds its commands to ``main``)
+
+    for mod in (build, deploy, device):
+        mod.register(main)
+
+
+_register()
+
+
+def run() -> None:  # console-script entry point
+    main(prog_name="edgekit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())

@@ -1,0 +1,121 @@
+"""``edgekit build`` and ``edgekit targets``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import click
+
+from .render import echo_json, kv, table
+
+CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("edgekit.toml"),
+                             show_default=True, help="The project file.")
+
+
+@click.command()
+@click.option("--target", "-t", "target_names", multiple=True,
+              help="Target profile or family (jetson, rpi, x86). Repeat for several; default: the config's targets.")
+@CONFIG_OPTION
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle directory [default: dist/ beside the config].")
+@click.option("--precision", type=click.Choice(["auto", "int8", "fp16", "fp32"]), default="auto", show_default=True,
+              help="auto keeps the fastest candidate that meets the validation threshold.")
+@click.option("--budget", type=float, default=300.0, show_default=True, help="Seconds for the accuracy-aware search.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def build(target_names: List[str], config_path: Path, out: Optional[Path], precision: str, budget: float, as_json: bool) -> None:
+    """Export, optimize and quantize the model for a target; write dist/<model>/<target>/."""
+    from .. import config as config_mod
+    from .. import targets
+    from ..build import build as run_build
+    from ..errors import ConfigError
+
+    cfg = config_mod.load(config_path)
+    names = list(target_names) or cfg.targets
+    if not names:
+        raise ConfigError(f"{cfg.path}: no target given; pass --target NAME or list 'targets' in the file")
+    profiles = [targets.resolve(n) for n in names]  # fail fast on a bad name, before any export
+    out_dir = out or (cfg.root / "dist")
+    results = []
+    for profile in profiles:
+        results.append(_build_one(run_build, cfg, profile, out_dir, precision, budget, quiet=as_json))
+    if as_json:
+        echo_json(results[0] if len(results) == 1 else results)
+        return
+    table("edgekit build", ["target", "precision", "method", "metric", "size", "bundle"],
+          [(r.target, r.precision, r.method, _fmt_metric(r.metric), f"{r.size_bytes / 1e6:.2f} MB "
+            f"({r.size_bytes / max(r.fp32_size_bytes, 1):.0%} of fp32)", str(r.bundle)) for r in results])
+    for r in results:
+        click.echo(f"{r.target}: {r.reason}")
+
+
+def _fmt_metric(m: dict) -> str:
+    if not m:
+        return ""
+    s = f"{m.get('value', float('nan')):.4f}"
+    return s + (f" (min {m['min']:.4f})" if "min" in m else "")
+
+
+def _build_one(run_build, cfg, profile, out_dir, precision, budget, quiet):  # type: ignore[no-untyped-def]
+    if quiet:
+        return run_build(cfg, profile, out_dir, precision=precision, budget_s=budget)
+    from rich.console import Console
+
+    console = Console(stderr=True, log_path=False)
+    with console.status(f"[{profile.name}] starting") as status:
+        def progress(msg: str) -> None:
+            status.update(f"[{profile.name}] {msg}")
+            console.log(f"[{profile.name}] {msg}")
+
+        return run_build(cfg, profile, out_dir, precision=precision, budget_s=budget, progress=progress)
+
+
+@click.group()
+def targets() -> None:
+    """List and inspect target profiles (targets/*.toml)."""
+
+
+@targets.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def targets_list(as_json: bool) -> None:
+    """All known target profiles."""
+    from .. import targets as t
+
+    profiles = t.load_all()
+    if as_json:
+        echo_json({n: p.model_dump(mode="json") for n, p in profiles.items()})
+        return
+    table("targets", ["name", "family", "arch", "ISA", "runtime / providers", "int8 preset", "power"],
+          [(p.name + (" *" if p.family_default else ""), p.family, p.arch, " ".join(p.isa_features),
+            f"{p.runtime.name}: {', '.join(p.runtime.providers)}",
+            f"{p.quantization.activation_type}/{p.quantization.weight_type}"
+            f"{' reduce_range' if p.quantization.reduce_range else ''}", p.power_sensor)
+           for p in profiles.values()])
+    click.echo("* family default; 'x86' picks the profile matching this host's CPU flags")
+
+
+@targets.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def targets_show(name: str, as_json: bool) -> None:
+    """One profile (a full name or a family such as jetson, rpi, x86)."""
+    from .. import targets as t
+
+    p = t.resolve(name)
+    if as_json:
+        echo_json(p.model_dump(mode="json"))
+        return
+    q = p.quantization
+    kv(p.name, [
+        ("description", p.description), ("family", p.family), ("arch / cpu", f"{p.arch} / {p.cpu}"),
+        ("isa features", " ".join(p.isa_features)), ("accelerator", p.accelerator or "-"),
+        ("runtime", p.runtime.name), ("providers", " > ".join(p.runtime.providers)),
+        ("quantization", f"{q.format} {q.activation_type}/{q.weight_type} per_channel={q.per_channel} "
+                         f"reduce_range={q.reduce_range} calibration={q.calibration_method}"),
+        ("precisions", ", ".join(q.precisions)), ("graph optimization", p.graph_optimization),
+        ("intra-op threads", p.intra_op_threads or "runtime default"), ("power sensor", p.power_sensor),
+        ("min python", p.min_python), ("notes", "\n".join(p.notes)),
+    ])
+
+
+def register(main: click.Group) -> None:
+    main.add_command(build)
+    main.add_command(targets)

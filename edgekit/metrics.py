@@ -1,0 +1,49 @@
+"""Host-side view of the validation metric. The arithmetic lives in the on-device runner so that
+host and device score the same way; this module binds it to the config."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .device import runner as _runner
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    threshold: float
+    k: int = 5
+    output: Optional[str] = None
+    pooling: str = "none"
+    mask_input: str = "attention_mask"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return _runner.HIGHER_IS_BETTER[self.name]
+
+    def output_index(self, output_names: Sequence[str]) -> int:
+        return list(output_names).index(self.output) if self.output else 0
+
+    def score(self, outputs: List[np.ndarray], references: List[np.ndarray],
+              feeds: Optional[List[Dict[str, np.ndarray]]] = None) -> Dict[str, float]:
+        """Per-sample arrays of the chosen output vs the FP32 references; returns {'value', ...}."""
+        return _runner.score(self.name, outputs, references, feeds, k=self.k,
+                             pooling=self.pooling, mask_input=self.mask_input)
+
+    def passes(self, value: float) -> bool:
+        return _runner.passes(self.name, value, self.threshold)
+
+    def better(self, a: float, b: float) -> bool:
+        """True when metric value ``a`` is strictly better than ``b``."""
+        return a > b if self.higher_is_better else a < b
+
+    def to_manifest(self) -> Dict[str, object]:
+        return {"name": self.name, "threshold": self.threshold, "k": self.k, "output": self.output,
+                "pooling": self.pooling, "mask_input": self.mask_input}
+
+    @classmethod
+    def from_config(cls, v: "object") -> "MetricSpec":
+        return cls(name=v.metric, threshold=v.threshold, k=v.k, output=v.output,  # type: ignore[attr-defined]
+                   pooling=v.pooling, mask_input=v.mask_input)  # type: ignore[attr-defined]

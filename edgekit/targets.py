@@ -1,0 +1,166 @@
+"""Target profiles: one TOML data file per board in ``targets/``, checked by one schema.
+
+Adding a target means adding a file; ``tests/test_targets.py`` loads every file.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Tuple
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import TargetError
+
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+"""Where the profiles live: ``targets/`` at the project root (overridable with EDGEKIT_TARGETS_DIR)."""
+
+QuantType = Literal["QUInt8", "QInt8"]
+FAMILY_ALIASES: Dict[str, str] = {"rpi": "raspberry-pi", "pi": "raspberry-pi", "nvidia-jetson": "jetson"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuntimeSpec(_Strict):
+    name: Literal["onnxruntime", "tflite"] = "onnxruntime"
+    providers: List[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    """Execution providers in priority order; the runner falls back down this list."""
+    provider_options: Dict[str, Dict[str, object]] = Field(default_factory=dict)
+
+
+class QuantizationDefaults(_Strict):
+    format: Literal["QDQ", "QOperator"] = "QDQ"
+    activation_type: QuantType = "QUInt8"
+    weight_type: QuantType = "QInt8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
+    symmetric_activations: bool = False
+    symmetric_weights: bool = True
+    type_candidates: List[Tuple[QuantType, QuantType]] = Field(default_factory=list)
+    """Extra (activation, weight) pairs to try and keep the better of (ARM: s8/s8 and u8/s8)."""
+    precisions: List[Literal["int8", "fp16", "fp32"]] = Field(default_factory=lambda: ["int8", "fp32"])
+    """Candidate precisions ``--precision auto`` chooses between."""
+
+
+class TargetProfile(_Strict):
+    name: str
+    family: str
+    family_default: bool = False
+    description: str
+    arch: Literal["x86_64", "aarch64"]
+    cpu: str
+    isa_features: List[str] = Field(default_factory=list)
+    """CPU flags (as /proc/cpuinfo names them) the int8 kernels of this profile rely on."""
+    accelerator: Optional[str] = None
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    quantization: QuantizationDefaults = Field(default_factory=QuantizationDefaults)
+    graph_optimization: Literal["disabled", "basic", "extended", "all"] = "basic"
+    intra_op_threads: int = Field(0, ge=0)
+    """0 lets the runtime pick (one thread per physical core)."""
+    power_sensor: Literal[
+        "ina3221x", "ina3221-hwmon", "tegrastats", "rpi5-pmic", "rapl", "nvml", "estimate"
+    ] = "estimate"
+    nominal_watts_per_core: float = Field(2.0, gt=0)
+    """Used only by the ``estimate`` sampler, whose results are always labelled as estimates."""
+    min_python: str = "3.8"
+    notes: List[str] = Field(default_factory=list)
+
+    @field_validator("min_python")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        parts = v.split(".")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError("expected MAJOR.MINOR such as '3.8'")
+        return v
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.accelerator is not None
+
+
+def targets_dir() -> Path:
+    return Path(os.environ.get("EDGEKIT_TARGETS_DIR", str(TARGETS_DIR)))
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{where}'"
+    return f"field '{where}': {err['msg']}"
+
+
+def load_profile(path: Path) -> TargetProfile:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetError(f"{path}: malformed TOML: {exc}") from None
+    except OSError as exc:
+        raise TargetError(f"{path}: cannot read target profile: {exc.strerror}") from None
+    try:
+        profile = TargetProfile.model_validate(data)
+    except ValidationError as exc:
+        raise TargetError(f"{path}: {_first_error(exc)}") from None
+    if profile.name != path.stem:
+        raise TargetError(f"{path}: field 'name' is '{profile.name}', expected the file name '{path.stem}'")
+    return profile
+
+
+def load_all(directory: Optional[Path] = None) -> Dict[str, TargetProfile]:
+    directory = directory or targets_dir()
+    files = sorted(directory.glob("*.toml"))
+    if not files:
+        raise TargetError(f"{directory}: no target profiles (*.toml) found")
+    return {p.stem: load_profile(p) for p in files}
+
+
+def host_cpu_flags() -> set:
+    """The CPU flags of this machine, as /proc/cpuinfo spells them (empty where unknown)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def host_arch() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def resolve(name: str, directory: Optional[Path] = None, host_flags: Optional[set] = None) -> TargetProfile:
+    """A full profile name, or a family name (``jetson``, ``rpi``, ``x86``) resolved to its default.
+
+    ``x86`` picks the profile whose ISA features this host has, richest first.
+    """
+    profiles = load_all(directory)
+    if name in profiles:
+        return profiles[name]
+    family = FAMILY_ALIASES.get(name, name)
+    members = [p for p in profiles.values() if p.family == family]
+    if members:
+        if family == "x86":
+            flags = host_cpu_flags() if host_flags is None else host_flags
+            for p in sorted(members, key=lambda p: -len(p.isa_features)):
+                if set(p.isa_features) <= flags:
+                    return p
+        defaults = [p for p in members if p.family_default]
+        if defaults:
+            return defaults[0]
+    known = ", ".join(sorted(profiles))
+    families = ", ".join(sorted({p.family for p in profiles.values()} | set(FAMILY_ALIASES)))
+    raise TargetError(f"unknown target '{name}'; known targets: {known} (families: {families})")
