@@ -74,7 +74,12 @@ def _check(onnx_path: Path, feed: Feed, expected: List[np.ndarray], tolerance: f
 def _export_torch(config: ProjectConfig, out: Path, feed: Feed) -> ExportResult:
     import torch
 
-    model = _load_factory(config)()
+    try:
+        model = _load_factory(config)()
+    except (ConfigError, ExportError):
+        raise
+    except Exception as exc:  # the user's factory failed: say which and why, without a traceback
+        raise ExportError(f"model factory {config.model.factory} failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"{config.model.factory}: expected a torch.nn.Module, got {type(model).__name__}")
     model.eval()

@@ -1,0 +1,115 @@
+"""`edgekit build` end to end on the real digits sample, and its failure modes."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit import artifact
+from edgekit.cli import main
+
+from bundles import tiny_model
+
+
+def test_digits_bundle_is_complete_and_verified(digits_bundle: Path) -> None:
+    manifest = artifact.verify_bundle(digits_bundle)  # every sha256 matches
+    assert set(manifest["files"]) >= {"model.onnx", "reference.npz", "runner.py"}
+    assert manifest["target"] == "x86-avx512-vnni" and manifest["model"] == "digits"
+    assert manifest["edgekit_version"]
+    assert manifest["inputs"][0]["name"] == "pixels" and manifest["outputs"][0]["name"] == "output"
+    q = manifest["quantization"]
+    assert q["precision"] in ("int8", "fp32") and q["preset"]
+    hm = manifest["build_metrics"]["host_metric"]
+    # the host-side metric of the shipped model vs FP32 meets the configured threshold
+    key = next(k for k in hm if k.endswith("_vs_fp32"))
+    assert hm[key]["value"] >= manifest["metric"]["threshold"] == 0.99
+    # a real top-1 accuracy figure from the held-out digits split
+    acc = hm["task_accuracy"]
+    assert acc["fp32"] > 0.9 and acc[q["precision"]] > 0.9
+    with np.load(digits_bundle / "reference.npz") as ref:
+        assert ref["input/pixels"].shape == (400, 1, 1, 8, 8)
+        assert ref["output/output"].shape == (400, 1, 10)
+        assert ref["labels"].shape == (400,)
+
+
+def test_same_build_twice_gives_same_hashes(digits_project: Path, digits_bundle: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["build", "--target", "x86-avx512-vnni", "--config",
+                                       str(digits_project / "edgekit.toml"), "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    again = artifact.read_manifest(Path(out["bundle"]))
+    first = artifact.read_manifest(digits_bundle)
+    assert again["files"] == first["files"]
+    assert again["release_id"] == first["release_id"] == out["release_id"]
+
+
+def _onnx_project(tmp_path: Path, model_bytes: bytes = b"", calib_shape=(4, 16)) -> Path:
+    (tmp_path / "edgekit.toml").write_text("""
+[model]
+name = "tiny"
+source = "onnx"
+path = "model.onnx"
+[[inputs]]
+name = "x"
+shape = [1, 16]
+[calibration]
+data = "calib.npz"
+[validation]
+data = "val.npz"
+metric = "top1"
+threshold = 0.9
+""")
+    if model_bytes:
+        (tmp_path / "model.onnx").write_bytes(model_bytes)
+    else:
+        tiny_model(tmp_path / "model.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal(calib_shape).astype(np.float32))
+    np.savez(tmp_path / "val.npz", x=rng.standard_normal((8, 16)).astype(np.float32))
+    return tmp_path / "edgekit.toml"
+
+
+def _build(cfg: Path, *extra: str):
+    return CliRunner().invoke(main, ["build", "--target", "x86-avx2", "--config", str(cfg), *extra])
+
+
+def test_onnx_passthrough_builds(tmp_path: Path) -> None:
+    result = _build(_onnx_project(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    bundle = Path(json.loads(result.output)["bundle"])
+    assert artifact.verify_bundle(bundle)["export"]["source"] == "onnx"
+
+
+def test_corrupt_onnx_is_one_clear_line(tmp_path: Path) -> None:
+    result = _build(_onnx_project(tmp_path, model_bytes=b"\x08\x07garbage that is not protobuf"))
+    assert result.exit_code == 4
+    assert "not a valid ONNX model" in result.output and "model.onnx" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    cfg = _onnx_project(tmp_path)
+    (tmp_path / "model.onnx").unlink()
+    result = _build(cfg)
+    assert result.exit_code == 2
+    assert "model file not found" in result.output and "model.onnx" in result.output
+
+
+def test_calibration_shape_mismatch(tmp_path: Path) -> None:
+    result = _build(_onnx_project(tmp_path, calib_shape=(4, 15)))
+    assert result.exit_code == 5
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "calib.npz" in lines[0] and "'x'" in lines[0]
+
+
+def test_missing_factory_weights_is_clear(digits_project: Path, tmp_path: Path) -> None:
+    project = tmp_path / "digits"
+    shutil.copytree(digits_project, project, ignore=shutil.ignore_patterns("dist", "digits.pt"))
+    result = CliRunner().invoke(main, ["build", "--target", "x86-avx2", "--config", str(project / "edgekit.toml")],
+                                env={"EDGEKIT_DIGITS_WEIGHTS": str(project / "data" / "digits.pt")})
+    assert result.exit_code == 4
+    assert "model factory model.py:build_model failed" in result.output and "digits.pt not found" in result.output
