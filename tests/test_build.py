@@ -40,7 +40,7 @@ def test_same_build_twice_gives_same_hashes(digits_project: Path, digits_bundle:
     result = CliRunner().invoke(main, ["build", "--target", "x86-avx512-vnni", "--config",
                                        str(digits_project / "edgekit.toml"), "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)
     again = artifact.read_manifest(Path(out["bundle"]))
     first = artifact.read_manifest(digits_bundle)
     assert again["files"] == first["files"]
@@ -80,7 +80,7 @@ def _build(cfg: Path, *extra: str):
 def test_onnx_passthrough_builds(tmp_path: Path) -> None:
     result = _build(_onnx_project(tmp_path), "--json")
     assert result.exit_code == 0, result.output
-    bundle = Path(json.loads(result.output)["bundle"])
+    bundle = Path(json.loads(result.stdout)["bundle"])
     assert artifact.verify_bundle(bundle)["export"]["source"] == "onnx"
 
 
