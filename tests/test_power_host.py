@@ -1,0 +1,89 @@
+"""The host-side power package: registry look-ups with edgekit errors, formatting, comparison."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import pytest
+
+import edgekit.power as hp
+from edgekit.device import power as device_power
+from edgekit.errors import ConfigError
+
+
+def _power(**over: Any) -> Dict[str, Any]:
+    pw: Dict[str, Any] = {
+        "sampler": "ina3221-hwmon", "requested": "ina3221-hwmon", "scope": "board input",
+        "scope_note": "VDD_IN: the module input", "method": "power integral", "is_estimate": False,
+        "mean_power_w": 7.5, "idle_power_w": 4.9, "energy_per_inference_mj": 12.0,
+        "energy_per_inference_above_idle_mj": 4.2, "samples": 101, "window_s": 10.0, "rate_hz": 10.0,
+        "carbon": device_power.carbon(0.012, 4.9, 0.0042, 481.0, 5.0), "warnings": [],
+    }
+    pw.update(over)
+    return pw
+
+
+def test_package_reexports_the_device_module() -> None:
+    assert hp.measure is device_power.measure
+    assert hp.REGISTRY is device_power.REGISTRY
+    assert hp.sampler_names() == list(device_power.REGISTRY)
+
+
+def test_unknown_sampler_is_a_config_error_listing_the_known_ones() -> None:
+    assert hp.get_sampler_class("rapl") is device_power.RaplSampler
+    with pytest.raises(ConfigError) as exc:
+        hp.get_sampler_class("rapll")
+    assert "rapll" in exc.value.message and "rpi5-pmic" in (exc.value.hint or "")
+
+
+def test_sampler_table_describes_without_probing() -> None:
+    table = {row["name"]: row for row in hp.sampler_table()}
+    assert table["estimate"]["is_estimate"] is True and table["estimate"]["method"] == "estimate"
+    assert table["rapl"]["scope"] == "cpu package"
+
+
+@pytest.mark.parametrize("g,text", [(None, "n/a"), (0, "0 g"), (2.5, "2.5 g"), (2500, "2.5 kg"),
+                                    (0.0123, "12.3 mg"), (4.2e-6, "4.2 µg")])
+def test_format_grams(g: Any, text: str) -> None:
+    assert hp.format_grams(g) == text
+
+
+@pytest.mark.parametrize("mj,text", [(None, "n/a"), (12.0, "12 mJ"), (2500.0, "2.5 J"), (0.02, "20 µJ")])
+def test_format_energy(mj: Any, text: str) -> None:
+    assert hp.format_energy_mj(mj) == text
+
+
+def test_format_carbon_and_estimate_label() -> None:
+    line = hp.format_carbon(_power())
+    assert "per 1000 inferences" in line and "5 req/s" in line and "481 g/kWh" in line and "ESTIMATE" not in line
+    assert "ESTIMATE" in hp.format_carbon(_power(is_estimate=True))
+    assert hp.format_carbon(_power(carbon={})).startswith("carbon: n/a")
+
+
+def test_summary_rows_show_a_fallback_and_warnings() -> None:
+    rows = dict(hp.summary_rows(_power(sampler="estimate", requested="rapl", is_estimate=True, method="estimate",
+                                       warnings=["rapl unavailable"])))
+    assert "requested rapl" in rows["Sampler"] and "ESTIMATE" in rows["Method"]
+    assert rows["Warning"] == "rapl unavailable"
+
+
+def test_compare_energy_only_compares_like_with_like() -> None:
+    fp32, int8 = _power(energy_per_inference_mj=12.0), _power(energy_per_inference_mj=4.0)
+    int8["carbon"] = device_power.carbon(0.004, 4.9, 0.0010, 481.0, 5.0)
+    c = hp.compare_energy(fp32, int8)
+    assert c["comparable"] and c["ratio"] == pytest.approx(1 / 3) and c["saving_pct"] == pytest.approx(200 / 3)
+    assert c["g_per_day_saved"] > 0
+    mixed = hp.compare_energy(fp32, _power(is_estimate=True))
+    assert not mixed["comparable"] and "estimate" in mixed["reason"]
+    other = hp.compare_energy(fp32, _power(sampler="tegrastats"))
+    assert not other["comparable"] and "different sensors" in other["reason"]
+
+
+@pytest.mark.parametrize("bad", ["lots", -1, 5000, float("nan")])
+def test_grid_intensity_is_checked(bad: Any) -> None:
+    with pytest.raises(ConfigError):
+        hp.check_grid_intensity(bad)
+
+
+def test_grid_intensity_default() -> None:
+    assert hp.check_grid_intensity(None) == hp.DEFAULT_GRID_G_PER_KWH == 481.0
+    assert hp.check_grid_intensity("30") == 30.0
