@@ -1,0 +1,119 @@
+"""Device commands: ``edgekit validate``, ``edgekit doctor`` and ``edgekit report``.
+
+Each body imports its stage lazily (matplotlib loads only in ``report``, paramiko only for SSH
+devices), prints the returned value as a table or ``--json``, and maps outcomes to exit codes:
+a metric below its threshold exits with AccuracyError's code, a failed doctor check with
+DeviceError's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+import click
+
+from ..errors import AccuracyError, DeviceError
+from .render import echo_json, kv, table
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}{unit}"
+    return f"{value}{unit}"
+
+
+def _validation_rows(res: Any) -> List[Tuple[str, str]]:
+    m, lat, rt = res.metric, res.latency, res.runtime
+    verdict = "pass" if m.get("passed") else "FAIL"
+    rows = [("device", res.device), ("release", _fmt(res.release_id)), ("target", _fmt(res.target)),
+            ("runtime", f"{rt.get('name', '-')} {rt.get('version', '')}".strip()),
+            ("provider", _fmt(rt.get("provider"))),
+            (f"metric {m.get('name', '?')}", f"{_fmt(m.get('value'))} (threshold {_fmt(m.get('threshold'))}) {verdict}")]
+    rows += [(f"  {k}", _fmt(v)) for k, v in sorted(res.metrics.items())]
+    rows += [("latency p50 / p90 / p99", f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p90_ms'))} / {_fmt(lat.get('p99_ms'))} ms"),
+             ("latency mean / min", f"{_fmt(lat.get('mean_ms'))} / {_fmt(lat.get('min_ms'))} ms"),
+             ("first load", _fmt(lat.get("first_load_ms"), " ms")),
+             ("iterations", f"{_fmt(lat.get('iterations'))} in {_fmt(lat.get('window_s'), ' s')} ({_fmt(lat.get('repeat'))} window(s))"),
+             ("peak RSS", _fmt(res.memory.get("peak_rss_mb"), " MB"))]
+    if res.power is not None:
+        if res.power.get("available") is False:
+            rows.append(("power", f"unavailable: {res.power.get('reason')}"))
+        else:
+            rows += [(f"power {k}", _fmt(v)) for k, v in sorted(res.power.items())
+                     if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    rows.append(("result", str(res.result_path)))
+    return rows
+
+
+def register(main: click.Group) -> None:
+    @main.command("validate")
+    @click.option("--device", "device", required=True, help="Device name from edgekit.toml.")
+    @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
+    @click.option("--duration", default=2.0, show_default=True, type=float, help="Minimum seconds per timed window.")
+    @click.option("--threads", default=None, type=int, help="Intra-op threads (default: the target profile's).")
+    @click.option("--repeat", default=1, show_default=True, type=int, help="Timed windows; the median is reported.")
+    @click.option("--power", default=None, help="Power sampler to run around the window (see edgekit doctor).")
+    @click.option("--runs-dir", default=None, type=click.Path(file_okay=False), help="Where run files go [runs/ beside edgekit.toml].")
+    @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+    def validate_cmd(device: str, config_path: str, duration: float, threads: Optional[int], repeat: int,
+                     power: Optional[str], runs_dir: Optional[str], accept_new_host_key: bool, as_json: bool) -> None:
+        """Run the deployed release on a device: accuracy vs reference, latency, power."""
+        from ..config import load
+        from ..validate import validate_device
+
+        config = load(config_path)
+        res = validate_device(config, device, duration=duration, threads=threads, repeat=repeat, power=power,
+                              accept_new_host_key=accept_new_host_key, runs_dir=runs_dir)
+        if as_json:
+            echo_json(res)
+        else:
+            kv(f"validation on {res.device}", _validation_rows(res))
+        if not res.ok:
+            m = res.metric
+            raise AccuracyError(f"device '{res.device}': {m.get('name')} = {_fmt(m.get('value'))} misses the threshold "
+                                f"{_fmt(m.get('threshold'))}", hint=f"details in {res.result_path}")
+
+    @main.command("doctor")
+    @click.option("--device", "device", required=True, help="Device name from edgekit.toml.")
+    @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
+    @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
+    @click.option("--json", "as_json", is_flag=True, help="Print facts and checks as JSON.")
+    def doctor_cmd(device: str, config_path: str, accept_new_host_key: bool, as_json: bool) -> None:
+        """Probe a device (CPU, memory, disk, runtimes, JetPack, power sensors) against its target."""
+        from ..config import load
+        from ..doctor import doctor_device
+
+        report = doctor_device(load(config_path), device, accept_new_host_key=accept_new_host_key)
+        if as_json:
+            echo_json(report)
+        else:
+            marks = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
+            table(f"doctor: {report.device} (target {report.target}, {report.transport}, {report.python})",
+                  ["check", "status", "detail"], [(c.name, marks[c.status], c.message) for c in report.checks])
+        if report.failures:
+            raise DeviceError(f"device '{report.device}': {len(report.failures)} check(s) failed: "
+                              + "; ".join(c.message for c in report.failures))
+
+    @main.command("report")
+    @click.argument("runs", nargs=-1, type=click.Path(exists=True))
+    @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+                  help="Where run files are, when no RUN is named.")
+    @click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+    @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+    def report_cmd(runs: Tuple[str, ...], runs_dir: str, out_dir: str, as_json: bool) -> None:
+        """Write an HTML report (inline plots), a Markdown summary and JSON from run files."""
+        from ..report import build_report, load_runs
+
+        records = load_runs([Path(r) for r in runs], Path(runs_dir))
+        res = build_report(records, Path(out_dir))
+        if as_json:
+            echo_json(res)
+            return
+        table(f"{res.passed}/{len(res.devices)} device(s) passed ({res.runs} run(s))",
+              ["device", "target", "metric", "value", "threshold", "passed", "p50 ms", "p99 ms"],
+              [(r["device"], r["target"], r["metric"], _fmt(r["value"]), _fmt(r["threshold"]),
+                "pass" if r["passed"] else "FAIL", _fmt(r["p50_ms"]), _fmt(r["p99_ms"])) for r in res.summary])
+        click.echo(f"wrote {res.html}\nwrote {res.markdown}\nwrote {res.json_path}")

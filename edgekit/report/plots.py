@@ -1,0 +1,130 @@
+"""Plots for the HTML report, as base64 PNG strings (matplotlib's Agg backend, no display).
+
+matplotlib loads only here, inside the functions, so ``edgekit --help`` never imports it.
+Every function takes run records and returns ``None`` when there is nothing to draw.
+"""
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any, List, Optional, Sequence
+
+from .runs import RunRecord
+
+
+def _figure(width: float = 7.0, height: float = 3.6) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)  # a private canvas: no pyplot global state, thread-safe
+    return fig
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _num(v: Any) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def latency_histogram(runs: Sequence[RunRecord]) -> Optional[str]:
+    """One histogram of the raw latency samples per run (own x axis: boards differ 1000x), p50/p99 marked."""
+    drawn = [r for r in runs if r.latency.get("samples_ms")]
+    if not drawn:
+        return None
+    cols = min(3, len(drawn))
+    rows = (len(drawn) + cols - 1) // cols
+    fig = _figure(3.4 * cols + 0.6, 2.8 * rows)
+    for i, r in enumerate(drawn):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        samples = sorted(s for s in r.latency["samples_ms"] if isinstance(s, (int, float)))
+        # A few scheduler hiccups would squash the body into one bar: clip at the 99.5th percentile.
+        hi = max(samples[int(0.995 * (len(samples) - 1))], _num(r.latency.get("p99_ms")) or 0.0)
+        clipped = sum(1 for s in samples if s > hi * 1.05)
+        ax.hist([s for s in samples if s <= hi * 1.05], bins=40, color="#4c72b0")
+        if clipped:
+            ax.text(0.98, 0.5, f"{clipped} slower samples\nnot shown", transform=ax.transAxes, ha="right", fontsize=7)
+        for key, style in (("p50_ms", "--"), ("p99_ms", ":")):
+            if _num(r.latency.get(key)) is not None:
+                ax.axvline(r.latency[key], color="black", linestyle=style, linewidth=0.9,
+                           label=f"{key[:3]} {r.latency[key]:.3g} ms")
+        ax.set_title(r.device, fontsize=10)
+        ax.set_xlabel("ms per inference", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle("Latency distribution (raw samples, latest run per device)", fontsize=10)
+    return _png(fig)
+
+
+def latency_per_device(runs: Sequence[RunRecord]) -> Optional[str]:
+    """p50 and p99 per device across the fleet, side by side."""
+    rows = [r for r in runs if _num(r.latency.get("p50_ms")) is not None]
+    if not rows:
+        return None
+    fig = _figure(max(5.0, 1.2 * len(rows) + 3), 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = list(range(len(rows)))
+    ax.bar([x - 0.2 for x in xs], [r.latency["p50_ms"] for r in rows], width=0.4, label="p50")
+    ax.bar([x + 0.2 for x in xs], [_num(r.latency.get("p99_ms")) or 0 for r in rows], width=0.4, label="p99")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([r.device for r in rows], rotation=20, ha="right")
+    ax.set_ylabel("ms")
+    ax.set_title("Latency per device (p50, p99)")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def metric_per_device(runs: Sequence[RunRecord]) -> Optional[str]:
+    """The gating metric per device, its threshold as a line; red bars missed it."""
+    rows = [r for r in runs if _num(r.metric.get("value")) is not None]
+    if not rows:
+        return None
+    fig = _figure(max(5.0, 1.2 * len(rows) + 3), 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = list(range(len(rows)))
+    colors = ["#2e7d32" if r.metric.get("passed") else "#c62828" for r in rows]
+    ax.bar(xs, [r.metric["value"] for r in rows], color=colors)
+    for x, r in zip(xs, rows):
+        if _num(r.metric.get("threshold")) is not None:
+            ax.hlines(r.metric["threshold"], x - 0.45, x + 0.45, colors="black", linestyles="--")
+    names = sorted({str(r.metric.get("name")) for r in rows})
+    ax.set_xticks(xs)
+    ax.set_xticklabels([r.device for r in rows], rotation=20, ha="right")
+    ax.set_ylabel(" / ".join(names))
+    ax.set_title("Metric per device (dashed: threshold)")
+    return _png(fig)
+
+
+def power_trace(run: RunRecord) -> Optional[str]:
+    """Watts over time with the inference window shaded (power["trace"], power["window"])."""
+    if not run.has_trace:
+        return None
+    assert run.power is not None
+    points = [(float(p[0]), float(p[1])) for p in run.power["trace"] if isinstance(p, (list, tuple)) and len(p) >= 2]
+    if not points:
+        return None
+    fig = _figure(7.0, 3.0)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1.0)
+    window = run.power.get("window")
+    if isinstance(window, (list, tuple)) and len(window) == 2:
+        ax.axvspan(float(window[0]), float(window[1]), alpha=0.2, color="orange", label="inference window")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("W")
+    ax.set_title(f"Power: {run.device} ({run.power.get('sampler', 'sampler ?')})")
+    return _png(fig)
+
+
+def all_plots(latest: Sequence[RunRecord], runs: Sequence[RunRecord]) -> List[tuple]:
+    """(title, base64 PNG) pairs, in the order the report shows them."""
+    plots = [("Latency distribution", latency_histogram(latest)),
+             ("Latency per device", latency_per_device(latest)),
+             ("Metric per device", metric_per_device(latest))]
+    plots += [(f"Power trace: {r.device} ({r.path.name})", power_trace(r)) for r in runs if r.has_trace]
+    return [(t, p) for t, p in plots if p]

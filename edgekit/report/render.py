@@ -1,0 +1,94 @@
+"""HTML (one self-contained file) and Markdown (for CI logs) renderings of a set of runs."""
+from __future__ import annotations
+
+import html
+from typing import Any, Dict, List, Sequence
+
+from .runs import RunRecord, fmt
+
+SUMMARY_COLUMNS = [("device", "device"), ("target", "target"), ("release_id", "release"), ("provider", "provider"),
+                   ("metric", "metric"), ("value", "value"), ("threshold", "threshold"), ("passed", "passed"),
+                   ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
+                   ("first_load_ms", "first load ms"), ("peak_rss_mb", "peak RSS MB")]
+METRIC_KEYS = ("top1", "top5", "cosine", "psnr_db", "max_abs", "max_rel")
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;max-width:1100px}
+h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right} th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left} .fail{color:#c62828;font-weight:600} .pass{color:#2e7d32}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0} .muted{color:#777;font-size:.85em}
+"""
+
+
+def _cell(key: str, value: Any) -> str:
+    if key == "passed":
+        cls = "pass" if value else "fail"
+        return f'<td class="{cls}">{"pass" if value else "FAIL"}</td>'
+    return f"<td>{html.escape(fmt(value))}</td>"
+
+
+def _table(columns: Sequence[tuple], rows: Sequence[Dict[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns)
+    body = "".join("<tr>" + "".join(_cell(k, r.get(k)) for k, _ in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _power_rows(runs: Sequence[RunRecord]) -> List[Dict[str, Any]]:
+    """Scalar fields of each power dict: the sampler's own keys, whatever power.py reports."""
+    rows = []
+    for r in runs:
+        if not r.power:
+            continue
+        row: Dict[str, Any] = {"device": r.device, "run": r.path.name}
+        for k, v in sorted(r.power.items()):
+            if isinstance(v, (str, int, float, bool)) or v is None:
+                row[k] = v
+        rows.append(row)
+    return rows
+
+
+def to_html(runs: Sequence[RunRecord], latest: Sequence[RunRecord], plots: Sequence[tuple], generated: str) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgekit report</title><style>{CSS}</style></head><body>",
+             "<h1>edgekit validation report</h1>",
+             f"<p class='muted'>generated {html.escape(generated)} from {len(runs)} run(s) on {len(latest)} device(s)</p>",
+             "<h2>Fleet (latest run per device)</h2>", _table(SUMMARY_COLUMNS, [r.summary() for r in latest])]
+    metric_cols = [("device", "device")] + [(k, k) for k in METRIC_KEYS]
+    parts += ["<h2>Agreement with the reference (latest run per device)</h2>",
+              _table(metric_cols, [dict(device=r.device, **r.metrics) for r in latest])]
+    failed = [r for r in runs if r.error]
+    if failed:
+        parts.append("<h2>Failures</h2><ul>")
+        parts += [f"<li><b>{html.escape(r.device)}</b> ({html.escape(r.path.name)}): "
+                  f"<span class='fail'>{html.escape(str(r.error.get('kind', 'error')))}</span> "
+                  f"{html.escape(str(r.error.get('message', '')))}</li>" for r in failed if r.error]
+        parts.append("</ul>")
+    for title, png in plots:
+        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
+    power = _power_rows(runs)
+    if power:
+        keys = sorted({k for row in power for k in row} - {"device", "run"})
+        parts += ["<h2>Power</h2>", _table([("device", "device"), ("run", "run")] + [(k, k) for k in keys], power)]
+    parts += ["<h2>All runs</h2>", _table(SUMMARY_COLUMNS[:8] + [("p50_ms", "p50 ms"), ("started", "started"),
+                                                                 ("error", "error")], [r.summary() for r in runs])]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def to_markdown(runs: Sequence[RunRecord], latest: Sequence[RunRecord], generated: str) -> str:
+    cols = [("device", "device"), ("target", "target"), ("provider", "provider"), ("metric", "metric"),
+            ("value", "value"), ("threshold", "threshold"), ("passed", "pass"), ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms")]
+    lines = [f"## edgekit validation: {sum(1 for r in latest if r.ok)}/{len(latest)} device(s) passed",
+             "", f"_{len(runs)} run(s), generated {generated}_", "",
+             "| " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * len(cols)]
+    for r in latest:
+        row = r.summary()
+        cells = [("✅" if row["passed"] else "❌") if k == "passed" else fmt(row.get(k)) for k, _ in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    errors = [r for r in latest if r.error]
+    if errors:
+        lines += ["", "**Failures**", ""]
+        lines += [f"- `{r.device}`: {(r.error or {}).get('message')}" for r in errors]
+    return "\n".join(lines) + "\n"

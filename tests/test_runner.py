@@ -1,0 +1,275 @@
+"""The on-device runner, run as the device runs it: a subprocess on a laid-out release."""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bundles import make_tiny_bundle
+from edgekit.device import runner
+from edgekit.targets import resolve
+from test_runner_support import PY, ROOT, lay_out_release, make_tflite_bundle, run_runner, shim_env
+
+RUNNER = ROOT / "edgekit" / "device" / "runner.py"
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Path:
+    bundle = tmp_path / "bundle"
+    make_tiny_bundle(bundle)
+    return lay_out_release(bundle, tmp_path / "device")
+
+
+def _result(out: Path) -> dict:
+    # parse_constant refuses NaN/Infinity: the runner must write strict JSON.
+    return json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+
+
+def test_runner_parses_under_python_3_8() -> None:
+    vermin = Path(PY).parent / "vermin"
+    proc = subprocess.run([str(vermin), "-t=3.8-", "--no-tips", "--violations", str(RUNNER)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_runner_imports_only_stdlib_numpy_and_runtimes() -> None:
+    import ast
+
+    tree = ast.parse(RUNNER.read_text())
+    roots = {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    roots |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    allowed = {"__future__", "argparse", "json", "math", "os", "platform", "shutil", "sys", "tempfile", "time",
+               "traceback", "resource", "numpy", "onnxruntime", "tflite_runtime", "ai_edge_litert", "power"}
+    assert roots <= allowed, roots - allowed
+
+
+def test_validate_onnx_end_to_end(release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "result.json"
+    proc = run_runner(release.parent.parent / "current", out, "--repeat", "3")
+    assert proc.returncode == 0, proc.stderr
+    r = _result(out)
+    assert r["ok"] is True and "error" not in r and r["exit_code"] == 0
+    assert r["release_id"] == release.name and r["target"] == "x86-avx2"
+    assert {"python", "numpy", "onnxruntime", "runner_schema", "edgekit"} <= set(r["versions"])
+    assert {"hostname", "machine", "cpu_count", "python"} <= set(r["device"])
+    assert r["metric"]["name"] == "top1" and r["metric"]["value"] == 1.0 and r["metric"]["passed"] is True
+    assert r["metrics"]["top1"] == 1.0 and r["metrics"]["top5"] == 1.0 and r["metrics"]["cosine"] == pytest.approx(1.0)
+    assert r["metrics"]["psnr_db"] == "inf" and r["metrics"]["max_abs"] == 0.0  # identical outputs
+    lat = r["latency"]
+    assert lat["repeat"] == 3 and len(lat["windows"]) == 3
+    assert lat["first_load_ms"] >= lat["session_create_ms"] > 0
+    assert lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+    assert lat["p50_ms"] == pytest.approx(statistics.median(w["p50_ms"] for w in lat["windows"]))
+    assert lat["iterations"] == sum(w["iterations"] for w in lat["windows"]) == lat["samples_total"]
+    assert 0 < len(lat["samples_ms"]) <= runner.MAX_SAMPLES
+    assert all(w["window_s"] >= 0.05 for w in lat["windows"])
+    assert r["memory"]["peak_rss_mb"] > 0
+    rt = r["runtime"]
+    assert rt["name"] == "onnxruntime" and rt["provider"] == "CPUExecutionProvider"
+    assert rt["node_providers"] and set(rt["node_providers"]) == {"CPUExecutionProvider"}
+    assert r["power"] is None
+
+
+def test_threshold_miss_exits_3_with_a_result(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    make_tiny_bundle(bundle, corrupt_reference=True)
+    release = lay_out_release(bundle, tmp_path / "device")
+    out = tmp_path / "r.json"
+    proc = run_runner(release, out)
+    assert proc.returncode == runner.EXIT_METRIC
+    r = _result(out)
+    assert r["ok"] is False and "error" not in r
+    assert r["metric"]["passed"] is False and r["metric"]["value"] < 0.99
+    assert r["latency"]["iterations"] > 0  # latency is still measured on a metric miss
+
+
+def _assert_failure(proc: subprocess.CompletedProcess, out: Path, kind: str, *words: str) -> dict:
+    assert proc.returncode == runner.EXIT_FAILURE
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    r = _result(out)
+    assert r["ok"] is False and r["error"]["kind"] == kind, r.get("error")
+    assert "traceback" not in r["error"]
+    for w in words:
+        assert w in r["error"]["message"]
+    assert r["error"]["message"] in proc.stderr  # the device's own message, one line
+    return r
+
+
+def test_missing_runtime_is_a_message(release: Path, tmp_path: Path) -> None:
+    env = shim_env(tmp_path, "onnxruntime", "libonnxruntime.so.1: cannot open shared object file")
+    out = tmp_path / "r.json"
+    r = _assert_failure(run_runner(release, out, env=env), out, "runtime", "onnxruntime cannot be imported",
+                        "libonnxruntime.so.1")
+    assert "pip install" in r["error"]["hint"]
+
+
+def test_missing_numpy_is_a_message(release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    r = _assert_failure(run_runner(release, out, python=[PY, "-S"]), out, "runtime", "numpy cannot be imported")
+    assert r["versions"]["python"]
+
+
+def test_corrupt_model(release: Path, tmp_path: Path) -> None:
+    (release / "model.onnx").write_bytes(b"this is not an onnx protobuf")
+    out = tmp_path / "r.json"
+    _assert_failure(run_runner(release, out), out, "model", "onnxruntime could not load", "model.onnx")
+
+
+def test_missing_reference(release: Path, tmp_path: Path) -> None:
+    (release / "reference.npz").unlink()
+    out = tmp_path / "r.json"
+    _assert_failure(run_runner(release, out), out, "release", "reference outputs", "missing")
+
+
+def test_truncated_reference(release: Path, tmp_path: Path) -> None:
+    (release / "reference.npz").write_bytes(b"PK\x03\x04 truncated")
+    out = tmp_path / "r.json"
+    _assert_failure(run_runner(release, out), out, "release", "cannot read reference outputs")
+
+
+def test_bad_arguments_are_a_message(release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    _assert_failure(run_runner(release, out, "--repeat", "0"), out, "usage", "--repeat")
+
+
+def test_tflite_end_to_end(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    make_tflite_bundle(bundle, threads=1)
+    release = lay_out_release(bundle, tmp_path / "device")
+    out = tmp_path / "r.json"
+    proc = run_runner(release, out, "--repeat", "2")
+    assert proc.returncode == 0, proc.stderr
+    r = _result(out)
+    assert r["ok"] is True
+    assert r["runtime"]["name"] == "tflite" and r["runtime"]["module"] in ("tflite_runtime", "ai_edge_litert")
+    assert r["runtime"]["threads"] == 1 and r["versions"]["tflite"]
+    # The reference was computed by the same LiteRT interpreter: exact agreement.
+    assert r["metric"]["value"] == 1.0 and r["metrics"]["max_abs"] == 0.0
+    assert r["latency"]["iterations"] > 0 and len(r["latency"]["windows"]) == 2
+
+
+def test_tflite_missing_runtime(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    make_tflite_bundle(bundle)
+    release = lay_out_release(bundle, tmp_path / "device")
+    env = shim_env(tmp_path, "ai_edge_litert", "no LiteRT here")
+    shim_env(tmp_path, "tflite_runtime", "no tflite_runtime here")
+    env["PYTHONPATH"] = f"{tmp_path / 'shim-tflite_runtime'}:{env['PYTHONPATH']}"
+    out = tmp_path / "r.json"
+    _assert_failure(run_runner(release, out, env=env), out, "runtime", "tflite_runtime", "ai_edge_litert")
+
+
+def test_tflite_sample_matches_numpy() -> None:
+    """The shipped sample really is x @ W + b with the tiny ONNX model's weights (tests/bundles.py)."""
+    import numpy as np
+
+    ref = np.load(ROOT / "samples" / "tflite" / "reference.npz")
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 4)).astype(np.float32)
+    b = rng.standard_normal((4,)).astype(np.float32)
+    np.testing.assert_allclose(ref["output/y"], ref["input/x"] @ w + b, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Power hook: power.py beside runner.py in the release
+# ----------------------------------------------------------------------------------------------
+STUB_POWER = '''
+def measure(run_window, sampler, rate_hz, idle_s, root, profile, grid_g_per_kwh):
+    window = run_window()
+    assert "iterations" in window
+    return window, {"available": True, "sampler": sampler, "rate_hz": rate_hz, "idle_s": idle_s, "root": root,
+                    "profile": profile["name"], "grid_g_per_kwh": grid_g_per_kwh, "iterations": window["iterations"],
+                    "energy_j": 1.5, "trace": [[-0.1, 2.0], [0.0, 3.0], [0.05, 3.5]], "window": [0.0, 0.05]}
+'''
+
+
+def test_power_hook_passes_the_contract(release: Path, tmp_path: Path) -> None:
+    (release / "power.py").write_text(STUB_POWER)
+    out = tmp_path / "r.json"
+    proc = run_runner(release, out, "--power", "ina3221-hwmon", "--power-rate", "25", "--idle", "0.5",
+                      "--sysfs-root", str(tmp_path), "--grid-intensity", "120")
+    assert proc.returncode == 0, proc.stderr
+    r = _result(out)
+    p = r["power"]
+    assert p["sampler"] == "ina3221-hwmon" and p["rate_hz"] == 25 and p["idle_s"] == 0.5
+    assert p["root"] == str(tmp_path) and p["grid_g_per_kwh"] == 120 and p["profile"] == "x86-avx2"
+    assert p["iterations"] == r["latency"]["iterations"]  # the window power saw is the one reported
+    assert p["trace"][0] == [-0.1, 2.0] and p["window"] == [0.0, 0.05]
+
+
+def test_power_absent_is_recorded(release: Path, tmp_path: Path) -> None:
+    (release / "power.py").unlink(missing_ok=True)
+    out = tmp_path / "r.json"
+    proc = run_runner(release, out, "--power", "rapl")
+    assert proc.returncode == 0, proc.stderr
+    r = _result(out)
+    assert r["power"]["available"] is False and "power.py is not in" in r["power"]["reason"]
+    assert r["latency"]["iterations"] > 0 and r["ok"] is True
+
+
+def test_power_failure_is_recorded(release: Path, tmp_path: Path) -> None:
+    (release / "power.py").write_text("def measure(run_window, **kw):\n    raise OSError('no INA3221 under /sys')\n")
+    out = tmp_path / "r.json"
+    proc = run_runner(release, out, "--power", "ina3221x")
+    assert proc.returncode == 0, proc.stderr
+    r = _result(out)
+    assert r["power"]["available"] is False and "no INA3221 under /sys" in r["power"]["reason"]
+    assert r["latency"]["iterations"] > 0
+
+
+def test_power_with_the_real_power_module(release: Path, tmp_path: Path) -> None:
+    """The shipped power.py (another engineer's) through the runner's hook: the estimate always works."""
+    src = ROOT / "edgekit" / "device" / "power.py"
+    if not src.is_file():
+        pytest.skip("edgekit/device/power.py has not landed")
+    shutil.copyfile(src, release / "power.py")
+    out = tmp_path / "r.json"
+    proc = run_runner(release, out, "--power", "estimate", "--idle", "0.1", "--power-rate", "20")
+    assert proc.returncode == 0, proc.stderr
+    p = _result(out)["power"]
+    assert p["sampler"] == "estimate" and p["is_estimate"] is True
+    assert p["trace"] and len(p["window"]) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure parts: provider plan (TensorRT options), timing windows
+# ----------------------------------------------------------------------------------------------
+def test_tensorrt_plan_on_jetson(tmp_path: Path) -> None:
+    runtime = resolve("jetson-orin-nano").runtime.model_dump()
+    available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    providers, options, skipped = runner.provider_plan(runtime, available, str(tmp_path / "rel"))
+    assert providers == available and skipped == []
+    trt = options[0]
+    assert trt["trt_fp16_enable"] == "True" and trt["trt_int8_enable"] == "True"  # 'True', as ORT's binding wants
+    assert trt["trt_engine_cache_enable"] == "True"
+    assert trt["trt_engine_cache_path"] == str(tmp_path / "rel" / "trt_cache")  # inside the release
+
+
+def test_provider_plan_falls_back_to_cpu(tmp_path: Path) -> None:
+    runtime = resolve("jetson-nano").runtime.model_dump()
+    providers, options, skipped = runner.provider_plan(runtime, ["CPUExecutionProvider"], str(tmp_path))
+    assert providers == ["CPUExecutionProvider"] and options == [{}]
+    assert skipped == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+
+
+def test_time_window_plans_iterations_to_fill_the_duration() -> None:
+    calls = []
+
+    def run(feed: object) -> None:
+        calls.append(1)
+        time.sleep(0.002)
+
+    stats, samples = runner.time_window(run, None, 0.1)
+    assert stats["window_s"] >= 0.1 and len(samples) == stats["iterations"] == len(calls)
+    assert stats["iterations"] < 0.1 / 0.002 + 10  # planned, not run open-ended
+    assert 1.5 < stats["p50_ms"] < 20
+
+
+def test_stride_keeps_at_most_the_limit_in_time_order() -> None:
+    kept = runner.stride([float(i) for i in range(10_000)], limit=100)
+    assert len(kept) == 100 and kept == sorted(kept) and kept[0] == 0.0
