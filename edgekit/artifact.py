@@ -11,9 +11,10 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 
-import numpy as np
+if TYPE_CHECKING:  # numpy loads only when a reference is written, so deploy starts fast
+    import numpy as np
 
 from . import __version__
 from .errors import DeployError
@@ -45,14 +46,17 @@ def release_id(files: Dict[str, str]) -> str:
 def check_file_name(name: str) -> str:
     """Refuse names that could escape the release directory on the device."""
     p = Path(name)
-    if not name or p.is_absolute() or ".." in p.parts or name.startswith("~") or "\\" in name or "\0" in name:
-        raise DeployError(f"artifact file name '{name}' is not allowed (absolute path or '..')")
+    if (not name or p.is_absolute() or ".." in p.parts or name.startswith("~") or "\\" in name
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+        raise DeployError(f"artifact file name '{name}' is not allowed (absolute path, '..' or a control character)")
     return name
 
 
 def write_reference(path: Path, feeds: List[Dict[str, np.ndarray]], outputs: List[List[np.ndarray]],
                     output_names: List[str], labels: Optional[np.ndarray] = None) -> None:
     """Stack per-sample inputs and FP32 outputs (axis 0 = sample) as input/<name>, output/<name>."""
+    import numpy as np
+
     arrays: Dict[str, np.ndarray] = {}
     for name in feeds[0]:
         arrays[f"input/{name}"] = np.stack([f[name] for f in feeds])
