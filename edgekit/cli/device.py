@@ -47,10 +47,19 @@ def _validation_rows(res: Any) -> List[Tuple[str, str]]:
     return rows
 
 
+def _device(config: Any, name: str, inventory: Optional[Path]) -> Any:
+    """A device from edgekit.toml or the Ansible inventory, as deploy finds it."""
+    from ..fleet import select_devices
+
+    return select_devices(config, device=name, inventory=inventory)[0]
+
+
 def register(main: click.Group) -> None:
     @main.command("validate")
-    @click.option("--device", "device", required=True, help="Device name from edgekit.toml.")
+    @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")
     @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
+    @click.option("--inventory", "-i", type=click.Path(path_type=Path), default=None,
+                  help="An Ansible inventory (INI or YAML) adding devices [default: deploy.inventory].")
     @click.option("--duration", default=2.0, show_default=True, type=float, help="Minimum seconds per timed window.")
     @click.option("--threads", default=None, type=int, help="Intra-op threads (default: the target profile's).")
     @click.option("--repeat", default=1, show_default=True, type=int, help="Timed windows; the median is reported.")
@@ -58,14 +67,14 @@ def register(main: click.Group) -> None:
     @click.option("--runs-dir", default=None, type=click.Path(file_okay=False), help="Where run files go [runs/ beside edgekit.toml].")
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def validate_cmd(device: str, config_path: str, duration: float, threads: Optional[int], repeat: int,
+    def validate_cmd(device: str, config_path: str, inventory: Optional[Path], duration: float, threads: Optional[int], repeat: int,
                      power: Optional[str], runs_dir: Optional[str], accept_new_host_key: bool, as_json: bool) -> None:
         """Run the deployed release on a device: accuracy vs reference, latency, power."""
         from ..config import load
         from ..validate import validate_device
 
         config = load(config_path)
-        res = validate_device(config, device, duration=duration, threads=threads, repeat=repeat, power=power,
+        res = validate_device(config, _device(config, device, inventory), duration=duration, threads=threads, repeat=repeat, power=power,
                               accept_new_host_key=accept_new_host_key, runs_dir=runs_dir)
         if as_json:
             echo_json(res)
@@ -77,16 +86,19 @@ def register(main: click.Group) -> None:
                                 f"{_fmt(m.get('threshold'))}", hint=f"details in {res.result_path}")
 
     @main.command("doctor")
-    @click.option("--device", "device", required=True, help="Device name from edgekit.toml.")
+    @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")
     @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
+    @click.option("--inventory", "-i", type=click.Path(path_type=Path), default=None,
+                  help="An Ansible inventory (INI or YAML) adding devices [default: deploy.inventory].")
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--json", "as_json", is_flag=True, help="Print facts and checks as JSON.")
-    def doctor_cmd(device: str, config_path: str, accept_new_host_key: bool, as_json: bool) -> None:
+    def doctor_cmd(device: str, config_path: str, inventory: Optional[Path], accept_new_host_key: bool, as_json: bool) -> None:
         """Probe a device (CPU, memory, disk, runtimes, JetPack, power sensors) against its target."""
         from ..config import load
         from ..doctor import doctor_device
 
-        report = doctor_device(load(config_path), device, accept_new_host_key=accept_new_host_key)
+        config = load(config_path)
+        report = doctor_device(config, _device(config, device, inventory), accept_new_host_key=accept_new_host_key)
         if as_json:
             echo_json(report)
         else:

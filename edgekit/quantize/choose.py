@@ -1,0 +1,92 @@
+"""Choosing between the scored candidates: the profile's order, overridden by clear host timing."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from .. import targets as _targets
+from ..errors import AccuracyError
+from ..metrics import MetricSpec
+from ..targets import TargetProfile
+from .evaluate import clearly_faster, measure_latency, p50
+from .presets import runtime_level_for
+from .result import Candidate
+
+LATENCY_MARGIN = 0.10
+"""Timing overrides the profile's order only when another candidate is faster by >10% in most
+interleaved rounds and in the median. Timing is noisy and the same inputs must give the same bytes,
+so a borderline difference never flips the choice; a real one (int8 at 0.5x FP32 speed) always
+does, which is how int8 slower than FP32 is kept off a matching host."""
+
+
+def _order(wanted: List[str]):
+    def key(c: Candidate) -> Tuple[int, int]:
+        return wanted.index(c.precision), 0
+    return key
+
+
+def choose(cands: List[Candidate], files: Dict[str, Path], wanted: List[str], precision: str,
+           profile: TargetProfile, metric: MetricSpec, arch_ok: bool, host_ok: bool,
+           latency: Dict[str, object], feed: Dict[str, np.ndarray], deadline: float) -> Tuple[Candidate, str]:
+    """(chosen candidate, one-sentence reason). Fills ``latency`` and each candidate's ``p50_ms``."""
+    passing = sorted((c for c in cands if c.passed), key=_order(wanted))  # stable: int8 variants keep order
+    if not passing:
+        raise _nothing_passes(cands, metric, precision)
+    pick = passing[0]
+    what = f"{metric.name} {'>=' if metric.higher_is_better else '<='} {metric.threshold}"
+
+    if not arch_ok or profile.is_gpu:
+        latency["note"] = ("not measured: this host cannot run the target's "
+                           + ("accelerator" if profile.is_gpu else "architecture"))
+        why = "GPU latency cannot be timed on this CPU host" if profile.is_gpu else "the target's CPU is not this host's"
+        return pick, (f"{pick.name}: the first of the profile's precisions ({', '.join(wanted)}) that meets {what} "
+                      f"({pick.metric['value']:.4f}); {why}, so the choice follows the profile order")  # type: ignore[index]
+
+    timed = [c for c in cands if c.metric is not None and (c.passed or c.precision == "fp32")]
+    levels = {c.name: runtime_level_for(c.method, profile) for c in timed}
+    rounds = measure_latency({c.name: files[c.name] for c in timed}, feed, levels,
+                             threads=profile.intra_op_threads or 2, deadline=max(deadline, time.monotonic() + 5))
+    for c in timed:
+        c.p50_ms = round(p50(rounds[c.name]), 4)
+        latency[c.name] = c.p50_ms
+    if not host_ok:
+        missing = sorted(set(profile.isa_features) - _targets.host_cpu_flags())
+        latency["note"] = (f"measured on this host, which lacks the target's {', '.join(missing)}: not representative "
+                           "of the target and not used for the choice")
+        return pick, (f"{pick.name}: the first of the profile's precisions ({', '.join(wanted)}) that meets {what} "
+                      f"({pick.metric['value']:.4f}); this host lacks {', '.join(missing)}, so its timing cannot "  # type: ignore[index]
+                      "rank candidates for the target")
+    latency["note"] = "measured on this host, which has the target's ISA features (best of 3 runs per round, median of rounds)"
+    fastest = min(passing, key=lambda c: p50(rounds[c.name]))
+    if fastest is not pick and clearly_faster(rounds[fastest.name], rounds[pick.name], LATENCY_MARGIN):
+        if pick.precision == "int8" and fastest.precision != "int8":
+            return fastest, (f"{fastest.name}: {pick.name} met {what} but ran slower here ({pick.p50_ms} vs "
+                             f"{fastest.p50_ms} ms), and int8 slower than float is never shipped")
+        return fastest, (f"{fastest.name}: meets {what} ({fastest.metric['value']:.4f}) and ran faster than "  # type: ignore[index]
+                         f"{pick.name} here by more than {int(LATENCY_MARGIN * 100)}% ({fastest.p50_ms} vs {pick.p50_ms} ms)")
+    speed = ""
+    fp32 = next((c for c in timed if c.precision == "fp32"), None)
+    if fp32 is not None and pick is not fp32 and pick.p50_ms:
+        speed = f", {fp32.p50_ms / pick.p50_ms:.2f}x FP32 speed here"  # type: ignore[operator]
+    return pick, (f"{pick.name}: the profile's first choice that meets {what} ({pick.metric['value']:.4f}{speed}); "  # type: ignore[index]
+                  "no other candidate was clearly faster on this host")
+
+
+def _nothing_passes(cands: List[Candidate], metric: MetricSpec, precision: str) -> AccuracyError:
+    scored = [c for c in cands if c.metric is not None]
+    if not scored:
+        return AccuracyError(f"no candidate could be scored on this host for {metric.name}")
+    best = scored[0]
+    for c in scored[1:]:
+        if metric.better(c.metric["value"], best.metric["value"]):  # type: ignore[index]
+            best = c
+    what = f"the forced precision {precision}" if precision != "auto" else "every allowed precision"
+    notes = "; ".join(f"{c.name}: {c.note}" for c in cands if c.note and "unreachable" in c.note)
+    return AccuracyError(
+        f"{metric.name} misses its threshold with {what}: best {best.metric['value']:.4f} ({best.name}), "  # type: ignore[index]
+        f"threshold {metric.threshold}" + (f" ({notes})" if notes else ""),
+        hint="relax the threshold in edgekit.toml, or choose another precision",
+        metric=metric.name, best=best.metric["value"], threshold=metric.threshold)  # type: ignore[index]

@@ -1,0 +1,351 @@
+"""``quantize_for_target``: presets -> calibration -> int8 variants with fallback -> candidates -> choice.
+
+Determinism: every decision that shapes the model bytes depends on metric values computed with a
+fixed thread count, never on wall time. Timing only overrides the profile's order when a difference
+is large and consistent (``LATENCY_MARGIN``), and running out of ``budget_s`` is an error rather than
+a silently different (partial) search.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .. import targets as _targets
+from ..errors import AccuracyError, QuantizationError
+from ..metrics import MetricSpec
+from ..optimize import is_large, save_model, upgrade_opset
+from ..targets import TargetProfile
+from . import calibration as cal
+from .candidates import build_dynamic, build_fp16, build_fp32, build_static, file_size
+from .choose import choose
+from .evaluate import Scorer, make_session, run_outputs
+from .fallback import revert_until_within_tolerance
+from .fusion import fuse_transformer
+from .graph import (SUBGRAPH_OPS, activation_matmuls, initializer_names, iter_nodes, name_nodes, op_counts,
+                    quantizable_nodes)
+from .presets import (QuantPreset, calibration_extra, dynamic_supported, model_family, presets_for,
+                      runtime_level_for)
+from .result import Candidate, KeptFloat, QuantizeResult
+from .sensitivity import rank_by_leave_one_out, rank_by_rebuild
+
+SENSITIVITY_SAMPLES = 8
+"""Calibration feeds (not validation ones) used to rank nodes; the threshold is checked on validation."""
+MAX_LOO_GROUPS = 48
+"""Leave-one-out costs one session per group; bigger graphs revert consecutive nodes together."""
+DYNAMIC_OPS = ("MatMul", "Attention", "EmbedLayerNormalization")
+
+
+class _Ctx:
+    """Everything one quantize_for_target call shares between its steps."""
+
+    def __init__(self, **kw: object) -> None:
+        self.__dict__.update(kw)
+
+
+def _prepare_base(model_path: Path, work_dir: Path) -> Path:
+    """The FP32 model every candidate starts from: opset >= 13 and every node named."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    upgraded = upgrade_opset(model)
+    renamed = name_nodes(upgraded)
+    base = work_dir / "fp32.onnx"
+    if upgraded is model and not renamed:
+        return build_fp32(model_path, base)
+    return save_model(upgraded, base)
+
+
+def quantize_for_target(
+    model_path: Path,
+    work_dir: Path,
+    profile: TargetProfile,
+    calibration: List[Dict[str, np.ndarray]],
+    validation: List[Dict[str, np.ndarray]],
+    metric: MetricSpec,
+    precision: str = "auto",
+    budget_s: float = 300.0,
+    seed: int = 0,
+    progress: Optional[Callable[[str], None]] = None,
+) -> QuantizeResult:
+    """Build the candidates ``profile`` allows and keep the fastest that meets ``metric``.
+
+    Raises QuantizationError for unusable inputs (a calibration sample that does not fit the model,
+    an unknown precision) and AccuracyError when no allowed candidate meets the threshold, or when
+    ``budget_s`` runs out before the search ends.
+    """
+    import onnx
+
+    say = progress or (lambda _msg: None)
+    deadline = time.monotonic() + float(budget_s)
+    if precision not in ("auto", "int8", "fp16", "fp32"):
+        raise QuantizationError(f"unknown precision '{precision}' (known: auto, int8, fp16, fp32)")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    header = onnx.load(str(model_path), load_external_data=False)
+    cal.check_feeds(header, calibration, "calibration")
+    cal.check_feeds(header, validation, "validation")
+    say("preparing the FP32 base")
+    base = _prepare_base(Path(model_path), work_dir)
+    graph = onnx.load(str(base))
+    family = model_family(op_counts(graph))
+    index = metric.output_index([o.name for o in graph.graph.output])
+    fp32_level = runtime_level_for("fp32", profile)
+    fp32_session = make_session(base, fp32_level)
+    refs = run_outputs(fp32_session, validation, index)
+    calib = cal.select_samples(calibration, cal.MAX_CALIBRATION_SAMPLES, seed)
+    sens_feeds = calib[:SENSITIVITY_SAMPLES]
+    ctx = _Ctx(work_dir=work_dir, profile=profile, metric=metric, deadline=deadline, say=say, base=base,
+               graph=graph, family=family, index=index, large=is_large(base), calib=calib,
+               validation=validation, refs=refs, sens_feeds=sens_feeds,
+               sens_refs=run_outputs(fp32_session, sens_feeds, index), caches={})
+    del fp32_session
+
+    wanted = list(profile.quantization.precisions) if precision == "auto" else [precision]
+    cands: List[Candidate] = []
+    files: Dict[str, Path] = {}
+    extras: Dict[str, dict] = {}
+    metric_before: Dict[str, float] = {}
+    for prec in wanted:
+        if prec == "fp32":
+            path = build_fp32(base, work_dir / "model.fp32.onnx")
+            score = Scorer(metric, validation, refs, index, fp32_level).score(path)
+            cand = Candidate(name="fp32", precision="fp32", method="fp32", metric=score,
+                             passed=metric.passes(score["value"]), size_bytes=file_size(path))
+            cands.append(cand)
+            files[cand.name] = path
+        elif prec == "fp16":
+            say("building the FP16 candidate")
+            path = build_fp16(base, work_dir / "model.fp16.onnx")
+            cand = Candidate(name="fp16", precision="fp16", method="fp16", size_bytes=file_size(path))
+            try:  # scored on the CPU EP: fp16 rounding is the same arithmetic TensorRT/CUDA do
+                cand.metric = Scorer(metric, validation, refs, index, "basic").score(path)
+                cand.passed = metric.passes(cand.metric["value"])
+            except QuantizationError as exc:
+                cand.note = f"not scored on this host: {exc.message}"
+            cands.append(cand)
+            files[cand.name] = path
+        elif prec == "int8":
+            for cand, path, extra, before in _int8_variants(ctx):
+                metric_before = metric_before or before
+                cands.append(cand)
+                files[cand.name] = path
+                extras[cand.name] = extra
+
+    arch_ok = profile.arch == _targets.host_arch()
+    host_ok = arch_ok and not profile.is_gpu and set(profile.isa_features) <= _targets.host_cpu_flags()
+    latency: Dict[str, object] = {"host_matches_target": host_ok}
+    say("choosing")
+    chosen, reason = choose(cands, files, wanted, precision, profile, metric, arch_ok, host_ok, latency,
+                            validation[0], deadline)
+    extra = extras.get(chosen.name, {})
+    kept = [KeptFloat(**k) for k in extra.get("kept_float", [])] + _subgraph_notes(graph, chosen)
+    _cleanup(work_dir, keep=set(files.values()) | {base})
+    return QuantizeResult(
+        model_path=files[chosen.name], target=profile.name, precision=chosen.precision, method=chosen.method,
+        preset=extra.get("preset", {}), kept_float=kept,
+        metric_before=metric_before or dict(chosen.metric or {}), metric_after=dict(chosen.metric or {}),
+        latency_ms=latency, candidates=cands, reason=reason,
+        runtime_graph_optimization=runtime_level_for(chosen.method, profile), family=family,
+        calibration={"method": profile.quantization.calibration_method, "samples": len(calib),
+                     "given": len(calibration), "digest": cal.feeds_digest(calib),
+                     "used_by_chosen": chosen.method.startswith("static")},
+        seed=seed,
+    )
+
+
+def _int8_variants(ctx: _Ctx):
+    """Yield int8 candidates in preference order, stopping at the first that meets the threshold.
+
+    onnxruntime's guidance: dynamic quantization for transformers, static for CNNs. On a CPU target a
+    transformer therefore tries (fused) dynamic first; static QDQ is built only if dynamic misses,
+    and GPU targets get static QDQ only (TensorRT imports nothing else).
+    """
+    order: List[str] = ["static"]
+    if dynamic_supported(ctx.profile):
+        if ctx.family == "transformer":
+            order = ["dynamic", "static"]
+        elif ctx.family == "generic":
+            order = ["static", "dynamic"]
+    for variant in order:
+        out = _static(ctx) if variant == "static" else _dynamic(ctx)
+        yield out
+        if out[0].passed:
+            return
+
+
+def _fallback(ctx: _Ctx, build: Callable[[Sequence[str]], Path], scorer: Scorer, first: Tuple[Path, Dict[str, float]],
+              nodes: List[Tuple[str, str]], rank: Callable[[List[str], int], List[Tuple[str, float]]]):
+    """Run the accuracy fallback when needed. Returns (path, score, kept_float entries, note)."""
+    path, score = first
+    if ctx.metric.passes(score["value"]) or not nodes:
+        return path, score, [], ""
+    names = [n for n, _ in nodes]
+    ctx.say(f"ranking {len(names)} quantized nodes by harm")
+    group = max(1, -(-len(names) // MAX_LOO_GROUPS))
+    pairs = rank(names, group)
+    ranked = [n for n, _ in pairs]
+    gains = dict(pairs)
+    try:
+        fb = revert_until_within_tolerance(build, scorer.score, ctx.metric, ranked, ctx.deadline, first=first,
+                                           progress=ctx.say)
+    except AccuracyError as exc:
+        if exc.details.get("budget"):
+            raise
+        return path, score, [], f"unreachable: {exc.message}"
+    ops = dict(nodes)
+    kept = [{"node": n, "op_type": ops[n], "reason": f"accuracy: reverting it cut the output error by {gains[n]:.3g}"}
+            for n in fb.excluded]
+    if len(fb.excluded) == len(names):
+        return fb.model_path, fb.metric, kept, "every quantized node had to be reverted, so this is not an int8 model"
+    if len(fb.excluded) * 2 > len(names):
+        # Mostly float with Q/DQ pairs left around a few nodes: slower than FP32 in every case we
+        # measured (MobileNetV2 with 61 of 63 float: 0.75x). Decided by count, not by a noisy timing.
+        return fb.model_path, fb.metric, kept, (f"the fallback had to revert {len(fb.excluded)} of {len(names)} "
+                                                "quantized nodes: too little int8 left to pay for its Q/DQ")
+    return fb.model_path, fb.metric, kept, ""
+
+
+def _calibrated(ctx: _Ctx, preset: QuantPreset) -> Path:
+    key = (preset.calibration_method, preset.symmetric_activations, preset.op_types)
+    if key not in ctx.caches:
+        ctx.say(f"calibrating ({preset.calibration_method}, {len(ctx.calib)} samples)")
+        cache = ctx.work_dir / f"calibration-{len(ctx.caches)}-{preset.calibration_method}.json"
+        cache.unlink(missing_ok=True)
+        ctx.caches[key] = cal.calibrate(ctx.base, ctx.calib, preset.calibration_method, preset.op_types, cache,
+                                        extra=calibration_extra(preset), large=ctx.large)
+    return ctx.caches[key]
+
+
+def _static(ctx: _Ctx):
+    """Static int8: every preset of the profile fully quantized, the best kept, then the fallback."""
+    metric = ctx.metric
+    level = runtime_level_for("static", ctx.profile)
+    scorer = Scorer(metric, ctx.validation, ctx.refs, ctx.index, level)
+    tried: List[Tuple[QuantPreset, Path, Dict[str, float]]] = []
+    presets = presets_for(ctx.profile, ctx.family)
+    # MatMulConstBOnly only works in QOperator mode; in QDQ the attention MatMuls go by name.
+    always = activation_matmuls(ctx.graph) if presets[0].extra_options.get("MatMulConstBOnly") else []
+    for preset in presets:
+        ctx.say(f"static int8 {preset.name}")
+        path = build_static(ctx.base, ctx.work_dir / f"static-{preset.name}-0.onnx", preset, _calibrated(ctx, preset),
+                            nodes_to_exclude=always, large=ctx.large)
+        tried.append((preset, path, scorer.score(path)))
+    # The better-scoring preset wins (type candidates are alternatives the profile says run alike);
+    # a tie keeps the profile's primary preset.
+    preset, path0, score0 = tried[0]
+    for p, pth, sc in tried[1:]:
+        if metric.better(sc["value"], score0["value"]) or (
+                sc["value"] == score0["value"] and sc["output_error"] < 0.9 * score0["output_error"]):
+            preset, path0, score0 = p, pth, sc
+    before = tried[0][2]
+    cache = _calibrated(ctx, preset)
+    qnodes = quantizable_nodes(ctx.graph, preset.op_types, const_b_only=bool(preset.extra_options.get("MatMulConstBOnly")))
+    kept = _const_b_notes(ctx, {n.name for n in qnodes})
+
+    def build(excluded: Sequence[str]) -> Path:
+        if not excluded:
+            return path0
+        return build_static(ctx.base, ctx.work_dir / f"static-{preset.name}-{len(excluded)}.onnx", preset, cache,
+                            nodes_to_exclude=list(always) + list(excluded), large=ctx.large)
+
+    def rank(names: List[str], group: int):
+        if ctx.large:  # in-memory reverts need a model under the 2 GB protobuf limit
+            return rank_by_rebuild(build, names, ctx.sens_feeds, ctx.sens_refs, ctx.index, level, ctx.deadline,
+                                   group_size=max(group, -(-len(names) // 8)), progress=ctx.say)
+        return rank_by_leave_one_out(path0, ctx.base, names, ctx.sens_feeds, ctx.sens_refs, ctx.index, level,
+                                     deadline=ctx.deadline, group_size=group, progress=ctx.say)
+
+    path, score, reverted, note = _fallback(ctx, build, scorer, (path0, score0),
+                                            [(n.name, n.op_type) for n in qnodes], rank)
+    notes = [f"presets tried: {', '.join(t[0].name for t in tried)}"] + ([note] if note else [])
+    kept += reverted
+    cand = Candidate(name=f"int8-static-{preset.name}", precision="int8",
+                     method="static-qdq" if preset.format == "QDQ" else "static-qoperator", metric=score,
+                     passed=not note and metric.passes(score["value"]), size_bytes=file_size(path),
+                     kept_float=len(kept), note="; ".join(notes))
+    return cand, path, {"preset": preset.summary(), "kept_float": kept}, before
+
+
+def _dynamic(ctx: _Ctx):
+    """Dynamic int8 (CPU only), on the transformer-fused graph when fusion applies."""
+    import onnx
+
+    q = ctx.profile.quantization
+    level = runtime_level_for("dynamic", ctx.profile)
+    src, fused = ctx.base, None
+    if ctx.family == "transformer":
+        ctx.say("fusing attention / layer norm for the CPU execution provider")
+        fused_path = ctx.work_dir / "fp32-fused.onnx"
+        fused = fuse_transformer(ctx.base, fused_path, ctx.sens_feeds, ctx.sens_refs, ctx.index, level, ctx.large)
+        if fused:
+            src = fused_path
+    graph = onnx.load(str(src), load_external_data=False) if src != ctx.base else ctx.graph
+    inits = initializer_names(graph)
+    nodes = [(n.name, n.op_type) for n in graph.graph.node if n.op_type in DYNAMIC_OPS
+             and (n.op_type != "MatMul" or (len(n.input) > 1 and n.input[1] in inits))]
+    # Without VNNI, u8 x s8 products can saturate 16-bit sums: 7-bit weights, as the profile says.
+    reduce_range = q.reduce_range
+    ctx.say("dynamic int8")
+
+    def build(excluded: Sequence[str]) -> Path:
+        return build_dynamic(src, ctx.work_dir / f"dynamic-{len(excluded)}.onnx",
+                             DYNAMIC_OPS, per_channel=q.per_channel, reduce_range=reduce_range,
+                             nodes_to_exclude=excluded, large=ctx.large)
+
+    scorer = Scorer(ctx.metric, ctx.validation, ctx.refs, ctx.index, level)
+    path0 = build([])
+    score0 = scorer.score(path0)
+
+    def rank(names: List[str], group: int):
+        # Each leave-one-out build overwrites the same scratch file; only its score is kept.
+        scratch = ctx.work_dir / "dynamic-rank.onnx"
+
+        def one(excluded: Sequence[str]) -> Path:
+            if not excluded:
+                return path0
+            return build_dynamic(src, scratch, DYNAMIC_OPS, per_channel=q.per_channel, reduce_range=reduce_range,
+                                 nodes_to_exclude=excluded, large=ctx.large)
+        return rank_by_rebuild(one, names, ctx.sens_feeds, ctx.sens_refs, ctx.index, level, ctx.deadline,
+                               group_size=max(group, -(-len(names) // 16)), progress=ctx.say)
+
+    path, score, reverted, note = _fallback(ctx, build, scorer, (path0, score0), nodes, rank)
+    preset = {"method": "dynamic", "activation_type": "QUInt8 (per run)", "weight_type": "QInt8",
+              "per_channel": q.per_channel, "reduce_range": reduce_range, "op_types": list(DYNAMIC_OPS),
+              "extra_options": {"MatMulConstBOnly": True},
+              "transformer_fusion": dict(sorted(fused.items())) if fused else {}}
+    kept = _const_b_notes(ctx, {n for n, _ in nodes}, graph) + reverted
+    cand = Candidate(name="int8-dynamic", precision="int8", method="dynamic", metric=score,
+                     passed=not note and ctx.metric.passes(score["value"]), size_bytes=file_size(path),
+                     kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused))) if fused
+                                                                      else "", note] if x))
+    return cand, path, {"preset": preset, "kept_float": kept}, score0
+
+
+def _const_b_notes(ctx: _Ctx, quantized: set, graph: Optional[object] = None) -> List[dict]:
+    if ctx.family != "transformer":
+        return []
+    g = graph if graph is not None else ctx.graph
+    return [{"node": n.name, "op_type": n.op_type,
+             "reason": "activation x activation MatMul (attention): ranges change per input, few FLOPs"}
+            for n in g.graph.node if n.op_type == "MatMul" and n.name not in quantized]  # type: ignore[attr-defined]
+
+
+def _subgraph_notes(graph, chosen: Candidate) -> List[KeptFloat]:
+    if chosen.precision != "int8":
+        return []
+    return [KeptFloat(node=node.name, op_type=node.op_type,
+                      reason="control flow: its subgraph bodies stay float (int8 quantizes the main graph)")
+            for node, depth in iter_nodes(graph.graph) if depth == 0 and node.op_type in SUBGRAPH_OPS]
+
+
+def _cleanup(work_dir: Path, keep: set) -> None:
+    """Drop the fallback's intermediate files; the chosen and candidate files stay."""
+    keep_names = {p.name for p in keep} | {p.name + ".data" for p in keep}
+    for pattern in ("static-*.onnx*", "dynamic-*.onnx*"):
+        for p in work_dir.glob(pattern):
+            if p.name not in keep_names:
+                p.unlink(missing_ok=True)

@@ -1,0 +1,63 @@
+"""The value ``quantize_for_target`` returns; the build stores it (minus ``model_path``) in the manifest."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class KeptFloat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node: str
+    op_type: str
+    reason: str
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    """e.g. ``int8-static-u8s8-rr-pc``, ``int8-dynamic``, ``fp16``, ``fp32``."""
+    precision: Literal["int8", "fp16", "fp32"]
+    method: str
+    metric: Optional[Dict[str, float]] = None
+    """MetricSpec.score on the validation feeds vs FP32 (None: could not run on this host)."""
+    passed: Optional[bool] = None
+    p50_ms: Optional[float] = None
+    """Host latency; a measurement, so it varies between builds (never hashed)."""
+    size_bytes: int = 0
+    kept_float: int = 0
+    note: str = ""
+
+
+class QuantizeResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: Path
+    """The chosen ONNX file, inside work_dir (excluded from the manifest)."""
+    target: str
+    precision: Literal["int8", "fp16", "fp32"]
+    method: str
+    """``static-qdq``, ``static-qoperator``, ``dynamic``, ``fp16`` or ``fp32``."""
+    preset: Dict[str, Any] = Field(default_factory=dict)
+    """The chosen recipe: format, activation/weight types, per_channel, reduce_range, calibration
+    method, symmetric flags, op types, onnxruntime extra_options. Empty for fp32."""
+    kept_float: List[KeptFloat] = Field(default_factory=list)
+    metric_before: Dict[str, float] = Field(default_factory=dict)
+    """The first full int8 quantization with the profile's preset, before any fallback (for a
+    float-only run: the chosen model's own score)."""
+    metric_after: Dict[str, float] = Field(default_factory=dict)
+    """The chosen model on the validation feeds vs the FP32 outputs."""
+    latency_ms: Dict[str, Union[float, bool, str, None]] = Field(default_factory=dict)
+    """{candidate name: host p50 ms, 'host_matches_target': bool, 'note': str}."""
+    candidates: List[Candidate] = Field(default_factory=list)
+    reason: str = ""
+    runtime_graph_optimization: Literal["disabled", "basic", "extended", "all"] = "basic"
+    """The session level the device must use for the chosen file: QDQ int8 is fused into
+    QLinearMatMul/QLinearConv only at *extended* and above (at *basic* it runs slower than FP32)."""
+    family: str = "generic"
+    calibration: Dict[str, Any] = Field(default_factory=dict)
+    """Method, samples used, seed, and a digest of the calibration feeds."""
+    seed: int = 0

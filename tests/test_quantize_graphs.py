@@ -1,0 +1,123 @@
+"""Real-model shapes of trouble: control flow, old opsets, dynamic axes, external data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import test_quantize_models as tm
+from edgekit import optimize, targets
+from edgekit.metrics import MetricSpec
+from edgekit.quantize import quantize_for_target
+from edgekit.quantize.graph import has_subgraphs, name_nodes, op_counts
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_if_subgraph_quantizes_around_it(tmp_path: Path) -> None:
+    profile = targets.load_all()["x86-avx512-vnni"]
+    src = tm.with_if(tmp_path / "if.onnx")
+    model = optimize.prepare(src, tmp_path / "p.onnx", profile)
+    import onnx
+
+    assert has_subgraphs(onnx.load(str(model)))
+    # Both branches of the If are taken across these feeds (the condition is sum(x) > 0).
+    calib, val = tm.feeds(24, (1, 16), 1), tm.feeds(24, (1, 16), 2)
+    assert len({bool(f["x"].sum() > 0) for f in val}) == 2
+    result = quantize_for_target(model, tmp_path / "w", profile, calib, val, MetricSpec("cosine", 0.98),
+                                 precision="int8")
+    assert result.precision == "int8"
+    q = onnx.load(str(result.model_path))
+    assert "If" in {n.op_type for n in q.graph.node} and "QuantizeLinear" in {n.op_type for n in q.graph.node}
+    assert any(k.op_type == "If" and "subgraph" in k.reason for k in result.kept_float)
+    out = _session(result.model_path).run(None, val[0])[0]
+    assert out.shape == (1, 8) and np.isfinite(out).all()
+
+
+def test_opset_11_model_is_upgraded_for_per_channel_qdq(tmp_path: Path) -> None:
+    import onnx
+
+    from edgekit.optimize import ai_onnx_opset
+
+    profile = targets.load_all()["raspberry-pi-5"]  # per_channel = true
+    src = tm.cnn(tmp_path / "old.onnx", opset=11)
+    assert ai_onnx_opset(onnx.load(str(src))) == 11
+    model = optimize.prepare(src, tmp_path / "p.onnx", profile)
+    assert ai_onnx_opset(onnx.load(str(model))) >= 13
+    feeds = lambda n, s: tm.feeds(n, (1, 1, 8, 8), s)  # noqa: E731
+    result = quantize_for_target(model, tmp_path / "w", profile, feeds(16, 1), feeds(16, 2), MetricSpec("cosine", 0.98))
+    assert result.precision == "int8" and result.preset["per_channel"] is True
+    q = onnx.load(str(result.model_path))
+    assert ai_onnx_opset(q) >= 13
+    # per-channel: the conv weights' DequantizeLinear carries a vector of scales
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    dq = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+          and inits[n.input[0]].ndim == 4]
+    assert dq and all(inits[n.input[1]].size > 1 for n in dq)
+
+
+def test_opset_11_model_handed_straight_to_quantize(tmp_path: Path) -> None:
+    """quantize_for_target upgrades by itself too, for models that skipped prepare."""
+    profile = targets.load_all()["raspberry-pi-5"]
+    src = tm.mlp(tmp_path / "old.onnx", opset=11)
+    result = quantize_for_target(src, tmp_path / "w", profile, tm.feeds(16, (1, 16), 1), tm.feeds(16, (1, 16), 2),
+                                 MetricSpec("cosine", 0.98))
+    import onnx
+
+    from edgekit.optimize import ai_onnx_opset
+
+    assert ai_onnx_opset(onnx.load(str(result.model_path))) >= 13
+
+
+def test_dynamic_axes_survive_quantization(tmp_path: Path) -> None:
+    profile = targets.load_all()["raspberry-pi-5"]
+    model = optimize.prepare(tm.mlp(tmp_path / "m.onnx"), tmp_path / "p.onnx", profile)
+    result = quantize_for_target(model, tmp_path / "w", profile, tm.feeds(16, (1, 16), 1), tm.feeds(16, (1, 16), 2),
+                                 MetricSpec("cosine", 0.98), precision="int8")
+    out = _session(result.model_path).run(None, {"x": np.ones((5, 16), np.float32)})[0]
+    assert out.shape == (5, 10)
+
+
+def test_external_data_past_the_protobuf_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models over 2 GB are written with external data. We lower the limit instead of allocating 2 GB."""
+    import onnx
+
+    from edgekit import optimize as opt
+    from edgekit.quantize import candidates
+
+    monkeypatch.setattr(opt, "PROTOBUF_LIMIT", 1000)
+    monkeypatch.setattr(candidates, "PROTOBUF_LIMIT", 1000)
+    model = onnx.load(str(tm.mlp(tmp_path / "m.onnx", width=64)))
+    out = opt.save_model(model, tmp_path / "big" / "model.onnx")
+    data = out.parent / "model.onnx.data"
+    assert data.is_file() and out.stat().st_size < data.stat().st_size
+    assert opt.is_large(out)
+    # It loads and runs with its weights beside it, and survives prepare.
+    x = {"x": np.ones((1, 16), np.float32)}
+    ref = _session(tmp_path / "m.onnx").run(None, x)[0]
+    np.testing.assert_allclose(_session(out).run(None, x)[0], ref, rtol=1e-6)
+    prepared = opt.prepare(out, tmp_path / "prep" / "model.onnx", targets.load_all()["x86-avx2"])
+    assert (prepared.parent / "model.onnx.data").is_file()
+    np.testing.assert_allclose(_session(prepared).run(None, x)[0], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_name_nodes_is_stable() -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["y"], ["z"], name="Neg_1")],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
+    m1, m2 = helper.make_model(g), helper.make_model(g)
+    assert name_nodes(m1) and name_nodes(m2)
+    assert [n.name for n in m1.graph.node] == [n.name for n in m2.graph.node] == ["Relu_0", "Neg_1"]
+    assert not name_nodes(m1)
+    assert op_counts(m1) == {"Relu": 1, "Neg": 1}
+    onnx.checker.check_model(m1)
