@@ -14,7 +14,7 @@ atomic), so a cut connection, a full disk, a corrupted upload or a killed proces
 previous release current and intact.
 
 Written once over the transport: ``run`` (every argument quoted by the transport), ``put`` and the
-small set of file operations both transports implement (:class:`FileOps`; SFTP requests over SSH, so
+small set of file operations of the Transport interface (SFTP requests over SSH, so
 a deploy spawns at most two remote shells: one to hash and measure, one to verify).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Protocol, Sequence, Set, Tuple, cast
+from typing import Dict, List, Optional, Sequence, Set, Tuple, cast
 
 from . import artifact
 from .errors import DeployError, DeviceError
@@ -98,22 +98,6 @@ class DeviceStatus:
     partial: List[str] = field(default_factory=list)
 
 
-class FileOps(Protocol):
-    """File operations deploy needs beyond run/put; LocalTransport and SSHTransport implement them.
-    Paths are relative to the device directory unless absolute."""
-
-    def mkdir(self, path: str) -> None: ...  # one level; FileExistsError if present
-    def makedirs(self, path: str) -> None: ...
-    def exists(self, path: str) -> bool: ...
-    def listdir(self, path: str) -> List[str]: ...
-    def readlink(self, path: str) -> Optional[str]: ...
-    def read_bytes(self, path: str) -> bytes: ...
-    def write_bytes(self, path: str, data: bytes) -> None: ...
-    def symlink(self, target: str, path: str) -> None: ...
-    def rename(self, src: str, dst: str) -> None: ...  # atomic; replaces dst
-    def rmtree(self, path: str) -> None: ...
-
-
 # One remote shell does the on-device work: copy files within the device, report free space, hash.
 # Arguments arrive as $1.. (quoted by the transport); the script is a constant. Hashing prefers the
 # device's Python (hashlib is OpenSSL's, with the CPU's SHA instructions: 2-5x coreutils' sha256sum
@@ -135,12 +119,10 @@ class Device:
     """The release layout of one device, over a transport."""
 
     def __init__(self, transport: Transport) -> None:
-        if not all(hasattr(transport, m) for m in ("mkdir", "rename", "symlink", "rmtree")):
-            raise DeployError(f"transport {type(transport).__name__} lacks the file operations deploy needs")
         self.t = transport
-        self.fs = cast(FileOps, transport)
+        self.fs = transport
         self.name = transport.name
-        self.python = str(getattr(transport, "python", "python3"))
+        self.python = transport.python
 
     # -- lock -----------------------------------------------------------------------------------
     def lock(self, timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> str:
@@ -243,8 +225,7 @@ class Device:
 
     def free_bytes(self) -> Optional[int]:
         """Free space in releases/ without a remote shell, where the transport can tell."""
-        fn = getattr(self.t, "free_bytes", None)
-        return fn("releases") if callable(fn) else None
+        return self.t.free_bytes("releases")
 
     def switch(self, release: Optional[str], history: List[str], line: str) -> None:
         """Point ``current`` at ``release`` (a new link renamed over the old one: atomic), or drop
@@ -339,8 +320,7 @@ def recency(history: Sequence[str], releases: Sequence[str]) -> List[str]:
 
 
 def _describe(transport: Transport) -> str:
-    describe = getattr(transport, "describe", None)
-    return str(describe()) if callable(describe) else transport.name
+    return transport.describe()
 
 
 def _line(action: str, *ids: Optional[str]) -> str:
@@ -369,7 +349,7 @@ def deploy(transport: Transport, bundle: Path, *, keep_releases: int = 3, lock_t
     manifest, expected = verified or verified_files(bundle)
     rid = str(manifest["release_id"])
     dev = Device(transport)
-    sent_before = int(getattr(transport, "bytes_sent", 0))
+    sent_before = transport.bytes_sent
     owner = dev.lock(lock_timeout)
     try:
         current, dirs, history = dev.inspect()
@@ -414,7 +394,7 @@ def deploy(transport: Transport, bundle: Path, *, keep_releases: int = 3, lock_t
             pass  # connection gone: the next deploy finds the lock stale (this process holds no such lock)
     return DeployResult(
         device=transport.name, release_id=rid, target=str(manifest["target"]), previous=previous,
-        uploaded_bytes=int(getattr(transport, "bytes_sent", 0)) - sent_before, uploaded_files=uploaded,
+        uploaded_bytes=transport.bytes_sent - sent_before, uploaded_files=uploaded,
         reused_files=reused, skipped=intact and not switched, switched=switched, pruned=pruned,
         seconds=round(time.perf_counter() - t0, 3), transport=_describe(transport))
 
@@ -468,12 +448,7 @@ def _upload(dev: Device, bundle: Path, expected: Dict[str, str], partial: str, h
 
 
 def _put(dev: Device, pairs: List[Tuple[Path, str]]) -> None:
-    put_many = getattr(dev.t, "put_many", None)
-    if put_many is not None:
-        put_many(pairs)
-    else:  # a transport with only the base interface
-        for local, remote in pairs:
-            dev.t.put(local, remote)
+    dev.t.put_many(pairs)
 
 
 def _prune(dev: Device, keep: int, history: List[str], releases: List[str], stale: List[str], current: str,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import DeviceSpec, ProjectConfig
@@ -28,11 +28,18 @@ class RunResult:
 
 
 class Transport:
-    """The interface every transport implements (see LocalTransport for the reference)."""
+    """The interface every transport implements (see LocalTransport for the reference).
+
+    Paths are relative to the device directory unless absolute. Besides run/put/get, deploy needs
+    the file operations below (SFTP requests over SSH, so a deploy spawns few remote shells).
+    """
 
     name: str
     root: str
-    """Absolute device directory (holds releases/ and current)."""
+    """Absolute device directory (holds releases/ and current); SSH resolves ``~`` lazily."""
+    python: str = "python3"
+    bytes_sent: int = 0
+    """File bytes this transport has uploaded (deploy reports the difference)."""
 
     def path(self, *parts: str) -> str:
         """A path under the device directory."""
@@ -46,6 +53,53 @@ class Transport:
 
     def get(self, remote: str, local: Path) -> None:
         raise NotImplementedError
+
+    def put_many(self, pairs: Iterable[Tuple[Path, str]]) -> int:
+        """Upload several files; returns how many. Transports may pipeline this."""
+        n = 0
+        for local, remote in pairs:
+            self.put(local, remote)
+            n += 1
+        return n
+
+    def mkdir(self, path: str) -> None:
+        """One level; FileExistsError if present (deploy's lock relies on this being atomic)."""
+        raise NotImplementedError
+
+    def makedirs(self, path: str) -> None:
+        raise NotImplementedError
+
+    def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def listdir(self, path: str) -> List[str]:
+        raise NotImplementedError
+
+    def readlink(self, path: str) -> Optional[str]:
+        raise NotImplementedError
+
+    def read_bytes(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def symlink(self, target: str, path: str) -> None:
+        raise NotImplementedError
+
+    def rename(self, src: str, dst: str) -> None:
+        """Atomic; replaces ``dst``."""
+        raise NotImplementedError
+
+    def rmtree(self, path: str) -> None:
+        raise NotImplementedError
+
+    def free_bytes(self, path: str) -> Optional[int]:
+        """Free space where ``path`` lives, or None where the transport cannot tell."""
+        return None
+
+    def describe(self) -> str:
+        return self.name
 
     def close(self) -> None:
         pass
