@@ -4,7 +4,6 @@ Each stage is its own module; this one only wires them together and returns a Bu
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -105,7 +104,7 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
 
     say("writing the bundle")
     artifact.clean_dir(bundle)
-    shutil.copyfile(q.model_path, bundle / "model.onnx")
+    optimize.copy_model(q.model_path, bundle / "model.onnx")  # keeps external data of >2 GB models
     io = _io_specs(exported.path)
     artifact.write_reference(bundle / artifact.REFERENCE, val, reference, [o["name"] for o in io["outputs"]], labels)
     artifact.copy_device_files(bundle)
@@ -126,7 +125,8 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
         "artifact": "model.onnx",
         "runtime": {"name": profile.runtime.name, "providers": profile.runtime.providers,
                     "provider_options": profile.runtime.provider_options,
-                    "graph_optimization": profile.graph_optimization,
+                    # the level the chosen model was measured at: int8 fusions need "extended"/"all"
+                    "graph_optimization": q.runtime_graph_optimization,
                     "intra_op_threads": profile.intra_op_threads},
         "inputs": io["inputs"],
         "outputs": io["outputs"],
