@@ -13,7 +13,7 @@ per 127.0.0.x address), so scp and edgekit talk to the same servers with the sam
    device directories each round, on bare loopback and with a network round trip added per device.
    Target: 16 devices in <= 3x the time of one.
 
-    .venv/bin/python bench/deploy.py [--rounds 5] [--size-mb 100] [--fleet-mb 4] [--rtt-ms 20] [--out bench/RESULTS-deploy.md]
+    .venv/bin/python bench/deploy.py [--rounds 5] [--size-mb 100] [--fleet-mb 4] [--rtt-ms 20] [--out bench/RESULTS.md]
 """
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ from sshd_fixtures import SshdFleet, start_fleet, trust, write_project  # noqa: 
 from tcp_proxy import TcpProxy  # noqa: E402
 
 from bundles import make_tiny_bundle  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import append_results  # noqa: E402
 
 
 def median(xs: List[float]) -> float:
@@ -205,7 +208,7 @@ def main() -> None:
     ap.add_argument("--size-mb", type=float, default=100)
     ap.add_argument("--fleet-mb", type=float, default=4, help="model size for the 1-vs-16 run")
     ap.add_argument("--rtt-ms", type=float, default=20, help="round trip added per device in the LAN-like fleet run")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS-deploy.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
 
     import paramiko
@@ -313,7 +316,7 @@ def main() -> None:
         "```",
         "",
     ]
-    args.out.write_text("\n".join(lines))
+    append_results(args.out, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -1,7 +1,7 @@
 """Power sampling benchmark: integration error against an analytic trace, and the sampler's CPU
 overhead at 10 Hz and 100 Hz, side by side in one run.
 
-    .venv/bin/python bench/power.py [--rounds 9] [--seconds 1.5] [--integration-rounds 5] [--json PATH] [--out bench/RESULTS-power.md]
+    .venv/bin/python bench/power.py [--rounds 9] [--seconds 1.5] [--integration-rounds 5] [--json PATH] [--out bench/RESULTS.md]
 
 1. Integration error: every simulated sensor family (tests/sysfs_sim.py) follows a known trace of
    steps and ramps; measure() integrates it at 10 and 100 Hz and is compared with the exact integral.
@@ -28,6 +28,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from edgekit.device import power  # noqa: E402
 from sysfs_sim import SIMULATED_FAMILIES, SimulatedBoard, fast_tmpdir, sampler_kwargs  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import append_results  # noqa: E402
 
 RATES = (10.0, 100.0)
 
@@ -238,14 +241,14 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=1.5, help="seconds per overhead run")
     ap.add_argument("--integration-rounds", type=int, default=5)
     ap.add_argument("--json", dest="json_path", default=None, help="also write the raw results here")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS-power.md"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     args = ap.parse_args()
     t = time.monotonic()
     integ = integration_error(args.integration_rounds)
     over = overhead(args.rounds, args.seconds)
     elapsed = time.monotonic() - t
     md = markdown(integ, over, args, elapsed)
-    Path(args.out).write_text(md)
+    append_results(Path(args.out), md)
     print(md)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"integration": integ, "overhead": over,

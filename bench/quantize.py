@@ -41,7 +41,7 @@ from bench.models import minilm as minilm_model  # noqa: E402
 from bench.models import mobilenet as mobilenet_model  # noqa: E402
 
 THREADS = 2
-RESULTS = ROOT / "bench" / "RESULTS-quantize.md"
+RESULTS = ROOT / "bench" / "RESULTS.md"
 TARGETS = {"digits": (2.5, "top-1 drop <= 0.5 pt"), "minilm": (2.0, "mean cosine >= 0.99, min >= 0.98"),
            "mobilenet": (2.5, "top-1 agreement >= 99%")}
 

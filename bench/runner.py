@@ -5,7 +5,7 @@ session options (one intra-op thread, basic graph optimisation), alternating rou
 CPU frequency drift and noisy neighbours hit both alike; the table reports the median over rounds.
 Target: the runner's p50 within 3% of the bare loop's.
 
-    .venv/bin/python bench/runner.py [--rounds 5] [--duration 2] [--out bench/RESULTS-runner.md]
+    .venv/bin/python bench/runner.py [--rounds 5] [--duration 2] [--out bench/RESULTS.md]
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgekit.device import runner  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import append_results  # noqa: E402
 
 
 def mlp(path: Path, width: int, depth: int, batch: int, seed: int = 0) -> Tuple[str, Tuple[int, int]]:
@@ -115,7 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--duration", type=float, default=0.5)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS-runner.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
     import onnxruntime as ort
 
@@ -151,7 +154,7 @@ def main() -> None:
               "target, so the target is met in the median, not proven per pair; rerun on a quiet board for tighter bars."]
     lines += ["", "Reproduce:", "", "```", ".venv/bin/python bench/runner.py "
               f"--rounds {args.rounds} --duration {args.duration:g}", "```", ""]
-    args.out.write_text("\n".join(lines))
+    append_results(args.out, "\n".join(lines))
     print(json.dumps([{k: v for k, v in r.items() if k != "pairs"} for r in rows], indent=2))
 
 

@@ -245,20 +245,39 @@ def _uid():
         return "?"
 
 
-class Ina3221xSampler(Sampler):
+class _JetsonIna3221(Sampler):
+    """What both Jetson INA3221 drivers share: labelled channel files found once in probe(), read
+    together, and the total taken from the board-input rail (see jetson_total)."""
+
+    scope = "board input"
+    method = "power integral"
+    BASE = ""
+
+    def __init__(self, *args, **kwargs):
+        Sampler.__init__(self, *args, **kwargs)
+        self._labels = {}  # type: Dict[str, str]  # "<dir>/<label file>" -> rail name
+        self._inputs = []  # type: List[str]  # "<dir>/<value file>", read on every sample
+
+    def _finish_probe(self):
+        reading = self.sample()
+        self.scope, self.total_rail = reading["scope"], reading["total_rail"]
+        self.scope_note = _jetson_scope_note(reading)
+
+    def read(self):
+        base = self.path(self.BASE)
+        files = dict(self._labels)
+        for key in self._inputs:
+            files[key] = self.opener(os.path.join(base, key))
+        return files
+
+
+class Ina3221xSampler(_JetsonIna3221):
     """Jetson legacy INA3221 iio driver (JetPack <= 4): ``in_power{N}_input`` in mW, named by
     ``rail_name_{N}``."""
 
     name = "ina3221x"
-    scope = "board input"
-    method = "power integral"
     reads = "/sys/bus/i2c/drivers/ina3221x/*/iio:device*/in_power{0,1,2}_input (mW), rail_name_{0,1,2}"
     BASE = "sys/bus/i2c/drivers/ina3221x"
-
-    def __init__(self, *args, **kwargs):
-        Sampler.__init__(self, *args, **kwargs)
-        self._labels = {}  # type: Dict[str, str]  # "6-0040/iio:device0/rail_name_0" -> "POM_5V_IN"
-        self._inputs = []  # type: List[str]
 
     def probe(self):
         base = self.path(self.BASE)
@@ -287,16 +306,8 @@ class Ina3221xSampler(Sampler):
         if not self._inputs:
             raise SamplerUnavailable("INA3221 iio devices under %s have no readable "
                                      "rail_name_N/in_powerN_input pair" % base)
-        reading = self.sample()
-        self.scope, self.total_rail = reading["scope"], reading["total_rail"]
-        self.scope_note = _jetson_scope_note(reading)
+        self._finish_probe()
 
-    def read(self):
-        base = self.path(self.BASE)
-        files = dict(self._labels)
-        for key in self._inputs:
-            files[key] = self.opener(os.path.join(base, key))
-        return files
 
     @staticmethod
     def parse(raw):
@@ -322,22 +333,15 @@ class Ina3221xSampler(Sampler):
 _HWMON_LABEL = re.compile(r"in(\d+)_label$")
 
 
-class Ina3221HwmonSampler(Sampler):
+class Ina3221HwmonSampler(_JetsonIna3221):
     """Jetson INA3221 hwmon driver (JetPack 5+, Orin and Xavier): ``in{N}_label``, ``in{N}_input``
     (mV) and ``curr{N}_input`` (mA), P = V x I. The hwmon index and the channel numbers vary by
     board, so the channels are found by their labels."""
 
     name = "ina3221-hwmon"
-    scope = "board input"
-    method = "power integral"
     reads = ("/sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*/in*_label, in*_input (mV), "
              "curr*_input (mA)")
     BASE = "sys/bus/i2c/drivers/ina3221"
-
-    def __init__(self, *args, **kwargs):
-        Sampler.__init__(self, *args, **kwargs)
-        self._labels = {}  # type: Dict[str, str]
-        self._inputs = []  # type: List[str]
 
     def probe(self):
         base = self.path(self.BASE)
@@ -364,16 +368,8 @@ class Ina3221HwmonSampler(Sampler):
         if not self._inputs:
             raise SamplerUnavailable("INA3221 hwmon directories under %s have no labelled, readable "
                                      "channel with in*_input and curr*_input" % base)
-        reading = self.sample()
-        self.scope, self.total_rail = reading["scope"], reading["total_rail"]
-        self.scope_note = _jetson_scope_note(reading)
+        self._finish_probe()
 
-    def read(self):
-        base = self.path(self.BASE)
-        files = dict(self._labels)
-        for key in self._inputs:
-            files[key] = self.opener(os.path.join(base, key))
-        return files
 
     @staticmethod
     def parse(raw):
