@@ -164,9 +164,12 @@ def _passthrough(config: ProjectConfig, out: Path) -> ExportResult:
 def export(config: ProjectConfig, work_dir: Path, check_feed: Feed) -> ExportResult:
     """Write ``work_dir/model.fp32.onnx``; ``check_feed`` is one real sample used for the check."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    out = work_dir / "model.fp32.onnx"
-    if config.model.source == "torch":
-        return _export_torch(config, out, check_feed)
-    if config.model.source == "hf":
-        return _export_hf(config, out, check_feed)
-    return _passthrough(config, out)
+    return EXPORTERS[config.model.source](config, work_dir / "model.fp32.onnx", check_feed)
+
+
+EXPORTERS: Dict[str, Callable[[ProjectConfig, Path, Feed], ExportResult]] = {
+    "torch": _export_torch,
+    "hf": _export_hf,
+    "onnx": lambda config, out, _feed: _passthrough(config, out),
+}
+"""One exporter per ``model.source``; tests/test_build_targets.py checks each has an end-to-end test."""
