@@ -55,11 +55,12 @@ def select_devices(config: ProjectConfig, *, device: Optional[str] = None, group
             if d.name == device:
                 return [d]
         known = ", ".join(d.name for d in devices) or "none"
-        raise ConfigError(f"no device named '{device}' (devices: {known})")
+        where = f"{config.path}" + (f" or {inventory}" if inventory else "")
+        raise ConfigError(f"{where}: no device named '{device}' (devices: {known})")
     chosen = [d for d in devices if group == "all" or group in d.groups]
     if not chosen:
         groups = sorted({g for d in devices for g in d.groups})
-        raise ConfigError(f"no device in group '{group}' (groups: {', '.join(groups) or 'none'}; 'all' = every device)")
+        raise ConfigError(f"{config.path}: no device in group '{group}' (groups: {', '.join(groups) or 'none'}; 'all' = every device)")
     return chosen
 
 

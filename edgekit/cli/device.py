@@ -60,9 +60,9 @@ def register(main: click.Group) -> None:
     @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
     @click.option("--inventory", "-i", type=click.Path(path_type=Path), default=None,
                   help="An Ansible inventory (INI or YAML) adding devices [default: deploy.inventory].")
-    @click.option("--duration", default=2.0, show_default=True, type=float, help="Minimum seconds per timed window.")
+    @click.option("--duration", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Minimum seconds per timed window.")
     @click.option("--threads", default=None, type=int, help="Intra-op threads (default: the target profile's).")
-    @click.option("--repeat", default=1, show_default=True, type=int, help="Timed windows; the median is reported.")
+    @click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1), help="Timed windows; the median is reported.")
     @click.option("--power", default=None, help="Power sampler to run around the window (see edgekit doctor).")
     @click.option("--runs-dir", default=None, type=click.Path(file_okay=False), help="Where run files go [runs/ beside edgekit.toml].")
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
