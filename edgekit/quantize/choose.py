@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -30,7 +30,8 @@ def _order(wanted: List[str]):
 
 def choose(cands: List[Candidate], files: Dict[str, Path], wanted: List[str], precision: str,
            profile: TargetProfile, metric: MetricSpec, arch_ok: bool, host_ok: bool,
-           latency: Dict[str, object], feed: Dict[str, np.ndarray], deadline: float) -> Tuple[Candidate, str]:
+           latency: Dict[str, object], feed: Dict[str, np.ndarray], deadline: float,
+           measure: Optional[Callable[..., Dict[str, List[float]]]] = None) -> Tuple[Candidate, str]:
     """(chosen candidate, one-sentence reason). Fills ``latency`` and each candidate's ``p50_ms``."""
     passing = sorted((c for c in cands if c.passed), key=_order(wanted))  # stable: int8 variants keep order
     if not passing:
@@ -47,7 +48,7 @@ def choose(cands: List[Candidate], files: Dict[str, Path], wanted: List[str], pr
 
     timed = [c for c in cands if c.metric is not None and (c.passed or c.precision == "fp32")]
     levels = {c.name: runtime_level_for(c.method, profile) for c in timed}
-    rounds = measure_latency({c.name: files[c.name] for c in timed}, feed, levels,
+    rounds = (measure or measure_latency)({c.name: files[c.name] for c in timed}, feed, levels,
                              threads=profile.intra_op_threads or 2, deadline=max(deadline, time.monotonic() + 5))
     for c in timed:
         c.p50_ms = round(p50(rounds[c.name]), 4)

@@ -1,4 +1,5 @@
-"""``quantize_for_target``: presets -> calibration -> int8 variants with fallback -> candidates -> choice.
+"""``quantize_for_target``: presets -> calibration -> int8 variants with fallback -> latency pruning
+(``prune.py``, matching hosts only) -> candidates -> choice.
 
 Determinism: every decision that shapes the model bytes depends on metric values computed with a
 fixed thread count, never on wall time. Timing only overrides the profile's order when a difference
@@ -26,6 +27,7 @@ from .fallback import revert_until_within_tolerance
 from .fusion import fuse_transformer
 from .graph import (SUBGRAPH_OPS, activation_matmuls, initializer_names, iter_nodes, name_nodes, op_counts,
                     quantizable_nodes)
+from .prune import drop_unprofitable_quantization
 from .presets import (QuantPreset, calibration_extra, dynamic_supported, model_family, presets_for,
                       runtime_level_for)
 from .result import Candidate, KeptFloat, QuantizeResult
@@ -69,12 +71,14 @@ def quantize_for_target(
     budget_s: float = 300.0,
     seed: int = 0,
     progress: Optional[Callable[[str], None]] = None,
+    measure: Optional[Callable[..., Dict[str, List[float]]]] = None,
 ) -> QuantizeResult:
     """Build the candidates ``profile`` allows and keep the fastest that meets ``metric``.
 
     Raises QuantizationError for unusable inputs (a calibration sample that does not fit the model,
     an unknown precision) and AccuracyError when no allowed candidate meets the threshold, or when
-    ``budget_s`` runs out before the search ends.
+    ``budget_s`` runs out before the search ends. ``measure`` replaces host timing
+    (``evaluate.measure_latency``'s signature) for latency pruning and the choice; tests inject one.
     """
     import onnx
 
@@ -98,9 +102,11 @@ def quantize_for_target(
     refs = run_outputs(fp32_session, validation, index)
     calib = cal.select_samples(calibration, cal.MAX_CALIBRATION_SAMPLES, seed)
     sens_feeds = calib[:SENSITIVITY_SAMPLES]
+    arch_ok = profile.arch == _targets.host_arch()
+    host_ok = arch_ok and not profile.is_gpu and set(profile.isa_features) <= _targets.host_cpu_flags()
     ctx = _Ctx(work_dir=work_dir, profile=profile, metric=metric, deadline=deadline, say=say, base=base,
-               graph=graph, family=family, index=index, large=is_large(base), calib=calib,
-               validation=validation, refs=refs, sens_feeds=sens_feeds,
+               host_ok=host_ok, measure=measure, graph=graph, family=family, index=index, large=is_large(base),
+               calib=calib, validation=validation, refs=refs, sens_feeds=sens_feeds,
                sens_refs=run_outputs(fp32_session, sens_feeds, index), caches={})
     del fp32_session
 
@@ -135,12 +141,10 @@ def quantize_for_target(
                 files[cand.name] = path
                 extras[cand.name] = extra
 
-    arch_ok = profile.arch == _targets.host_arch()
-    host_ok = arch_ok and not profile.is_gpu and set(profile.isa_features) <= _targets.host_cpu_flags()
     latency: Dict[str, object] = {"host_matches_target": host_ok}
     say("choosing")
     chosen, reason = choose(cands, files, wanted, precision, profile, metric, arch_ok, host_ok, latency,
-                            validation[0], deadline)
+                            validation[0], deadline, measure=measure)
     extra = extras.get(chosen.name, {})
     kept = [KeptFloat(**k) for k in extra.get("kept_float", [])] + _subgraph_notes(graph, chosen)
     _cleanup(work_dir, keep=set(files.values()) | {base})
@@ -148,7 +152,8 @@ def quantize_for_target(
         model_path=files[chosen.name], target=profile.name, precision=chosen.precision, method=chosen.method,
         preset=extra.get("preset", {}), kept_float=kept,
         metric_before=metric_before or dict(chosen.metric or {}), metric_after=dict(chosen.metric or {}),
-        latency_ms=latency, candidates=cands, reason=reason,
+        latency_ms=latency, candidates=cands,
+        latency_pruning={n: e["latency_pruning"] for n, e in extras.items() if "latency_pruning" in e}, reason=reason,
         runtime_graph_optimization=runtime_level_for(chosen.method, profile), family=family,
         calibration={"method": profile.quantization.calibration_method, "samples": len(calib),
                      "given": len(calibration), "digest": cal.feeds_digest(calib),
@@ -209,6 +214,25 @@ def _fallback(ctx: _Ctx, build: Callable[[Sequence[str]], Path], scorer: Scorer,
     return fb.model_path, fb.metric, kept, ""
 
 
+def _prune(ctx: _Ctx, note: str, build: Callable[[Sequence[str]], Path], current: Tuple[Path, Dict[str, float]],
+           still: List[Tuple[str, str]], scorer: Scorer, level: str):
+    """Issue #3 step 4: drop int8 groups that run clearly slower than float on a matching host.
+    Returns (path, score, kept_float entries, JSON record)."""
+    if note or not ctx.metric.passes(current[1]["value"]):
+        return current[0], current[1], [], {"skipped": "not run: this int8 variant does not pass"}
+    missing = sorted(set(ctx.profile.isa_features) - _targets.host_cpu_flags())
+    if ctx.profile.is_gpu:
+        why = "the target's accelerator cannot be timed on this CPU host"
+    elif ctx.profile.arch != _targets.host_arch():
+        why = f"the target's architecture ({ctx.profile.arch}) is not this host's ({_targets.host_arch()})"
+    else:
+        why = f"this host lacks the target's {', '.join(missing)}"
+    res = drop_unprofitable_quantization(build, current, still, scorer.score, ctx.metric, ctx.host_ok,
+                                         ctx.validation[0], level, ctx.profile.intra_op_threads or 2, ctx.deadline,
+                                         skip_reason=why, measure=ctx.measure, progress=ctx.say)
+    return res.model_path, res.metric, res.dropped, res.record
+
+
 def _calibrated(ctx: _Ctx, preset: QuantPreset) -> Path:
     key = (preset.calibration_method, preset.symmetric_activations, preset.op_types)
     if key not in ctx.caches:
@@ -261,13 +285,23 @@ def _static(ctx: _Ctx):
 
     path, score, reverted, note = _fallback(ctx, build, scorer, (path0, score0),
                                             [(n.name, n.op_type) for n in qnodes], rank)
+    acc = [k["node"] for k in reverted]
+    still = [(n.name, n.op_type) for n in ctx.graph.graph.node
+             if n.op_type in preset.op_types and n.name not in set(always) | set(acc)]
+
+    def build_lat(extra: Sequence[str]) -> Path:
+        return build_static(ctx.base, ctx.work_dir / f"static-{preset.name}-lat{len(acc) + len(extra)}.onnx", preset,
+                            cache, nodes_to_exclude=list(always) + acc + list(extra), large=ctx.large)
+
+    path, score, dropped, record = _prune(ctx, note, build_lat, (path, score), still, scorer, level)
+    reverted += dropped
     notes = [f"presets tried: {', '.join(t[0].name for t in tried)}"] + ([note] if note else [])
     kept += reverted
     cand = Candidate(name=f"int8-static-{preset.name}", precision="int8",
                      method="static-qdq" if preset.format == "QDQ" else "static-qoperator", metric=score,
                      passed=not note and metric.passes(score["value"]), size_bytes=file_size(path),
                      kept_float=len(kept), note="; ".join(notes))
-    return cand, path, {"preset": preset.summary(), "kept_float": kept}, before
+    return cand, path, {"preset": preset.summary(), "kept_float": kept, "latency_pruning": record}, before
 
 
 def _dynamic(ctx: _Ctx):
@@ -313,6 +347,16 @@ def _dynamic(ctx: _Ctx):
                                group_size=max(group, -(-len(names) // 16)), progress=ctx.say)
 
     path, score, reverted, note = _fallback(ctx, build, scorer, (path0, score0), nodes, rank)
+    acc = [k["node"] for k in reverted]
+
+    def build_lat(extra: Sequence[str]) -> Path:
+        return build_dynamic(src, ctx.work_dir / f"dynamic-lat{len(acc) + len(extra)}.onnx", DYNAMIC_OPS,
+                             per_channel=q.per_channel, reduce_range=reduce_range,
+                             nodes_to_exclude=acc + list(extra), large=ctx.large)
+
+    path, score, dropped, record = _prune(ctx, note, build_lat, (path, score),
+                                          [n for n in nodes if n[0] not in set(acc)], scorer, level)
+    reverted += dropped
     preset = {"method": "dynamic", "activation_type": "QUInt8 (per run)", "weight_type": "QInt8",
               "per_channel": q.per_channel, "reduce_range": reduce_range, "op_types": list(DYNAMIC_OPS),
               "extra_options": {"MatMulConstBOnly": True},
@@ -322,7 +366,7 @@ def _dynamic(ctx: _Ctx):
                      passed=not note and ctx.metric.passes(score["value"]), size_bytes=file_size(path),
                      kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused))) if fused
                                                                       else "", note] if x))
-    return cand, path, {"preset": preset, "kept_float": kept}, score0
+    return cand, path, {"preset": preset, "kept_float": kept, "latency_pruning": record}, score0
 
 
 def _const_b_notes(ctx: _Ctx, quantized: set, graph: Optional[object] = None) -> List[dict]:

@@ -52,6 +52,10 @@ class QuantizeResult(BaseModel):
     """The chosen model on the validation feeds vs the FP32 outputs."""
     latency_ms: Dict[str, Union[float, bool, str, None]] = Field(default_factory=dict)
     """{candidate name: host p50 ms, 'host_matches_target': bool, 'note': str}."""
+    latency_pruning: Dict[str, Any] = Field(default_factory=dict)
+    """{int8 candidate name: record of the latency pruning (issue #3 step 4)}: skipped and why, or per
+    op-type group the host p50 ms quantized vs reverted to float and whether it was dropped. A
+    measurement, so it varies between builds (never hashed); which nodes were dropped is in kept_float."""
     candidates: List[Candidate] = Field(default_factory=list)
     reason: str = ""
     runtime_graph_optimization: Literal["disabled", "basic", "extended", "all"] = "basic"
