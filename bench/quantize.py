@@ -19,10 +19,7 @@ Quality is measured on held-out inputs, never the calibration ones.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import logging
 import os
 import platform
 import sys
@@ -39,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bench.models import digits as digits_model  # noqa: E402
 from bench.models import minilm as minilm_model  # noqa: E402
 from bench.models import mobilenet as mobilenet_model  # noqa: E402
+from edgekit.optimize import quiet  # noqa: E402
 
 THREADS = 2
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -46,15 +44,6 @@ TARGETS = {"digits": (2.5, "top-1 drop <= 0.5 pt"), "minilm": (2.0, "mean cosine
            "mobilenet": (2.5, "top-1 agreement >= 99%")}
 
 
-@contextlib.contextmanager
-def quiet():
-    logging.disable(logging.WARNING)
-    sink = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 class Reader:

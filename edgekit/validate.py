@@ -28,13 +28,13 @@ RUNNER_EXIT_METRIC = 3
 """runner.py's exit status when the metric missed its threshold (a result, not a failure)."""
 
 
-class ValidationResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RunFields(BaseModel):
+    """What one validation run reports; ``ValidationResult`` and the report's ``RunRecord`` share it."""
 
     device: str
     release_id: Optional[str] = None
     target: Optional[str] = None
-    ok: bool
+    ok: bool = False
     metric: Dict[str, Any] = Field(default_factory=dict)
     """The gating metric: name, value, threshold, passed (plus n/min where they exist)."""
     metrics: Dict[str, Any] = Field(default_factory=dict)
@@ -46,8 +46,14 @@ class ValidationResult(BaseModel):
     """Which runtime and execution provider really ran (``provider``, ``node_providers``)."""
     versions: Dict[str, Any] = Field(default_factory=dict)
     device_facts: Dict[str, Any] = Field(default_factory=dict)
-    result_path: Path
     error: Optional[Dict[str, Any]] = None
+
+
+class ValidationResult(RunFields):
+    model_config = ConfigDict(extra="forbid")
+
+    ok: bool
+    result_path: Path
 
     @classmethod
     def from_run(cls, device: str, data: Dict[str, Any], path: Path) -> "ValidationResult":

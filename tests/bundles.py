@@ -8,6 +8,27 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 
+TINY_PROJECT = """
+[model]
+name = "tiny"
+source = "onnx"
+path = "model.onnx"
+
+[[inputs]]
+name = "x"
+shape = [1, 16]
+
+[calibration]
+data = "calib.npz"
+
+[validation]
+data = "val.npz"
+metric = "top1"
+threshold = 0.9
+"""
+"""edgekit.toml for the tiny model (an ONNX passthrough); tests append [[devices]] as they need."""
+
+
 def tiny_model(path: Path, seed: int = 0, n_in: int = 16, n_out: int = 4) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper

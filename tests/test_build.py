@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from edgekit import artifact
 from edgekit.cli import main
 
-from bundles import tiny_model
+from bundles import TINY_PROJECT, tiny_model
 
 
 def test_digits_bundle_is_complete_and_verified(digits_bundle: Path) -> None:
@@ -48,21 +48,7 @@ def test_same_build_twice_gives_same_hashes(digits_project: Path, digits_bundle:
 
 
 def _onnx_project(tmp_path: Path, model_bytes: bytes = b"", calib_shape=(4, 16)) -> Path:
-    (tmp_path / "edgekit.toml").write_text("""
-[model]
-name = "tiny"
-source = "onnx"
-path = "model.onnx"
-[[inputs]]
-name = "x"
-shape = [1, 16]
-[calibration]
-data = "calib.npz"
-[validation]
-data = "val.npz"
-metric = "top1"
-threshold = 0.9
-""")
+    (tmp_path / "edgekit.toml").write_text(TINY_PROJECT)
     if model_bytes:
         (tmp_path / "model.onnx").write_bytes(model_bytes)
     else:

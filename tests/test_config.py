@@ -11,24 +11,9 @@ from edgekit import config, data
 from edgekit.cli import main
 from edgekit.errors import ConfigError, QuantizationError
 
-GOOD = """
-[model]
-name = "m"
-source = "onnx"
-path = "model.onnx"
+from bundles import TINY_PROJECT
 
-[[inputs]]
-name = "x"
-shape = [1, 16]
-
-[calibration]
-data = "calib.npz"
-
-[validation]
-data = "val.npz"
-metric = "top1"
-threshold = 0.9
-
+GOOD = TINY_PROJECT + """
 [[devices]]
 name = "local"
 target = "x86-avx2"
@@ -56,7 +41,7 @@ def test_good_config_resolves_paths(tmp_path: Path) -> None:
     (lambda s: s.replace('shape = [1, 16]', 'shape = [1, 0]'), "inputs.0.shape"),
     (lambda s: s.replace('data = "val.npz"', 'data = "val.npz"\ntext = "v.txt"'), "exactly one of 'data' or 'text'"),
     (lambda s: s.replace('metric = "top1"', 'metric = "f1"'), "validation.metric"),
-    (lambda s: s.replace('[model]\nname = "m"', '[model]\nname = "m"\nsource2 = 1'), "unknown key 'model.source2'"),
+    (lambda s: s.replace('[model]\nname = "tiny"', '[model]\nname = "tiny"\nsource2 = 1'), "unknown key 'model.source2'"),
 ])
 def test_bad_fields_name_the_field(tmp_path: Path, mutate, needle: str) -> None:
     with pytest.raises(ConfigError) as exc:

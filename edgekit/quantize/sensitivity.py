@@ -74,16 +74,27 @@ def rank_by_leave_one_out(
 
     qdq = onnx.load(str(qdq_path))
     fp32 = onnx.load(str(fp32_path))
-    base = output_error(run_outputs(make_session(qdq.SerializeToString(), level), feeds, index), references)
+
+    def error_without(group: Sequence[str]) -> float:
+        model = qdq if not group else _revert_nodes(qdq, fp32, group)
+        return output_error(run_outputs(make_session(model.SerializeToString(), level), feeds, index), references)
+
+    return _rank(error_without, nodes, deadline, group_size, progress, every=8)
+
+
+def _rank(error_without: Callable[[Sequence[str]], float], nodes: Sequence[str], deadline: float,
+          group_size: int, progress: Optional[Callable[[str], None]], every: int) -> List[Tuple[str, float]]:
+    """Leave-one-(group-)out: the error drop when each group goes back to float, most harmful first
+    (ties keep graph order, so the ranking is deterministic)."""
+    base = error_without([])
     gains: Dict[str, float] = {}
     groups = [list(nodes[i:i + group_size]) for i in range(0, len(nodes), group_size)]
     for gi, group in enumerate(groups):
         if time.monotonic() > deadline:
             raise budget_exceeded(f"ranking {len(nodes)} quantized nodes")
-        if progress and gi % 8 == 0:
+        if progress and gi % every == 0:
             progress(f"sensitivity {gi + 1}/{len(groups)}")
-        reverted = _revert_nodes(qdq, fp32, group)
-        err = output_error(run_outputs(make_session(reverted.SerializeToString(), level), feeds, index), references)
+        err = error_without(group)
         for name in group:
             gains[name] = base - err
     order = {name: i for i, name in enumerate(nodes)}
@@ -104,20 +115,11 @@ def rank_by_rebuild(
 ) -> List[Tuple[str, float]]:
     """Leave-one-out by real builds (``build(excluded)``): for quantizers whose graphs we do not
     edit in memory (dynamic quantization). Slower, same contract as ``rank_by_leave_one_out``."""
-    base = output_error(run_outputs(make_session(build([]), level), feeds, index), references)
-    gains: Dict[str, float] = {}
-    groups = [list(nodes[i:i + group_size]) for i in range(0, len(nodes), group_size)]
-    for gi, group in enumerate(groups):
-        if time.monotonic() > deadline:
-            raise budget_exceeded(f"ranking {len(nodes)} quantized nodes")
-        if progress and gi % 4 == 0:
-            progress(f"sensitivity {gi + 1}/{len(groups)}")
-        err = output_error(run_outputs(make_session(build(group), level), feeds, index), references)
-        for name in group:
-            gains[name] = base - err
-    order = {name: i for i, name in enumerate(nodes)}
-    ranked = sorted(nodes, key=lambda n: (-round(gains.get(n, 0.0), 9), order[n]))
-    return [(n, gains.get(n, 0.0)) for n in ranked]
+
+    def error_without(group: Sequence[str]) -> float:
+        return output_error(run_outputs(make_session(build(group), level), feeds, index), references)
+
+    return _rank(error_without, nodes, deadline, group_size, progress, every=4)
 
 
 def budget_exceeded(doing: str) -> AccuracyError:

@@ -8,28 +8,16 @@ from typing import Any, Dict, List, Optional, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError
+from ..validate import RunFields
 
 
-class RunRecord(BaseModel):
+class RunRecord(RunFields):
     """One validation run, as the runner wrote it plus the host's ``host`` block."""
 
     model_config = ConfigDict(extra="ignore")
 
     path: Path
-    device: str
-    target: Optional[str] = None
-    release_id: Optional[str] = None
     started: Optional[str] = None
-    ok: bool = False
-    error: Optional[Dict[str, Any]] = None
-    metric: Dict[str, Any] = Field(default_factory=dict)
-    metrics: Dict[str, Any] = Field(default_factory=dict)
-    latency: Dict[str, Any] = Field(default_factory=dict)
-    power: Optional[Dict[str, Any]] = None
-    runtime: Dict[str, Any] = Field(default_factory=dict)
-    memory: Dict[str, Any] = Field(default_factory=dict)
-    versions: Dict[str, Any] = Field(default_factory=dict)
-    device_facts: Dict[str, Any] = Field(default_factory=dict)
 
     @property
     def has_trace(self) -> bool:
