@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bench.models import digits as digits_model  # noqa: E402
 from bench.models import minilm as minilm_model  # noqa: E402
 from bench.models import mobilenet as mobilenet_model  # noqa: E402
-from edgekit.optimize import quiet  # noqa: E402
+from edgekit.optimize import inside, quiet  # noqa: E402
 
 THREADS = 2
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -197,7 +197,7 @@ def bench_model(name: str, work: Path, log: Callable[[str], None]) -> Dict[str, 
     log(f"[{name}] exported in {export_s:.1f}s; {len(calib)} calibration, {len(val)} held-out inputs")
     prep = work / f"{name}.pre.onnx"
     t0 = time.perf_counter()
-    with quiet():
+    with quiet(), inside(work):  # ORT drops sym_shape_infer_temp.onnx into the working directory
         try:
             quant_pre_process(str(exported), str(prep))
         except Exception:  # symbolic shape inference gives up on exported transformers
