@@ -38,6 +38,9 @@ from bench.models import minilm as minilm_model  # noqa: E402
 from bench.models import mobilenet as mobilenet_model  # noqa: E402
 from edgekit.optimize import inside, quiet  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import append_results  # noqa: E402
+
 THREADS = 2
 RESULTS = ROOT / "bench" / "RESULTS.md"
 TARGETS = {"digits": (2.5, "top-1 drop <= 0.5 pt"), "minilm": (2.0, "mean cosine >= 0.99, min >= 0.98"),
@@ -323,8 +326,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     md = markdown(report, report["command"])
     print(md)
     if not args.no_append:
-        with RESULTS.open("a") as f:
-            f.write(md)
+        append_results(RESULTS, md)
     return 0
 
 
