@@ -4,6 +4,7 @@ Each stage is its own module; this one only wires them together and returns a Bu
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -13,7 +14,7 @@ from pydantic import BaseModel
 
 from . import artifact, data
 from .config import ProjectConfig
-from .errors import ConfigError, QuantizationError
+from .errors import ConfigError, ExportError, QuantizationError
 from .metrics import MetricSpec
 from .targets import TargetProfile
 
@@ -70,6 +71,54 @@ def run_model(model_path: Path, feeds: List[Dict[str, np.ndarray]]) -> List[List
     return [sess.run(None, {n: f[n] for n in names}) for f in feeds]
 
 
+def _manifest_runtime(profile: TargetProfile, name: str, graph_optimization: str) -> Dict[str, Any]:
+    return {"name": name, "providers": profile.runtime.providers if name == "onnxruntime" else ["cpu"],
+            "provider_options": profile.runtime.provider_options if name == "onnxruntime" else {},
+            "graph_optimization": graph_optimization, "intra_op_threads": profile.intra_op_threads}
+
+
+def _bundle_tflite(config: ProjectConfig, profile: TargetProfile, model: Path, bundle: Path,
+                   val: List[Dict[str, np.ndarray]], labels: Optional[np.ndarray], t0: float,
+                   say: Progress) -> BuildResult:
+    """A converted .tflite model ships as it is; its reference outputs come from the real LiteRT
+    interpreter on this host, so the device check catches runtime or delegate divergence."""
+    from .device import runner
+    from .export import tflite_io
+
+    io = tflite_io(model)
+    specs = {"artifact": model.name, "inputs": io["inputs"], "outputs": io["outputs"]}
+    say("computing reference outputs with LiteRT on this host")
+    try:
+        run, info, _ = runner.open_tflite(str(model.parent), specs, profile.intra_op_threads or None)
+        reference = [run(f) for f in val]
+    except runner.RunnerError as exc:
+        raise ExportError(f"{model}: {exc.message}") from None
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"{config.path}: validation samples do not fit {model.name}'s inputs ({exc})") from None
+    metric = MetricSpec.from_config(config.validation)
+    say("writing the bundle")
+    artifact.clean_dir(bundle)
+    shutil.copyfile(model, bundle / "model.tflite")
+    out_names = [str(o["name"]) for o in io["outputs"]]
+    artifact.write_reference(bundle / artifact.REFERENCE, val, reference, out_names, labels)
+    artifact.copy_device_files(bundle)
+    size = (bundle / "model.tflite").stat().st_size
+    quantized = bool(info.get("quantized_io"))
+    reason = "a converted .tflite model ships as it is (its converter chose the precision); the device is checked against LiteRT's outputs on this host"
+    manifest = artifact.write_manifest(bundle, {
+        "model": config.model.name, "target": profile.name, "target_profile": profile.model_dump(mode="json"),
+        "artifact": "model.tflite", "runtime": _manifest_runtime(profile, "tflite", "basic"),
+        "inputs": io["inputs"], "outputs": io["outputs"], "metric": metric.to_manifest(),
+        "export": {"source": "tflite", "opset": None, "max_abs_diff": None},
+        "quantization": {"precision": "int8" if quantized else "as-converted", "method": "tflite-passthrough",
+                         "reason": reason},
+        "build_metrics": {"size_bytes": size, "fp32_size_bytes": size, "host_metric": {}},
+    })
+    return BuildResult(model=config.model.name, target=profile.name, bundle=bundle, release_id=manifest["release_id"],
+                       precision="int8" if quantized else "as-converted", method="tflite-passthrough", reason=reason,
+                       size_bytes=size, fp32_size_bytes=size, metric={}, seconds=time.perf_counter() - t0)
+
+
 def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precision: str = "auto",
           budget_s: float = 300.0, progress: Optional[Progress] = None) -> BuildResult:
     from . import export, optimize
@@ -89,6 +138,8 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
 
     say(f"exporting {config.model.source} model '{config.model.name}' to ONNX")
     exported = export.export(config, work, check_feed=val[0])
+    if exported.source == "tflite":
+        return _bundle_tflite(config, profile, exported.path, bundle, val, labels, t0, say)
     _check_feeds_match_model(exported.path, calib, str(config.resolve(config.calibration.data or config.calibration.text)))
 
     say(f"optimizing the graph ({profile.graph_optimization})")
@@ -123,11 +174,8 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
         "target": profile.name,
         "target_profile": profile.model_dump(mode="json"),
         "artifact": "model.onnx",
-        "runtime": {"name": profile.runtime.name, "providers": profile.runtime.providers,
-                    "provider_options": profile.runtime.provider_options,
-                    # the level the chosen model was measured at: int8 fusions need "extended"/"all"
-                    "graph_optimization": q.runtime_graph_optimization,
-                    "intra_op_threads": profile.intra_op_threads},
+        # the level the chosen model was measured at: int8 fusions need "extended"/"all"
+        "runtime": _manifest_runtime(profile, "onnxruntime", q.runtime_graph_optimization),
         "inputs": io["inputs"],
         "outputs": io["outputs"],
         "metric": metric.to_manifest(),

@@ -28,11 +28,11 @@ class _Strict(BaseModel):
 
 class ModelSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    source: Literal["torch", "hf", "onnx"]
+    source: Literal["torch", "hf", "onnx", "tflite"]
     factory: Optional[str] = None
     """torch: ``path/to/file.py:function`` returning a torch.nn.Module (weights loaded)."""
     path: Optional[Path] = None
-    """hf: the model directory; onnx: the .onnx file."""
+    """hf: the model directory; onnx: the .onnx file; tflite: a converted .tflite file (shipped as is)."""
     task: str = "feature-extraction"
     opset: int = Field(17, ge=11, le=21)
     export_tolerance: float = Field(1e-3, gt=0)

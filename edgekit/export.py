@@ -161,6 +161,39 @@ def _passthrough(config: ProjectConfig, out: Path) -> ExportResult:
                         [o.name for o in model.graph.output], None)
 
 
+def tflite_io(path: Path) -> Dict[str, List[Dict[str, object]]]:
+    """Input/output specs of a .tflite model, read by the real LiteRT interpreter."""
+    from .device import runner
+
+    try:
+        Interpreter = runner._import_tflite()[0]
+        interp = Interpreter(model_path=str(path))
+        interp.allocate_tensors()
+    except runner.RunnerError as exc:
+        raise ExportError(f"{path}: {exc.message}") from None
+    except Exception as exc:
+        raise ExportError(f"{path}: not a valid TFLite model ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+
+    def spec(d: Dict[str, object]) -> Dict[str, object]:
+        return {"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"]).name}  # type: ignore[arg-type]
+
+    return {"inputs": [spec(d) for d in interp.get_input_details()],
+            "outputs": [spec(d) for d in interp.get_output_details()]}
+
+
+def _passthrough_tflite(config: ProjectConfig, out: Path) -> ExportResult:
+    """A converted .tflite model ships as it is: its converter already chose the precision."""
+    src = config.resolve(config.model.path)
+    assert src is not None
+    if not src.is_file():
+        raise ConfigError(f"{config.path}: field 'model.path': model file not found: {src}")
+    io = tflite_io(src)  # errors name the user's file, not our copy
+    out = out.with_suffix(".tflite")
+    shutil.copyfile(src, out)
+    return ExportResult(out, "tflite", 0, [str(i["name"]) for i in io["inputs"]],
+                        [str(o["name"]) for o in io["outputs"]], None)
+
+
 def export(config: ProjectConfig, work_dir: Path, check_feed: Feed) -> ExportResult:
     """Write ``work_dir/model.fp32.onnx``; ``check_feed`` is one real sample used for the check."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -171,5 +204,6 @@ EXPORTERS: Dict[str, Callable[[ProjectConfig, Path, Feed], ExportResult]] = {
     "torch": _export_torch,
     "hf": _export_hf,
     "onnx": lambda config, out, _feed: _passthrough(config, out),
+    "tflite": lambda config, out, _feed: _passthrough_tflite(config, out),
 }
 """One exporter per ``model.source``; tests/test_build_targets.py checks each has an end-to-end test."""

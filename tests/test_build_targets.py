@@ -17,6 +17,7 @@ EXPORTER_TESTS = {
     "torch": "tests/test_build.py::test_digits_bundle_is_complete_and_verified",
     "hf": "tests/test_e2e_samples.py::test_minilm_build_deploy_validate",
     "onnx": "tests/test_build.py::test_onnx_passthrough_builds",
+    "tflite": "tests/test_tflite_build.py::test_tflite_build_deploy_validate",
 }
 
 
