@@ -221,3 +221,27 @@ def test_missing_identity_file_is_named(sshd: SshdServer, trust_hosts: Callable,
             SSHTransport("dev", sshd.host, "/tmp", port=sshd.port, user="root", password_prompt=None,
                          identity_file=str(tmp_path / "nope_ed25519")) as t:
         t.run(["true"])
+
+
+def test_a_failed_key_exchange_is_retried_once(sshd: SshdServer, sshd_fleet: SshdFleet, trust_hosts: Callable,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A protocol hiccup during the handshake gets one fresh connection; a second one is reported."""
+    trust_hosts(sshd)
+    real = SSHTransport._handshake
+    calls = {"n": 0}
+
+    def flaky(self: SSHTransport, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] <= fails:
+            raise DeviceError("device 'dev': SSH handshake with x failed: Invalid packet blocking", kind="handshake")
+        real(self, *args)
+
+    monkeypatch.setattr(SSHTransport, "_handshake", flaky)
+    fails = 1
+    with transport(sshd, sshd_fleet) as t:
+        assert t.run(["true"]).ok
+    assert calls["n"] == 2
+    calls["n"], fails = 0, 2
+    with pytest.raises(DeviceError, match="Invalid packet blocking"), transport(sshd, sshd_fleet) as t:
+        t.run(["true"])
+    assert calls["n"] == 2

@@ -95,7 +95,17 @@ class SSHTransport(Transport):
     @property
     def client(self) -> paramiko.SSHClient:
         if not self._clients:
-            self._dial(self.endpoint, depth=0)
+            try:
+                self._dial(self.endpoint, depth=0)
+            except DeviceError as exc:
+                if exc.details.get("kind") != "handshake":
+                    raise
+                # A protocol hiccup during key exchange (seen once in hundreds of loopback connects
+                # as paramiko's "Invalid packet blocking") is not the device's answer: one fresh try.
+                log.debug("device %s: %s; retrying once", self.name, exc.message)
+                self.close()
+                time.sleep(0.2)
+                self._dial(self.endpoint, depth=0)
         return self._clients[-1]
 
     @property
@@ -188,7 +198,8 @@ class SSHTransport(Transport):
             if "No authentication methods available" in str(exc):  # no key, no agent: nothing was tried
                 self._password_fallback(client, ep, exc)
                 return
-            raise DeviceError(f"device '{self.name}': SSH handshake with {where} failed: {exc}") from None
+            raise DeviceError(f"device '{self.name}': SSH handshake with {where} failed: {exc}",
+                              kind="handshake") from None
 
     def _password_fallback(self, client: paramiko.SSHClient, ep: Endpoint, exc: Exception) -> None:
         """Key auth failed: ask for a password if a person is there to type one; never from config."""
