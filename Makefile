@@ -35,6 +35,7 @@ demo: $(STAMP) $(DIGITS)/data/digits.pt
 	cd $(DIGITS) && ../../$(BIN)/edgekit build --target x86-avx512-vnni
 	cd $(DIGITS) && ../../$(BIN)/edgekit deploy --device local
 	cd $(DIGITS) && ../../$(BIN)/edgekit validate --device local
+	cd $(DIGITS) && ../../$(BIN)/edgekit report    # the summary: reports/report.html, .md, .json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -46,6 +47,6 @@ bench: $(STAMP)
 	$(BIN)/python bench/power.py
 
 clean:
-	rm -rf $(DIGITS)/dist $(DIGITS)/.device $(DIGITS)/runs samples/minilm/dist samples/minilm/.device
+	rm -rf $(DIGITS)/dist $(DIGITS)/.device $(DIGITS)/runs $(DIGITS)/reports samples/minilm/dist samples/minilm/.device
 
 -include release.mk
