@@ -187,6 +187,58 @@ def test_put_get_and_file_operations(sshd: SshdServer, sshd_fleet: SshdFleet, tr
         assert t.listdir("") == ["sub dir"]
 
 
+def test_makedirs_tolerates_a_rival_creating_the_directory(sshd: SshdServer, sshd_fleet: SshdFleet,
+                                                          trust_hosts: Callable, tmp_path: Path) -> None:
+    """Two deploys to one device both make releases/: the loser's stat said "missing", the winner's
+    mkdir landed before the loser's, and SFTP v3 answers that mkdir with a bare "Failure"."""
+    trust_hosts(sshd)
+    root = sshd.device_root / f"{tmp_path.name} race"
+    with transport(sshd, sshd_fleet, str(root)) as t:
+        t.makedirs("")
+        real_stat = t.sftp.stat
+        raced: List[str] = []
+
+        def stat_then_rival_mkdir(p: str) -> Any:
+            if p.endswith("/releases") and not raced:
+                raced.append(p)
+                os.mkdir(p)  # the rival wins the window between our stat and our mkdir
+                raise FileNotFoundError(p)
+            return real_stat(p)
+
+        t.sftp.stat = stat_then_rival_mkdir  # type: ignore[method-assign]
+        t.makedirs("releases/a")
+        assert raced and (root / "releases" / "a").is_dir()
+        (root / "releases" / "b").write_text("a file, not a directory")
+        with pytest.raises(OSError):
+            t.makedirs("releases/b/c")  # a real failure still surfaces
+
+
+def test_mkdir_of_a_lock_released_meanwhile_takes_it(sshd: SshdServer, sshd_fleet: SshdFleet,
+                                                    trust_hosts: Callable, tmp_path: Path) -> None:
+    """A deploy's mkdir of the lock fails ("Failure": it exists), and the holder removes it before
+    we look: that is a free lock, not an error."""
+    trust_hosts(sshd)
+    root = sshd.device_root / f"{tmp_path.name} lock"
+    (root / "lock").mkdir(parents=True)
+    with transport(sshd, sshd_fleet, str(root)) as t:
+        real_mkdir = t.sftp.mkdir
+        calls: List[str] = []
+
+        def mkdir_then_holder_unlocks(p: str, mode: int = 0o777) -> None:
+            calls.append(p)
+            try:
+                real_mkdir(p, mode)
+            finally:
+                if len(calls) == 1:
+                    os.rmdir(p)  # the holder unlocks between our failed mkdir and our look
+
+        t.sftp.mkdir = mkdir_then_holder_unlocks  # type: ignore[method-assign]
+        t.mkdir("lock")
+        assert len(calls) == 2 and (root / "lock").is_dir()
+        with pytest.raises(FileExistsError):
+            t.mkdir("lock")  # held for real: still the answer the lock loop waits on
+
+
 def test_tilde_path_is_the_remote_home(sshd: SshdServer, sshd_fleet: SshdFleet, trust_hosts: Callable) -> None:
     trust_hosts(sshd)
     with transport(sshd, sshd_fleet, "~/edgekit-x") as t:

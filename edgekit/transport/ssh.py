@@ -378,7 +378,17 @@ class SSHTransport(Transport):
                 parts.append(d)
                 d = os.path.dirname(d)
         for p in reversed(parts):
-            self.sftp.mkdir(p)
+            try:
+                self.sftp.mkdir(p)
+            except IOError:
+                # Another deploy may have made it between our stat and mkdir (SFTP v3 says only
+                # "Failure" for EEXIST): a directory there now is what we wanted.
+                try:
+                    if stat.S_ISDIR(self.sftp.stat(p).st_mode or 0):
+                        continue
+                except IOError:
+                    pass
+                raise
 
     def get(self, remote: str, local: Path) -> None:
         Path(local).parent.mkdir(parents=True, exist_ok=True)
@@ -414,13 +424,18 @@ class SSHTransport(Transport):
     def mkdir(self, path: str) -> None:
         """Create one directory; FileExistsError when it exists (the deploy lock relies on this)."""
         p = self._abs(path)
-        try:
-            self._sftp_call(self.sftp.mkdir, p)
-        except OSError as exc:
-            # SFTP v3 reports EEXIST as a bare "Failure": tell the cases apart by looking.
-            if self.exists(p):
-                raise FileExistsError(errno.EEXIST, "File exists", p) from None
-            raise exc
+        for attempt in range(3):
+            try:
+                self._sftp_call(self.sftp.mkdir, p)
+                return
+            except OSError as exc:
+                # SFTP v3 reports EEXIST as a bare "Failure": tell the cases apart by looking.
+                if self.exists(p):
+                    raise FileExistsError(errno.EEXIST, "File exists", p) from None
+                if attempt == 2:
+                    raise exc
+                # Gone already: another client removed it between our mkdir and our look (a
+                # deploy releasing the lock we wait for). Try again rather than fail the deploy.
 
     def makedirs(self, path: str) -> None:
         self._sftp_call(self._mkdirs, self._abs(path))
