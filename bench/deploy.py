@@ -10,8 +10,9 @@ per 127.0.0.x address), so scp and edgekit talk to the same servers with the sam
    (connect, lock, hash on the device, unlock) and bytes sent, with the wire bytes counted by a TCP
    proxy. Target: < 1 s and 0 bytes of model data.
 3. Fleet: one bundle deployed to 1 device and to 16 devices (16 sshd, max_parallel 16), fresh
-   device directories each round, on bare loopback and with a network round trip added per device.
-   Target: 16 devices in <= 3x the time of one.
+   device directories each round, on bare loopback and with a network round trip added per device,
+   for a 4 MB and a digits-sized bundle. Target: 16 devices in <= 3x the time of one. Each run also
+   gets the lower bound this host allows: the 16-device run's CPU spread over every core.
 
     .venv/bin/python bench/deploy.py [--rounds 5] [--size-mb 100] [--fleet-mb 4] [--rtt-ms 20] [--out bench/RESULTS.md]
 """
@@ -232,6 +233,7 @@ def main() -> None:
         fl = bench_fleet(fleet, work, args.fleet_mb, args.rounds, home)
         tiny = bench_fleet(fleet, work, 0, args.rounds, home)
         lan = bench_fleet(fleet, work, args.fleet_mb, args.rounds, home, delay=args.rtt_ms / 2000)
+        tiny_lan = bench_fleet(fleet, work, 0, args.rounds, home, delay=args.rtt_ms / 2000)
     finally:
         fleet.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -240,7 +242,10 @@ def main() -> None:
     scp_t, ek_t, pm_t = median(tr["scp"]), median(tr["edgekit"]), median(tr["paramiko"])
     c16, d16 = fl["cpu16"]  # type: ignore[misc]
     dev_share = d16 / max(c16 + d16, 1e-9)
-    ratios = {k: median(v["16"]) / median(v["1"]) for k, v in (("fl", fl), ("tiny", tiny), ("lan", lan))}  # type: ignore[arg-type]
+    runs = (("fl", fl), ("tiny", tiny), ("lan", lan), ("tiny_lan", tiny_lan))
+    ratios = {k: median(v["16"]) / median(v["1"]) for k, v in runs}  # type: ignore[arg-type]
+    # About the best this host could do: all the CPU the 16-device run used, spread over every core.
+    floors = {k: sum(v["cpu16"]) / (os.cpu_count() or 1) / median(v["1"]) for k, v in runs}  # type: ignore[arg-type]
     ssh_v = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
     cpu = os.cpu_count()
     lines = [
@@ -294,11 +299,22 @@ def main() -> None:
         *fleet_rows(f"{int(fl['bundle_bytes']) / 1e6:.1f} MB bundle, loopback", fl, cpu or 1),  # type: ignore[call-overload]
         *fleet_rows(f"{int(tiny['bundle_bytes']) / 1e6:.2f} MB bundle (digits-sized), loopback", tiny, cpu or 1),  # type: ignore[call-overload]
         *fleet_rows(f"{int(lan['bundle_bytes']) / 1e6:.1f} MB bundle, +{args.rtt_ms:g} ms RTT per device", lan, cpu or 1),  # type: ignore[call-overload]
+        *fleet_rows(f"{int(tiny_lan['bundle_bytes']) / 1e6:.2f} MB bundle, +{args.rtt_ms:g} ms RTT per device", tiny_lan, cpu or 1),  # type: ignore[call-overload]
         "",
-        f"16 devices vs one: {ratios['fl']:.1f}x ({int(fl['bundle_bytes']) / 1e6:.1f} MB, loopback), "  # type: ignore[call-overload]
-        f"{ratios['tiny']:.1f}x (digits-sized, loopback), {ratios['lan']:.1f}x (+{args.rtt_ms:g} ms RTT). "
-        f"Target <= 3x: **{'met' if ratios['fl'] <= 3 else 'NOT met'}** on loopback, "
-        f"**{'met' if ratios['lan'] <= 3 else 'NOT met'}** with a network round trip.",
+        "| run | 16 devices / one | CPU floor on this host (16-device run's CPU / cores / one-device time) | target <= 3x |",
+        "|---|---|---|---|",
+        *[f"| {label} | {ratios[k]:.1f}x | {floors[k]:.1f}x | {'met' if ratios[k] <= 3 else 'NOT met'} |"
+          for k, label in (("fl", f"{int(fl['bundle_bytes']) / 1e6:.1f} MB, loopback"),  # type: ignore[call-overload]
+                           ("tiny", "digits-sized, loopback"),
+                           ("lan", f"{int(lan['bundle_bytes']) / 1e6:.1f} MB, +{args.rtt_ms:g} ms RTT"),  # type: ignore[call-overload]
+                           ("tiny_lan", f"digits-sized, +{args.rtt_ms:g} ms RTT"))],
+        "",
+        "The CPU floor is about the shortest time this host could finish the 16-device run in (CPU is "
+        "counted per round, so it is approximate). Where it is above 3x, no fan-out can meet the target on "
+        "this machine: the sixteen simulated devices' own work (mostly kernel time of their sshd sessions "
+        "receiving the bytes, the same for scp) does not fit on its cores in that time. Real boards bring "
+        "their own CPUs; the runs through a proxy adding a round trip per device are the closer picture "
+        "of a fleet on a LAN or WiFi.",
         "",
         f"Reading it: this machine has {cpu} CPUs, and on loopback the sixteen \"devices\" (sshd, sftp-server, "
         "hashing) run on the same cores as edgekit. Receiving bytes is expensive on this VM (section 1's "
