@@ -16,6 +16,7 @@ else:  # pragma: no cover
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .device.power import DEFAULT_GRID_G_PER_KWH, REGISTRY as POWER_SAMPLERS
 from .errors import ConfigError
 
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
@@ -119,6 +120,29 @@ class DeploySpec(_Strict):
     inventory: Optional[Path] = None
 
 
+class PowerSpec(_Strict):
+    """Power sampling during ``edgekit validate``: the runner measures an idle baseline, then samples
+    over the timed window and reports energy per inference and carbon (see edgekit/device/power.py)."""
+    sampler: str = "auto"
+    """'auto': the target profile's sensor, else the labelled CPU-time estimate; 'none': no sampling;
+    or a sampler name (edgekit doctor lists what the device has)."""
+    rate_hz: float = Field(10.0, ge=1, le=100)
+    idle_s: float = Field(2.0, ge=0, le=60)
+    """Seconds of idle baseline before the window (0: no baseline, so no energy above idle)."""
+    requests_per_s: float = Field(1.0, gt=0)
+    """The request rate the carbon-per-day figure assumes."""
+    grid_g_per_kwh: float = Field(DEFAULT_GRID_G_PER_KWH, ge=0, le=2000)
+    """Grid carbon intensity, gCO2e/kWh (default: the 2023 world average, Ember)."""
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, v: str) -> str:
+        known = ["auto", "none", *sorted(POWER_SAMPLERS)]
+        if v not in known:
+            raise ValueError(f"unknown power sampler '{v}', expected one of: {', '.join(known)}")
+        return v
+
+
 class ProjectConfig(_Strict):
     model: ModelSpec
     inputs: List[InputSpec]
@@ -126,6 +150,7 @@ class ProjectConfig(_Strict):
     validation: ValidationSpec
     devices: List[DeviceSpec] = Field(default_factory=list)
     deploy: DeploySpec = Field(default_factory=DeploySpec)
+    power: PowerSpec = Field(default_factory=PowerSpec)
     targets: List[str] = Field(default_factory=list)
     """Targets the release flow builds (``edgekit build --all``)."""
     seed: int = 0

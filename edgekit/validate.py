@@ -17,11 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
-from .config import DeviceSpec, ProjectConfig
-from .errors import DeviceError
+from .config import DeviceSpec, PowerSpec, ProjectConfig
+from .errors import ConfigError, DeviceError
 from .transport import Transport, connect
 
 RUNNER_EXIT_METRIC = 3
@@ -82,16 +82,45 @@ def device_python(spec: DeviceSpec) -> str:
     return spec.python
 
 
+def power_settings(config: ProjectConfig, *, sampler: Optional[str] = None, rate_hz: Optional[float] = None,
+                   idle_s: Optional[float] = None, requests_per_s: Optional[float] = None,
+                   grid_g_per_kwh: Optional[float] = None) -> PowerSpec:
+    """edgekit.toml's [power], with what the command line gave on top (checked by the same schema)."""
+    given = {k: v for k, v in dict(sampler=sampler, rate_hz=rate_hz, idle_s=idle_s, requests_per_s=requests_per_s,
+                                   grid_g_per_kwh=grid_g_per_kwh).items() if v is not None}
+    try:
+        return PowerSpec.model_validate({**config.power.model_dump(), **given})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"power option '{field}': {err['msg'].replace('Value error, ', '')}") from None
+
+
+def power_argv(power: PowerSpec) -> List[str]:
+    """The runner's flags for ``power`` (none when sampling is off). Values equal to the defaults,
+    which are the runner's own, are left out: a release's runner from an older edgekit that lacks
+    a newer flag still runs."""
+    if power.sampler == "none":
+        return []
+    argv = ["--power", power.sampler]
+    defaults = PowerSpec()
+    for flag, field in (("--power-rate", "rate_hz"), ("--idle", "idle_s"), ("--requests-per-s", "requests_per_s"),
+                        ("--grid-intensity", "grid_g_per_kwh")):
+        if getattr(power, field) != getattr(defaults, field):
+            argv += [flag, repr(float(getattr(power, field)))]
+    return argv
+
+
 def runner_argv(spec: DeviceSpec, current: str, out: str, *, duration: float, threads: Optional[int], repeat: int,
-                warmup: Optional[int], power: Optional[str], extra: Optional[List[str]] = None) -> List[str]:
+                warmup: Optional[int], power: Optional[PowerSpec], extra: Optional[List[str]] = None) -> List[str]:
     argv = [device_python(spec), posixpath.join(current, "runner.py"), "validate", "--release", current, "--out", out,
             "--duration", repr(float(duration)), "--repeat", str(int(repeat))]
     if threads is not None:
         argv += ["--threads", str(int(threads))]
     if warmup is not None:
         argv += ["--warmup", str(int(warmup))]
-    if power:
-        argv += ["--power", power]
+    if power is not None:
+        argv += power_argv(power)
     return argv + list(extra or [])
 
 
@@ -110,19 +139,23 @@ def _tail(text: str) -> str:
 
 
 def validate_device(config: ProjectConfig, device: Union[str, DeviceSpec], *, duration: float = 2.0,
-                    threads: Optional[int] = None, repeat: int = 1, power: Optional[str] = None,
+                    threads: Optional[int] = None, repeat: int = 1, power: Union[str, PowerSpec, None] = None,
                     transport: Optional[Transport] = None, accept_new_host_key: bool = False,
                     runs_dir: Union[Path, str, None] = None, warmup: Optional[int] = None,
                     runner_args: Optional[List[str]] = None, timeout: Optional[float] = None) -> ValidationResult:
     """Run the current release's runner on ``device`` and return its result.
 
-    ``runner_args`` passes further runner flags (``--power-rate``, ``--idle``, ``--sysfs-root``...).
+    ``power``: a sampler name ('none' turns sampling off) with the rest from edgekit.toml's [power],
+    or whole settings (:func:`power_settings`); None uses [power] as it is (sampler 'auto' unless
+    the file says otherwise).
+    ``runner_args`` passes further runner flags (``--sysfs-root``...).
     Raises DeviceError when nothing is deployed or the runner failed; the run is kept in runs/ either way
     when the runner wrote a result.
     """
     spec = config.device(device) if isinstance(device, str) else device
     if duration <= 0 or repeat < 1:
         raise DeviceError("--duration must be > 0 and --repeat at least 1")
+    settings = power if isinstance(power, PowerSpec) else power_settings(config, sampler=power)
     own = transport is None
     conn = transport or connect(spec, config, accept_new_host_key=accept_new_host_key)
     try:
@@ -134,9 +167,9 @@ def validate_device(config: ProjectConfig, device: Union[str, DeviceSpec], *, du
                               hint=f"{current} does not exist or holds no runner.py")
         remote_out = conn.path(".edgekit", f"validate-{uuid.uuid4().hex[:12]}.json")
         argv = runner_argv(spec, current, remote_out, duration=duration, threads=threads, repeat=repeat,
-                           warmup=warmup, power=power, extra=runner_args)
+                           warmup=warmup, power=settings, extra=runner_args)
         # First runs on Jetson build TensorRT engines (minutes); power adds idle time around the window.
-        limit = timeout if timeout is not None else 600.0 + repeat * duration * 3
+        limit = timeout if timeout is not None else 600.0 + repeat * duration * 3 + settings.idle_s
         proc = conn.run(argv, timeout=limit, cwd="/")
         folder = runs_directory(config, runs_dir)
         folder.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,12 @@ data = "calib.npz"
 data = "val.npz"
 metric = "top1"
 threshold = 0.9
+
+[power]
+idle_s = 0.2
 """
-"""edgekit.toml for the tiny model (an ONNX passthrough); tests append [[devices]] as they need."""
+"""edgekit.toml for the tiny model (an ONNX passthrough); tests append [[devices]] as they need.
+Power sampling stays on (sampler auto), with a short idle baseline to keep the suite quick."""
 
 
 def tiny_model(path: Path, seed: int = 0, n_in: int = 16, n_out: int = 4) -> None:

@@ -284,7 +284,8 @@ def write_project(root: Path, devices: List[Dict[str, object]], *, deploy: Optio
     lines = ['[model]', 'name = "tiny"', 'source = "onnx"', 'path = "model.onnx"', '',
              '[[inputs]]', 'name = "x"', 'shape = [1, 16]', '',
              '[calibration]', 'data = "data.npz"', '',
-             '[validation]', 'data = "data.npz"', 'threshold = 0.99', '']
+             '[validation]', 'data = "data.npz"', 'threshold = 0.99', '',
+             '[power]', 'idle_s = 0.2', '']  # sampling stays on (auto); a short baseline keeps tests quick
     lines.append("[deploy]")
     for k, v in (deploy or {}).items():
         lines.append(f"{k} = {_toml_value(v)}")

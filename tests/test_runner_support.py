@@ -73,7 +73,8 @@ def write_project(root: Path, devices: List[Dict[str, Any]], metric: str = "top1
     lines = ['[model]', 'name = "tiny"', 'source = "onnx"', 'path = "model.onnx"', '',
              '[[inputs]]', 'name = "x"', 'shape = [1, 16]', '',
              '[calibration]', 'data = "calib.npz"', '',
-             '[validation]', 'data = "calib.npz"', f'metric = "{metric}"', f'threshold = {threshold}', '']
+             '[validation]', 'data = "calib.npz"', f'metric = "{metric}"', f'threshold = {threshold}', '',
+             '[power]', 'idle_s = 0.2', '']  # sampling stays on (auto); a short baseline keeps tests quick
     for d in devices:
         lines.append("[[devices]]")
         for key, value in d.items():

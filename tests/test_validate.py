@@ -121,6 +121,60 @@ def test_power_flag_reaches_the_runner(project: Path) -> None:
     assert res.power is not None and res.power.get("sampler") == "estimate"
 
 
+def test_power_is_sampled_by_default_and_labelled(project: Path) -> None:
+    """No --power: edgekit.toml's [power] (sampler auto). This host has no power sensor the x86
+    profile names (no RAPL in the VM), so auto falls back to the estimate and says so."""
+    res = validate_device(load(project), "board", duration=0.05)
+    p = res.power
+    assert p is not None and p["requested"] == "auto"
+    if p["sampler"] == "estimate":
+        assert p["is_estimate"] is True and any("estimate" in w for w in p["warnings"])
+    assert p["idle_s"] == pytest.approx(0.2, abs=0.1)  # the project's [power] idle_s reached the runner
+    assert p["energy_per_inference_mj"] > 0 and p["carbon"]["g_per_1000_inferences"] > 0
+    off = validate_device(load(project), "board", duration=0.02, power="none")
+    assert off.power is None
+
+
+def test_power_options_reach_the_result_and_carbon(project: Path) -> None:
+    out = CliRunner().invoke(main, ["validate", "--device", "board", "--config", str(project), "--duration", "0.05",
+                                    "--power", "estimate", "--idle", "0.3", "--power-rate", "25",
+                                    "--requests-per-s", "12", "--grid-intensity", "100", "--json"])
+    assert out.exit_code == 0, out.output
+    p = json.loads(out.output)["power"]
+    assert p["sampler"] == "estimate" and p["rate_hz"] == 25 and p["idle_s"] == pytest.approx(0.3, abs=0.1)
+    c = p["carbon"]
+    assert c["requests_per_s"] == 12 and c["grid_g_per_kwh"] == 100
+    g_per_j = 100 / 3.6e6  # 100 g/kWh
+    assert c["g_per_1000_inferences"] == pytest.approx(p["energy_per_inference_mj"] / 1000 * 1000 * g_per_j, rel=1e-3)
+    day_j = 86400 * (p["idle_power_w"] + 12 * max(p["energy_per_inference_above_idle_mj"] / 1000, 0))
+    assert c["g_per_day_at_rps"] == pytest.approx(day_j * g_per_j, rel=1e-3)
+    table = CliRunner().invoke(main, ["validate", "--device", "board", "--config", str(project), "--duration", "0.02",
+                                      "--power", "estimate", "--requests-per-s", "12"])
+    assert table.exit_code == 0, table.output
+    assert "at 12 req/s" in table.output and "(ESTIMATE)" in table.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--power-rate", "500"], "power option 'rate_hz'"),
+    (["--power", "thermometer"], "unknown power sampler 'thermometer'"),
+    (["--grid-intensity", "-5"], "power option 'grid_g_per_kwh'"),
+])
+def test_bad_power_options_are_one_line(project: Path, args: list, needle: str) -> None:
+    out = CliRunner().invoke(main, ["validate", "--device", "board", "--config", str(project), *args])
+    assert out.exit_code == 2 and needle in out.output and "Traceback" not in out.output
+    assert len(out.output.strip().splitlines()) <= 2  # the line, and at most a hint
+
+
+def test_power_section_in_edgekit_toml_is_checked(project: Path) -> None:
+    text = project.read_text().replace("idle_s = 0.2", "idle_s = 0.2\nsampler = \"multimeter\"")
+    project.write_text(text)
+    out = CliRunner().invoke(main, ["validate", "--device", "board", "--config", str(project)])
+    assert out.exit_code == 2 and str(project) in out.output and "power.sampler" in out.output
+    project.write_text(text.replace('sampler = "multimeter"', "rate_hz = 0"))
+    out = CliRunner().invoke(main, ["validate", "--device", "board", "--config", str(project)])
+    assert out.exit_code == 2 and "power.rate_hz" in out.output
+
+
 # ----------------------------------------------------------------------------------------------
 # Over a real sshd on 127.0.0.x (tests/sshd_fixtures.py)
 # ----------------------------------------------------------------------------------------------

@@ -38,11 +38,12 @@ def _validation_rows(res: Any) -> List[Tuple[str, str]]:
              ("iterations", f"{_fmt(lat.get('iterations'))} in {_fmt(lat.get('window_s'), ' s')} ({_fmt(lat.get('repeat'))} window(s))"),
              ("peak RSS", _fmt(res.memory.get("peak_rss_mb"), " MB"))]
     if res.power is not None:
-        if res.power.get("available") is False:
+        from ..power.carbon import summary_rows
+
+        if not res.power.get("sampler"):  # power.py missing or failed: nothing was sampled
             rows.append(("power", f"unavailable: {res.power.get('reason')}"))
-        else:
-            rows += [(f"power {k}", _fmt(v)) for k, v in sorted(res.power.items())
-                     if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+        else:  # labelled rows: an estimate says so on its energy and carbon lines
+            rows += [(f"power: {label.strip().lower()}", value) for label, value in summary_rows(res.power)]
     rows.append(("result", str(res.result_path)))
     return rows
 
@@ -63,19 +64,30 @@ def register(main: click.Group) -> None:
     @click.option("--duration", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Minimum seconds per timed window.")
     @click.option("--threads", default=None, type=int, help="Intra-op threads (default: the target profile's).")
     @click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1), help="Timed windows; the median is reported.")
-    @click.option("--power", default=None, help="Power sampler to run around the window (see edgekit doctor).")
+    @click.option("--power", default=None, metavar="SAMPLER",
+                  help="Power sampler: auto (the target's sensor, else a labelled estimate), none, or a name "
+                       "(edgekit doctor lists them) [default: [power] sampler, else auto].")
+    @click.option("--power-rate", default=None, type=float, metavar="HZ", help="Power samples per second, 1-100 [10].")
+    @click.option("--idle", "idle_s", default=None, type=float, metavar="S", help="Seconds of idle baseline before the window [2].")
+    @click.option("--requests-per-s", default=None, type=float, metavar="R", help="Request rate for the carbon-per-day figure [1].")
+    @click.option("--grid-intensity", default=None, type=float, metavar="G",
+                  help="Grid carbon intensity in gCO2e/kWh [481, world average 2023].")
     @click.option("--runs-dir", default=None, type=click.Path(file_okay=False), help="Where run files go [runs/ beside edgekit.toml].")
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     def validate_cmd(device: str, config_path: str, inventory: Optional[Path], duration: float, threads: Optional[int], repeat: int,
-                     power: Optional[str], runs_dir: Optional[str], accept_new_host_key: bool, as_json: bool) -> None:
-        """Run the deployed release on a device: accuracy vs reference, latency, power."""
+                     power: Optional[str], power_rate: Optional[float], idle_s: Optional[float],
+                     requests_per_s: Optional[float], grid_intensity: Optional[float], runs_dir: Optional[str],
+                     accept_new_host_key: bool, as_json: bool) -> None:
+        """Run the deployed release on a device: accuracy vs reference, latency, power and carbon."""
         from ..config import load
-        from ..validate import validate_device
+        from ..validate import power_settings, validate_device
 
         config = load(config_path)
-        res = validate_device(config, _device(config, device, inventory), duration=duration, threads=threads, repeat=repeat, power=power,
-                              accept_new_host_key=accept_new_host_key, runs_dir=runs_dir)
+        settings = power_settings(config, sampler=power, rate_hz=power_rate, idle_s=idle_s,
+                                  requests_per_s=requests_per_s, grid_g_per_kwh=grid_intensity)
+        res = validate_device(config, _device(config, device, inventory), duration=duration, threads=threads, repeat=repeat,
+                              power=settings, accept_new_host_key=accept_new_host_key, runs_dir=runs_dir)
         if as_json:
             echo_json(res)
         else:

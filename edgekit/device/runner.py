@@ -5,7 +5,7 @@ Needs only Python >= 3.8 (JetPack 5), numpy and one runtime: onnxruntime, or tfl
 ai_edge_litert for ``.tflite`` models. Usage on the device:
 
     python3 runner.py validate --release DIR --out result.json [--duration S] [--threads N]
-        [--repeat N] [--warmup N] [--power SAMPLER] [--power-rate HZ] [--idle S]
+        [--repeat N] [--warmup N] [--power SAMPLER] [--power-rate HZ] [--idle S] [--requests-per-s R]
         [--sysfs-root DIR] [--grid-intensity G]
 
 It always writes the result JSON, failures included (``"ok": false`` and an ``error`` with a
@@ -509,7 +509,7 @@ def measure_power(args, manifest, run_window):
     try:
         window, result = power.measure(guarded_window, sampler=args.power, rate_hz=args.power_rate, idle_s=args.idle,
                                        root=args.sysfs_root, profile=manifest.get("target_profile"),
-                                       grid_g_per_kwh=args.grid_intensity)
+                                       grid_g_per_kwh=args.grid_intensity, requests_per_s=args.requests_per_s)
     except Exception as exc:
         if failed:
             raise failed[0]
@@ -628,6 +628,7 @@ def build_parser():
     p.add_argument("--idle", type=float, default=2.0, help="seconds of idle power measured before the window")
     p.add_argument("--sysfs-root", default="/", help="root for sysfs/procfs reads (tests point it elsewhere)")
     p.add_argument("--grid-intensity", type=float, default=None, help="grid carbon intensity, g CO2e per kWh")
+    p.add_argument("--requests-per-s", type=float, default=1.0, help="request rate the carbon-per-day figure assumes")
     return parser
 
 
