@@ -14,8 +14,12 @@ from click.testing import CliRunner
 from bundles import make_tiny_bundle
 from edgekit.cli import main
 from edgekit.config import load
+from edgekit.device import power as device_power
 from edgekit.errors import ConfigError
 from edgekit.report import build_report, load_runs
+from edgekit.report.plots import power_trace_figure
+from edgekit.report.render import to_html
+from edgekit.report.runs import RunRecord
 from edgekit.validate import validate_device
 from test_runner_support import lay_out_release, write_project
 
@@ -35,22 +39,67 @@ def _synthetic(device: str, started: str, **over: Any) -> Dict[str, Any]:
     return run
 
 
+def _measured_power() -> Dict[str, Any]:
+    """What measure() writes for a Raspberry Pi 5 PMIC run: 290 inferences in 1.45 s, 5 req/s at 481 g/kWh."""
+    trace = [[-0.5 + 0.05 * i, 3.0 + (1.5 if i >= 10 else 0.0)] for i in range(40)]
+    return {"sampler": "rpi5-pmic", "requested": "rpi5-pmic", "scope": "soc+dram",
+            "scope_note": "sum of V x I over 12 PMIC rails", "method": "power-rails", "is_estimate": False,
+            "available": True, "energy_j": 6.525, "mean_power_w": 4.5, "idle_power_w": 3.0,
+            "energy_per_inference_mj": 22.5, "energy_per_inference_above_idle_mj": 7.5, "iterations": 290,
+            "samples": 15, "window_s": 1.45, "rate_hz": 10.0, "trace": trace, "window": [0.0, 1.45],
+            "rails_mean_w": {"EXT5V_V": 4.5}, "carbon": device_power.carbon(0.0225, 3.0, 0.0075, 481.0, 5.0),
+            "warnings": ["the board reported throttled during the run", "fan at full speed"]}
+
+
+def _estimate_power() -> Dict[str, Any]:
+    """The CPU-time estimate standing in for a missing PMIC sampler: 8 mJ per inference, 1 req/s at 300 g/kWh."""
+    return {"sampler": "estimate", "requested": "rpi5-pmic", "scope": "cpu package",
+            "scope_note": "ESTIMATE, not a measurement: this process's CPU seconds x 2.00 W per core",
+            "method": "estimate", "is_estimate": True, "available": False, "reason": "vcgencmd is not on PATH",
+            "energy_j": 1.6, "mean_power_w": 2.0, "idle_power_w": 0.1, "energy_per_inference_mj": 8.0,
+            "energy_per_inference_above_idle_mj": 7.6, "iterations": 200, "samples": 8, "window_s": 0.8,
+            "rate_hz": 10.0, "trace": [[-0.2, 0.1], [0.0, 0.1], [0.4, 2.0], [0.8, 2.0]], "window": [0.0, 0.8],
+            "carbon": device_power.carbon(0.008, 0.1, 0.0076, 300.0, 1.0),
+            "warnings": ["power sampler 'rpi5-pmic' is unavailable; using the CPU-time estimate instead"]}
+
+
+# Expected carbon, worked out here from the energies above (g = J x grid / 3.6e6), not read from the code.
+MEASURED_G_1000 = 22.5e-3 * 1000 * 481.0 / 3.6e6          # 3.0e-3 g
+MEASURED_G_DAY = 86400 * (3.0 + 5.0 * 7.5e-3) * 481.0 / 3.6e6  # idle all day + 5 req/s above idle
+ESTIMATE_G_1000 = 8e-3 * 1000 * 300.0 / 3.6e6             # 6.7e-4 g
+ESTIMATE_G_DAY = 86400 * (0.1 + 1.0 * 7.6e-3) * 300.0 / 3.6e6
+MEASURED_TEXT = (f"{MEASURED_G_1000 * 1e3:.3g} mg CO2 per 1000 inferences", f"{MEASURED_G_DAY:.3g} g/day at 5 req/s")
+ESTIMATE_TEXT = (f"{ESTIMATE_G_1000 * 1e6:.3g} µg CO2 per 1000 inferences", f"{ESTIMATE_G_DAY * 1e3:.3g} mg/day at 1 req/s")
+
+
 @pytest.fixture
 def runs_dir(tmp_path: Path) -> Path:
-    """Runs from a real local validation plus two synthetic boards (one with a power trace, one failed)."""
+    """Runs from a real local validation plus three synthetic boards: measured power with a trace,
+    a failed run whose power module was missing, and a run with only the CPU-time estimate."""
     make_tiny_bundle(tmp_path / "dist")
     cfg = write_project(tmp_path / "proj", [{"name": "x86-box", "target": "x86-avx2", "path": "dev", "python": sys.executable}])
     lay_out_release(tmp_path / "dist", cfg.parent / "dev")
     validate_device(load(cfg), "x86-box", duration=0.05)
     runs = cfg.parent / "runs"
-    trace = [[-0.5 + 0.05 * i, 3.0 + (1.5 if i >= 10 else 0.0)] for i in range(40)]
-    power = {"available": True, "sampler": "rpi5-pmic", "energy_j": 2.5, "mean_power_w": 4.5,
-             "energy_per_inference_mj": 5.0, "trace": trace, "window": [0.0, 1.45], "rails_mean_w": {"EXT5V_V": 4.5}}
-    (runs / "20250101T000000Z-pi5.json").write_text(json.dumps(_synthetic("pi5", "2025-01-01T00:00:00Z", power=power)))
+    pi5 = _synthetic("pi5", "2025-01-01T00:00:00Z", power=_measured_power())
+    (runs / "20250101T000000Z-pi5.json").write_text(json.dumps(pi5))
     bad = _synthetic("nano", "2025-01-01T00:01:00Z", ok=False, metric={}, metrics={}, latency={},
-                     error={"kind": "runtime", "message": "onnxruntime cannot be imported by /usr/bin/python3"})
+                     error={"kind": "runtime", "message": "onnxruntime cannot be imported by /usr/bin/python3"},
+                     power={"available": False, "reason": "power.py is missing beside runner.py"})
     (runs / "20250101T000100Z-nano.json").write_text(json.dumps(bad))
+    rock = _synthetic("rock5", "2025-01-01T00:02:00Z", target="rock-5b", power=_estimate_power())
+    (runs / "20250101T000200Z-rock5.json").write_text(json.dumps(rock))
     return runs
+
+
+def _devices(section: str) -> set:
+    """The first cell of each body row of the tables in ``section``."""
+    return set(re.findall(r"<tr><td>([^<]*)</td>", section))
+
+
+def _sections(html: str) -> Dict[str, str]:
+    """HTML split at each <h2>: heading -> what follows up to the next heading."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"<h2>(.*?)</h2>(.*?)(?=<h2>|</body>)", html, re.S)}
 
 
 def _pngs(html: str) -> list:
@@ -59,24 +108,90 @@ def _pngs(html: str) -> list:
 
 def test_report_html_markdown_json(runs_dir: Path, tmp_path: Path) -> None:
     runs = load_runs(runs_dir=runs_dir)
-    assert [r.device for r in runs][:2] == ["pi5", "nano"]  # time order (synthetic runs are older)
+    assert [r.device for r in runs][:3] == ["pi5", "nano", "rock5"]  # time order (synthetic runs are older)
     res = build_report(runs, tmp_path / "reports")
-    html = res.html.read_text()
+    html = res.html.read_text(encoding="utf-8")
     pngs = _pngs(html)
-    # latency histogram, p50/p99 per device, metric per device, one power trace
-    assert res.plots == ["Latency distribution", "Latency per device", "Metric per device",
-                         "Power trace: pi5 (20250101T000000Z-pi5.json)"]
-    assert len(pngs) == 4 and all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    # latency histogram, p50/p99 per device, metric per device, then the power traces (estimates labelled);
+    # the local x86-box run may bring its own trace (RAPL or the estimate, whatever this host has)
+    assert res.plots[:5] == ["Latency distribution", "Latency per device", "Metric per device",
+                             "Power trace: pi5 (20250101T000000Z-pi5.json)",
+                             "Power trace: rock5 (20250101T000200Z-rock5.json) (ESTIMATE)"]
+    assert all(t.startswith("Power trace: x86-box") for t in res.plots[5:])
+    assert len(pngs) == len(res.plots) and all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained
     for text in ("x86-box", "pi5", "nano", "CPUExecutionProvider", "onnxruntime cannot be imported", "psnr_db",
-                 "energy_per_inference_mj", "Fleet (latest run per device)"):
+                 "Energy per inference", "Fleet (latest run per device)"):
         assert text in html
-    md = res.markdown.read_text()
-    assert md.startswith("## edgekit validation: 2/3 device(s) passed")
+    md = res.markdown.read_text(encoding="utf-8")
+    assert md.startswith("## edgekit validation: 3/4 device(s) passed")
     assert "| device | target | provider |" in md and "❌" in md and "✅" in md and "onnxruntime cannot be imported" in md
-    data = json.loads(res.json_path.read_text())
-    assert data["passed"] == 2 and sorted(data["devices"]) == ["nano", "pi5", "x86-box"]
+    data = json.loads(res.json_path.read_text(encoding="utf-8"))
+    assert data["passed"] == 3 and sorted(data["devices"]) == ["nano", "pi5", "rock5", "x86-box"]
     assert res.summary[0]["device"] == "nano"
+
+
+def test_power_tables_keep_estimates_apart(runs_dir: Path, tmp_path: Path) -> None:
+    html = build_report(load_runs(runs_dir=runs_dir), tmp_path / "r").html.read_text(encoding="utf-8")
+    sections = _sections(html)
+    estimate_heads = [h for h in sections if h.startswith("Power (ESTIMATE")]
+    assert "Power (measured)" in sections and len(estimate_heads) == 1
+    measured, estimate = sections["Power (measured)"], sections[estimate_heads[0]]
+    pi5_row = re.search(r"<tr><td>pi5</td>.*?</tr>", measured)
+    assert pi5_row and "ESTIMATE" not in pi5_row.group(0)
+    assert "pi5" in _devices(measured) and not {"rock5", "nano"} & _devices(measured)
+    assert all(t in measured for t in MEASURED_TEXT) and f"{22.5:g} mJ" in measured
+    assert "the board reported throttled during the run; fan at full speed" in measured  # warnings joined
+    assert "rock5" in _devices(estimate) and not {"pi5", "nano"} & _devices(estimate)
+    assert all(t in estimate for t in ESTIMATE_TEXT)
+    assert f"{8.0:g} mJ (ESTIMATE)" in estimate and "requested rpi5-pmic: unavailable" in estimate
+    assert "&lt;td&gt;" not in html and estimate.count("<table>") == measured.count("<table>") == 1
+    unavailable = sections["Power (not measured)"]
+    assert _devices(unavailable) == {"nano"} and "<td>unavailable</td>" in unavailable
+    assert "power.py is missing beside runner.py" in unavailable
+
+
+def test_power_in_markdown_and_json(runs_dir: Path, tmp_path: Path) -> None:
+    res = build_report(load_runs(runs_dir=runs_dir), tmp_path / "r")
+    md = res.markdown.read_text(encoding="utf-8")
+    power_md = md[md.index("**Power**"):]
+    pi5 = next(line for line in power_md.splitlines() if "`pi5`" in line)
+    rock = next(line for line in power_md.splitlines() if "`rock5`" in line)
+    nano = next(line for line in power_md.splitlines() if "`nano`" in line)
+    assert all(t in pi5 for t in MEASURED_TEXT) and f"{22.5:g} mJ per inference" in pi5 and "ESTIMATE" not in pi5
+    assert all(t in rock for t in ESTIMATE_TEXT) and "ESTIMATE" in rock and "not a measurement" in rock
+    assert "unavailable" in nano and "power.py is missing" in nano
+    rows = {row["device"]: row for row in json.loads(res.json_path.read_text(encoding="utf-8"))["latest"]}
+    p, e, n = rows["pi5"], rows["rock5"], rows["nano"]
+    assert p["power_sampler"] == "rpi5-pmic" and p["power_is_estimate"] is False
+    assert p["carbon_g_per_1000_inferences"] == pytest.approx(MEASURED_G_1000, rel=1e-5)
+    assert p["carbon_g_per_day"] == pytest.approx(MEASURED_G_DAY, rel=1e-5)
+    assert (p["energy_per_inference_mj"], p["energy_per_inference_above_idle_mj"], p["mean_power_w"]) == (22.5, 7.5, 4.5)
+    assert (p["requests_per_s"], p["grid_g_per_kwh"]) == (5.0, 481.0)
+    assert e["power_sampler"] == "estimate" and e["power_is_estimate"] is True and e["grid_g_per_kwh"] == 300.0
+    assert e["carbon_g_per_1000_inferences"] == pytest.approx(ESTIMATE_G_1000, rel=1e-5)
+    assert e["carbon_g_per_day"] == pytest.approx(ESTIMATE_G_DAY, rel=1e-5)
+    assert n["power_sampler"] is None and n["power_is_estimate"] is None and n["carbon_g_per_day"] is None
+    assert rows["x86-box"]["release_id"] and "carbon_g_per_day" in rows["x86-box"]  # old keys kept, new ones present
+
+
+def test_power_trace_title_labels_estimates(runs_dir: Path) -> None:
+    runs = {r.device: r for r in load_runs(runs_dir=runs_dir)}
+    est_title = power_trace_figure(runs["rock5"]).axes[0].get_title()
+    measured_title = power_trace_figure(runs["pi5"]).axes[0].get_title()
+    assert "rock5" in est_title and "ESTIMATE" in est_title
+    assert "pi5" in measured_title and "rpi5-pmic" in measured_title and "ESTIMATE" not in measured_title
+
+
+def test_estimate_without_flag_is_still_labelled(tmp_path: Path) -> None:
+    """A sampler named 'estimate' whose dict lacks is_estimate must not land among measurements."""
+    power = _estimate_power()
+    del power["is_estimate"]
+    run = RunRecord(path=tmp_path / "r.json", device="b", power=power)
+    sections = _sections(to_html([run], [run], [], "now"))
+    assert "Power (measured)" not in sections
+    assert [h for h in sections if h.startswith("Power (ESTIMATE")] and "(ESTIMATE)" in "".join(sections.values())
+    assert "ESTIMATE" in power_trace_figure(run).axes[0].get_title()
 
 
 def test_latest_run_per_device_wins(runs_dir: Path, tmp_path: Path) -> None:
@@ -85,7 +200,7 @@ def test_latest_run_per_device_wins(runs_dir: Path, tmp_path: Path) -> None:
     (runs_dir / "20250201T000000Z-pi5.json").write_text(json.dumps(newer))
     res = build_report(load_runs(runs_dir=runs_dir), tmp_path / "r")
     pi5 = [row for row in res.summary if row["device"] == "pi5"][0]
-    assert pi5["value"] == 0.5 and pi5["passed"] is False and res.runs == 4
+    assert pi5["value"] == 0.5 and pi5["passed"] is False and res.runs == 5
 
 
 def test_cli_report(runs_dir: Path, tmp_path: Path) -> None:
@@ -93,7 +208,7 @@ def test_cli_report(runs_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = runner.invoke(main, ["report", "--runs-dir", str(runs_dir), "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert (out / "report.html").exists() and (out / "report.md").exists() and "2/3 device(s) passed" in res.output
+    assert (out / "report.html").exists() and (out / "report.md").exists() and "3/4 device(s) passed" in res.output
     one = sorted(runs_dir.glob("*pi5.json"))[0]
     res = runner.invoke(main, ["report", str(one), "--out", str(out), "--json"])
     data = json.loads(res.output)

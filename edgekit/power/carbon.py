@@ -79,7 +79,7 @@ def summary_rows(power: Mapping[str, Any]) -> List[Tuple[str, str]]:
         ("Mean power", w(power.get("mean_power_w"))),
         ("Idle power", w(power.get("idle_power_w"))),
         ("Energy per inference", format_energy_mj(power.get("energy_per_inference_mj")) + _label(power)),
-        ("  above idle", format_energy_mj(power.get("energy_per_inference_above_idle_mj"))),
+        ("  above idle", format_energy_mj(power.get("energy_per_inference_above_idle_mj")) + _label(power)),
         ("Carbon", format_carbon(power)),
         ("Samples", f"{power.get('samples')} over {power.get('window_s')} s at {power.get('rate_hz')} Hz"),
     ]

@@ -9,7 +9,7 @@ import base64
 import io
 from typing import Any, List, Optional, Sequence
 
-from .runs import RunRecord
+from .runs import RunRecord, power_is_estimate
 
 
 def _figure(width: float = 7.0, height: float = 3.6) -> Any:
@@ -100,8 +100,17 @@ def metric_per_device(runs: Sequence[RunRecord]) -> Optional[str]:
     return _png(fig)
 
 
-def power_trace(run: RunRecord) -> Optional[str]:
-    """Watts over time with the inference window shaded (power["trace"], power["window"])."""
+def power_trace_title(run: RunRecord) -> str:
+    """The trace's title; an estimate says so (it is CPU time x nominal watts, not a measurement)."""
+    power = run.power or {}
+    title = f"Power: {run.device} ({power.get('sampler', 'sampler ?')})"
+    if power_is_estimate(power):
+        title += " - ESTIMATE (CPU time x nominal watts), not a measurement"
+    return title
+
+
+def power_trace_figure(run: RunRecord) -> Any:
+    """The trace as a matplotlib Figure: watts over time, the inference window shaded."""
     if not run.has_trace:
         return None
     assert run.power is not None
@@ -116,9 +125,15 @@ def power_trace(run: RunRecord) -> Optional[str]:
         ax.axvspan(float(window[0]), float(window[1]), alpha=0.2, color="orange", label="inference window")
         ax.legend(fontsize=8)
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("W")
-    ax.set_title(f"Power: {run.device} ({run.power.get('sampler', 'sampler ?')})")
-    return _png(fig)
+    ax.set_ylabel("W (estimated)" if power_is_estimate(run.power) else "W")
+    ax.set_title(power_trace_title(run), fontsize=10)
+    return fig
+
+
+def power_trace(run: RunRecord) -> Optional[str]:
+    """Watts over time with the inference window shaded (power["trace"], power["window"])."""
+    fig = power_trace_figure(run)
+    return None if fig is None else _png(fig)
 
 
 def all_plots(latest: Sequence[RunRecord], runs: Sequence[RunRecord]) -> List[tuple]:
@@ -126,5 +141,6 @@ def all_plots(latest: Sequence[RunRecord], runs: Sequence[RunRecord]) -> List[tu
     plots = [("Latency distribution", latency_histogram(latest)),
              ("Latency per device", latency_per_device(latest)),
              ("Metric per device", metric_per_device(latest))]
-    plots += [(f"Power trace: {r.device} ({r.path.name})", power_trace(r)) for r in runs if r.has_trace]
+    plots += [(f"Power trace: {r.device} ({r.path.name})" + (" (ESTIMATE)" if power_is_estimate(r.power or {}) else ""),
+               power_trace(r)) for r in runs if r.has_trace]
     return [(t, p) for t, p in plots if p]

@@ -4,13 +4,17 @@ from __future__ import annotations
 import html
 from typing import Any, Dict, List, Sequence
 
-from .runs import RunRecord, fmt
+from ..power.carbon import format_carbon, format_energy_mj, summary_rows
+from .runs import RunRecord, fmt, power_is_estimate, power_unavailable
 
 SUMMARY_COLUMNS = [("device", "device"), ("target", "target"), ("release_id", "release"), ("provider", "provider"),
                    ("metric", "metric"), ("value", "value"), ("threshold", "threshold"), ("passed", "passed"),
                    ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
                    ("first_load_ms", "first load ms"), ("peak_rss_mb", "peak RSS MB")]
 METRIC_KEYS = ("top1", "top5", "cosine", "psnr_db", "max_abs", "max_rel")
+ESTIMATE_HEADING = "Power (ESTIMATE: CPU time x nominal watts, not a measurement)"
+POWER_LABELS = {"above idle": "Energy per inference above idle"}
+"""carbon.summary_rows() labels that need more words as a column heading."""
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;max-width:1100px}
@@ -35,18 +39,59 @@ def _table(columns: Sequence[tuple], rows: Sequence[Dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _power_rows(runs: Sequence[RunRecord]) -> List[Dict[str, Any]]:
-    """Scalar fields of each power dict: the sampler's own keys, whatever power.py reports."""
-    rows = []
-    for r in runs:
-        if not r.power:
+def _power_row(r: RunRecord) -> Dict[str, Any]:
+    """carbon.summary_rows() as one table row: its labels become columns, warnings are joined."""
+    power = dict(r.power or {})
+    power["is_estimate"] = power_is_estimate(power)  # summary_rows labels on this key alone
+    row: Dict[str, Any] = {"device": r.device, "run": r.path.name}
+    warnings = []
+    for label, value in summary_rows(power):
+        if label == "Warning":
+            warnings.append(value)
+        else:
+            row[POWER_LABELS.get(label.strip(), label.strip())] = value
+    if warnings:
+        row["Warnings"] = "; ".join(warnings)
+    return row
+
+
+def _power_tables(runs: Sequence[RunRecord]) -> List[str]:
+    """Measured and estimated figures in separate tables (never one beside the other), then the
+    runs whose power measurement did not happen."""
+    with_power = [r for r in runs if r.power]
+    parts: List[str] = []
+    for heading, estimate in (("Power (measured)", False), (ESTIMATE_HEADING, True)):
+        rows = [_power_row(r) for r in with_power
+                if not power_unavailable(r.power or {}) and power_is_estimate(r.power or {}) == estimate]
+        if rows:
+            labels = list(dict.fromkeys(k for row in rows for k in row if k not in ("device", "run")))
+            parts += [f"<h2>{html.escape(heading)}</h2>",
+                      _table([("device", "device"), ("run", "run")] + [(k, k) for k in labels], rows)]
+    missing = [{"device": r.device, "run": r.path.name, "status": "unavailable",
+                "reason": (r.power or {}).get("reason") or "no reason given"}
+               for r in with_power if power_unavailable(r.power or {})]
+    if missing:
+        parts += ["<h2>Power (not measured)</h2>",
+                  _table([("device", "device"), ("run", "run"), ("status", "status"), ("reason", "reason")], missing)]
+    return parts
+
+
+def _power_markdown(latest: Sequence[RunRecord]) -> List[str]:
+    """One line per device whose latest run has a power dict: energy and carbon, estimates labelled."""
+    lines = []
+    for r in latest:
+        power = r.power or {}
+        if not power:
             continue
-        row: Dict[str, Any] = {"device": r.device, "run": r.path.name}
-        for k, v in sorted(r.power.items()):
-            if isinstance(v, (str, int, float, bool)) or v is None:
-                row[k] = v
-        rows.append(row)
-    return rows
+        if power_unavailable(power):
+            lines.append(f"- `{r.device}`: power unavailable ({power.get('reason') or 'no reason given'})")
+            continue
+        est = power_is_estimate(power)
+        power = dict(power, is_estimate=est)
+        kind = "**ESTIMATE**: CPU time x nominal watts, not a measurement" if est else "measured"
+        lines.append(f"- `{r.device}` ({power.get('sampler')}, {kind}): "
+                     f"{format_energy_mj(power.get('energy_per_inference_mj'))} per inference; {format_carbon(power)}")
+    return ["", "**Power** (latest run per device)", ""] + lines if lines else []
 
 
 def to_html(runs: Sequence[RunRecord], latest: Sequence[RunRecord], plots: Sequence[tuple], generated: str) -> str:
@@ -66,10 +111,7 @@ def to_html(runs: Sequence[RunRecord], latest: Sequence[RunRecord], plots: Seque
         parts.append("</ul>")
     for title, png in plots:
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
-    power = _power_rows(runs)
-    if power:
-        keys = sorted({k for row in power for k in row} - {"device", "run"})
-        parts += ["<h2>Power</h2>", _table([("device", "device"), ("run", "run")] + [(k, k) for k in keys], power)]
+    parts += _power_tables(runs)
     parts += ["<h2>All runs</h2>", _table(SUMMARY_COLUMNS[:8] + [("p50_ms", "p50 ms"), ("started", "started"),
                                                                  ("error", "error")], [r.summary() for r in runs])]
     parts.append("</body></html>")
@@ -91,4 +133,5 @@ def to_markdown(runs: Sequence[RunRecord], latest: Sequence[RunRecord], generate
     if errors:
         lines += ["", "**Failures**", ""]
         lines += [f"- `{r.device}`: {(r.error or {}).get('message')}" for r in errors]
+    lines += _power_markdown(latest)
     return "\n".join(lines) + "\n"

@@ -11,6 +11,16 @@ from ..errors import ConfigError
 from ..validate import RunFields
 
 
+def power_unavailable(power: Dict[str, Any]) -> bool:
+    """True for ``{"available": false, "reason": ...}``: no sampler ran, so there are no figures."""
+    return not power.get("sampler")
+
+
+def power_is_estimate(power: Dict[str, Any]) -> bool:
+    """The CPU-time estimate, however it is flagged: it must never pass for a measurement."""
+    return bool(power.get("is_estimate")) or power.get("sampler") == "estimate" or power.get("method") == "estimate"
+
+
 class RunRecord(RunFields):
     """One validation run, as the runner wrote it plus the host's ``host`` block."""
 
@@ -33,7 +43,19 @@ class RunRecord(RunFields):
                 "p90_ms": lat.get("p90_ms"), "p99_ms": lat.get("p99_ms"), "mean_ms": lat.get("mean_ms"),
                 "first_load_ms": lat.get("first_load_ms"), "iterations": lat.get("iterations"),
                 "peak_rss_mb": self.memory.get("peak_rss_mb"),
-                "error": (self.error or {}).get("message"), "path": str(self.path)}
+                "error": (self.error or {}).get("message"), "path": str(self.path), **self.power_summary()}
+
+    def power_summary(self) -> Dict[str, Any]:
+        """Flat power and carbon fields (None when the run has no such figure)."""
+        pw = self.power or {}
+        c = pw.get("carbon") if isinstance(pw.get("carbon"), dict) else {}
+        return {"power_sampler": pw.get("sampler"),
+                "power_is_estimate": None if power_unavailable(pw) else power_is_estimate(pw),
+                "energy_per_inference_mj": pw.get("energy_per_inference_mj"),
+                "energy_per_inference_above_idle_mj": pw.get("energy_per_inference_above_idle_mj"),
+                "mean_power_w": pw.get("mean_power_w"), "carbon_g_per_1000_inferences": c.get("g_per_1000_inferences"),
+                "carbon_g_per_day": c.get("g_per_day_at_rps"), "requests_per_s": c.get("requests_per_s"),
+                "grid_g_per_kwh": c.get("grid_g_per_kwh")}
 
 
 def read_run(path: Path) -> RunRecord:
