@@ -123,6 +123,7 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
           budget_s: float = 300.0, progress: Optional[Progress] = None) -> BuildResult:
     from . import export, optimize
     from .quantize import quantize_for_target
+    from .quantize.candidates import file_size
 
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -167,8 +168,8 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
             "fp32": float(np.mean([np.argmax(r[out_idx]) == l for r, l in zip(reference, labels)])),
             q.precision: float(np.mean([np.argmax(c[out_idx]) == l for c, l in zip(chosen, labels)])),
         }
-    size = (bundle / "model.onnx").stat().st_size
-    fp32_size = exported.path.stat().st_size
+    size = file_size(bundle / "model.onnx")  # external data (models over 2 GB) included
+    fp32_size = file_size(exported.path)
     manifest = artifact.write_manifest(bundle, {
         "model": config.model.name,
         "target": profile.name,
