@@ -24,6 +24,10 @@ TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 
 QuantType = Literal["QUInt8", "QInt8"]
 FAMILY_ALIASES: Dict[str, str] = {"rpi": "raspberry-pi", "pi": "raspberry-pi", "nvidia-jetson": "jetson"}
+X86_FALLBACK = "x86-avx2"
+"""What the ``x86`` family resolves to when this host's CPU flags match no x86 profile (an x86 CPU
+without AVX2, or a non-x86 build host such as an ARM laptop): the lowest common x86 profile, whose
+reduce_range preset is safe on every AVX2 CPU, VNNI or not."""
 
 
 class _Strict(BaseModel):
@@ -65,6 +69,9 @@ class TargetProfile(_Strict):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     quantization: QuantizationDefaults = Field(default_factory=QuantizationDefaults)
     graph_optimization: Literal["disabled", "basic", "extended", "all"] = "basic"
+    """The level baked into the shipped file offline (capped at "basic": higher levels rewrite for
+    the build host's hardware). On the device, CPU targets run their session at "all", which int8
+    QDQ fusion and the conv layouts need; GPU targets run at this level (presets.runtime_level_for)."""
     intra_op_threads: int = Field(0, ge=0)
     """0 lets the runtime pick (one thread per physical core)."""
     power_sensor: Literal[
@@ -145,7 +152,9 @@ def host_arch() -> str:
 def resolve(name: str, directory: Optional[Path] = None, host_flags: Optional[set] = None) -> TargetProfile:
     """A full profile name, or a family name (``jetson``, ``rpi``, ``x86``) resolved to its default.
 
-    ``x86`` picks the profile whose ISA features this host has, richest first.
+    ``x86`` picks the profile whose ISA features this host has, richest first; when the host has
+    none of them (no AVX2, or not an x86 host) it falls back to ``X86_FALLBACK`` (``x86-avx2``).
+    ``host_flags`` replaces this host's CPU flags (``host_cpu_flags()``), for tests and cross-builds.
     """
     profiles = load_all(directory)
     if name in profiles:
@@ -161,6 +170,11 @@ def resolve(name: str, directory: Optional[Path] = None, host_flags: Optional[se
         defaults = [p for p in members if p.family_default]
         if defaults:
             return defaults[0]
+        if family == "x86":
+            fallback = profiles.get(X86_FALLBACK)
+            if fallback is not None and fallback.family == "x86":
+                return fallback
+            return min(members, key=lambda p: (len(p.isa_features), p.name))  # the lowest common one
     known = ", ".join(sorted(profiles))
     families = ", ".join(sorted({p.family for p in profiles.values()} | set(FAMILY_ALIASES)))
     raise TargetError(f"unknown target '{name}'; known targets: {known} (families: {families})")

@@ -89,7 +89,7 @@ def targets_list(as_json: bool) -> None:
             f"{p.quantization.activation_type}/{p.quantization.weight_type}"
             f"{' reduce_range' if p.quantization.reduce_range else ''}", p.power_sensor)
            for p in profiles.values()])
-    click.echo("* family default; 'x86' picks the profile matching this host's CPU flags")
+    click.echo("* family default; 'x86' picks the profile matching this host's CPU flags (x86-avx2 when none does)")
 
 
 @targets.command("show")
