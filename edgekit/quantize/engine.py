@@ -3,7 +3,8 @@
 
 Determinism: every decision that shapes the model bytes depends on metric values computed with a
 fixed thread count, never on wall time. Timing only overrides the profile's order when a difference
-is large and consistent (``LATENCY_MARGIN``), and running out of ``budget_s`` is an error rather than
+is consistent across interleaved rounds: large between candidates (``LATENCY_MARGIN``), any size when
+float beats int8 (``INT8_VS_FLOAT_MARGIN``); running out of ``budget_s`` is an error rather than
 a silently different (partial) search.
 """
 from __future__ import annotations
