@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bundles import make_tiny_bundle
@@ -118,6 +119,32 @@ def test_corrupt_model(release: Path, tmp_path: Path) -> None:
     (release / "model.onnx").write_bytes(b"this is not an onnx protobuf")
     out = tmp_path / "r.json"
     _assert_failure(run_runner(release, out), out, "model", "onnxruntime could not load", "model.onnx")
+
+
+def test_out_of_memory_is_a_message(release: Path, tmp_path: Path) -> None:
+    """A model whose output onnxruntime cannot allocate (Expand to 2^36 x 16 floats: 4 TiB): a real
+    allocation failure inside the run, reported as kind 'memory', not a traceback."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([1 << 36, 16], np.int64), "shape")
+    graph = helper.make_graph([helper.make_node("Expand", ["x", "shape"], ["y"])], "oom",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(release / "model.onnx"))
+    out = tmp_path / "r.json"
+    r = _assert_failure(run_runner(release, out), out, "memory", "allocate")
+    assert "\n" not in r["error"]["message"]
+
+
+def test_threads_option_and_the_profile_default(release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert run_runner(release, out, "--threads", "2").returncode == 0
+    assert _result(out)["runtime"]["threads"] == 2
+    # Without --threads: the manifest's runtime setting (the tiny bundle pins 1)
+    assert json.loads((release / "manifest.json").read_text())["runtime"]["intra_op_threads"] == 1
+    assert run_runner(release, out).returncode == 0
+    assert _result(out)["runtime"]["threads"] == 1
 
 
 def test_missing_reference(release: Path, tmp_path: Path) -> None:

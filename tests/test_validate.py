@@ -154,6 +154,35 @@ def test_power_options_reach_the_result_and_carbon(project: Path) -> None:
     assert "at 12 req/s" in table.output and "(ESTIMATE)" in table.output
 
 
+def test_simulated_rapl_through_the_runner_into_the_report(project: Path, tmp_path: Path) -> None:
+    """End to end with a sensor: the runner (a subprocess, as on a device) reads a simulated RAPL
+    tree at a constant 4 W through --sysfs-root, and the figures reach runs/ and the report."""
+    from sysfs_sim import PowerTrace, SimulatedBoard
+
+    from edgekit.report import build_report, load_runs
+
+    watts, root = 4.0, tmp_path / "sim"
+    with SimulatedBoard(root, "rapl", trace=PowerTrace([(3600.0, watts, watts)]), tick_s=0.001):
+        res = validate_device(load(project), "board", duration=0.5, power="rapl", runner_args=["--sysfs-root", str(root)])
+    p = res.power
+    assert p is not None and p["sampler"] == "rapl" and p["is_estimate"] is False and p["method"] == "energy counter"
+    assert p["mean_power_w"] == pytest.approx(watts, rel=0.02)
+    assert p["idle_power_w"] == pytest.approx(watts, rel=0.02)
+    assert p["energy_j"] == pytest.approx(watts * p["window_s"], rel=0.02)
+    assert p["iterations"] == res.latency["iterations"]
+    epi_mj = p["energy_per_inference_mj"]
+    assert epi_mj == pytest.approx(watts * p["window_s"] / p["iterations"] * 1000, rel=0.02)
+    assert p["carbon"]["g_per_1000_inferences"] == pytest.approx(epi_mj / 1000 * 1000 * 481 / 3.6e6, rel=1e-3)
+
+    rep = build_report(load_runs([res.result_path]), tmp_path / "reports")
+    html = rep.html.read_text()
+    assert "Power (measured)" in html and "Power (ESTIMATE" not in html
+    assert any(t.startswith("Power trace: board") for t in rep.plots)
+    row = json.loads(rep.json_path.read_text())["latest"][0]
+    assert row["power_sampler"] == "rapl" and row["power_is_estimate"] is False
+    assert row["energy_per_inference_mj"] == epi_mj and row["carbon_g_per_1000_inferences"] == p["carbon"]["g_per_1000_inferences"]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--power-rate", "500"], "power option 'rate_hz'"),
     (["--power", "thermometer"], "unknown power sampler 'thermometer'"),
@@ -195,7 +224,7 @@ def test_validate_over_ssh(tmp_path: Path, sshd: Any, trust_hosts: Callable[...,
 
 def test_validate_after_a_real_deploy(tmp_path: Path) -> None:
     """The whole flow with edgekit.deploy (another stage) laying out releases/ and current."""
-    deploy_mod = pytest.importorskip("edgekit.deploy")
+    from edgekit import deploy as deploy_mod
     from edgekit.transport import connect
 
     make_tiny_bundle(tmp_path / "dist")
@@ -205,7 +234,7 @@ def test_validate_after_a_real_deploy(tmp_path: Path) -> None:
         deployed = deploy_mod.deploy(conn, tmp_path / "dist")
         res = validate_device(config, "board", duration=0.02, transport=conn)
     assert res.ok and res.release_id == json.loads((tmp_path / "dist" / "manifest.json").read_text())["release_id"]
-    assert getattr(deployed, "release_id", res.release_id) == res.release_id
+    assert deployed.release_id == res.release_id and deployed.switched
 
 
 def test_local_device_without_python_uses_this_interpreter(tmp_path: Path) -> None:
