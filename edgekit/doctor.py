@@ -170,6 +170,12 @@ def evaluate(profile: TargetProfile, facts: Dict[str, Any], python: str = "pytho
             else:
                 add("runtime", "ok", f"{tfl[0]} {py[tfl[0]].get('version')}")
 
+    if py:
+        found = [f"{k} {py[k].get('version')}" for k in ("onnxruntime", "tflite_runtime", "ai_edge_litert")
+                 if isinstance(py.get(k), dict) and "error" not in py[k]]
+        add("runtimes", "ok" if found else "warn",
+            "installed: " + ", ".join(found) if found else "none of onnxruntime, tflite_runtime, ai_edge_litert")
+
     cpu = facts.get("cpuinfo") if _ok(facts.get("cpuinfo")) else {}
     lscpu = facts.get("lscpu") if _ok(facts.get("lscpu")) else {}
     flags = set(cpu.get("flags") or []) or set(lscpu.get("flags") or [])
@@ -204,6 +210,9 @@ def evaluate(profile: TargetProfile, facts: Dict[str, Any], python: str = "pytho
                                 "reduce_range (target x86-avx2)")
         if isa["i8mm"] and profile.arch == "aarch64":
             add("int8", "ok", "CPU has i8mm (SMMLA/UMMLA) for int8 matrix multiply")
+        arm = (machine or profile.arch) == "aarch64" or (machine or "").startswith("armv")
+        shown = ("dotprod", "i8mm", "fp16") if arm else ("avx2", "avx512", "vnni", "amx_int8")
+        add("cpu flags", "ok", "int8/fp16 features: " + ", ".join(f"{k} {'yes' if isa[k] else 'no'}" for k in shown))
     else:
         add("isa", "warn", "CPU flags unknown (neither /proc/cpuinfo nor lscpu answered)")
 

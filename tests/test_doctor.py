@@ -100,6 +100,29 @@ def test_vnni_target_on_a_vnni_xeon_is_fine() -> None:
     assert _by_name(checks, "isa")[0].status == "ok" and not _by_name(checks, "int8")
 
 
+@pytest.mark.parametrize("cpuinfo,target,expect", [
+    ("cpuinfo-amd-epyc-kvm-avx2.json", "x86-avx2", "avx2 yes, avx512 no, vnni no, amx_int8 no"),
+    ("cpuinfo-x86-xeon-6972p-avx512-vnni.json", "x86-avx512-vnni", "avx2 yes, avx512 yes, vnni yes"),
+    ("cpuinfo-raspberry-pi-4.json", "raspberry-pi-4", "dotprod no, i8mm no, fp16 no"),
+    ("cpuinfo-raspberry-pi-5.json", "raspberry-pi-5", "dotprod yes"),
+])
+def test_cpu_flags_row_names_the_int8_features(cpuinfo: str, target: str, expect: str) -> None:
+    (row,) = _by_name(evaluate(resolve(target), _facts(cpuinfo)), "cpu flags")
+    assert expect in row.message
+
+
+def test_runtimes_row_lists_every_installed_runtime() -> None:
+    facts = _facts("cpuinfo-raspberry-pi-5.json")
+    py = facts["python"]
+    (row,) = _by_name(evaluate(resolve("raspberry-pi-5"), facts), "runtimes")
+    expected = [f"{k} {py[k]['version']}" for k in ("onnxruntime", "tflite_runtime", "ai_edge_litert")
+                if "error" not in py.get(k, {"error": 1})]
+    assert expected and row.status == "ok" and all(e in row.message for e in expected)
+    none = dict(facts, python={k: v for k, v in py.items() if k not in ("onnxruntime", "tflite_runtime", "ai_edge_litert")})
+    (row,) = _by_name(evaluate(resolve("raspberry-pi-5"), none), "runtimes")
+    assert row.status == "warn" and "none of" in row.message
+
+
 def test_int8_arm_build_without_dotprod_warns() -> None:
     checks = evaluate(resolve("raspberry-pi-4"), _facts("cpuinfo-raspberry-pi-4.json"))
     assert _by_name(checks, "isa")[0].status == "ok"  # the Pi 4 profile asks only for asimd
