@@ -121,3 +121,78 @@ def test_name_nodes_is_stable() -> None:
     assert not name_nodes(m1)
     assert op_counts(m1) == {"Relu": 1, "Neg": 1}
     onnx.checker.check_model(m1)
+
+
+def _with_loop(path: Path, seed: int = 0) -> Path:
+    """x[1, 16] -> MatMul -> Loop(3 times: h = tanh(h @ w_loop), w_loop from the outer scope) -> MatMul -> y."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    init = lambda name, a: numpy_helper.from_array(a, name)  # noqa: E731
+    w1 = (rng.standard_normal((16, 32)) / 4).astype(np.float32)
+    wl = (rng.standard_normal((32, 32)) / 6).astype(np.float32)
+    w2 = (rng.standard_normal((32, 8)) / 6).astype(np.float32)
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="loop_cond"),
+         helper.make_node("MatMul", ["v_in", "w_loop"], ["mm"], name="loop_fc"),
+         helper.make_node("Tanh", ["mm"], ["v_out"], name="loop_tanh")],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 32])])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Loop", ["trips", "true", "h"], ["looped"], name="loop", body=body),
+             helper.make_node("MatMul", ["looped", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(
+        nodes, "with_loop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [init("w1", w1), init("w_loop", wl), init("w2", w2), init("trips", np.array(3, np.int64)),
+         init("true", np.array(True))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgekit-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_loop_subgraph_quantizes_around_it(tmp_path: Path) -> None:
+    import onnx
+
+    profile = targets.load_all()["x86-avx512-vnni"]
+    src = _with_loop(tmp_path / "loop.onnx")
+    model = optimize.prepare(src, tmp_path / "p.onnx", profile)
+    assert has_subgraphs(onnx.load(str(model)))
+    calib, val = tm.feeds(24, (1, 16), 1), tm.feeds(24, (1, 16), 2)
+    result = quantize_for_target(model, tmp_path / "w", profile, calib, val, MetricSpec("cosine", 0.98),
+                                 precision="int8")
+    assert result.precision == "int8"
+    q = onnx.load(str(result.model_path))
+    ops = {n.op_type for n in q.graph.node}
+    assert "Loop" in ops and "QuantizeLinear" in ops
+    assert any(k.op_type == "Loop" and "subgraph" in k.reason for k in result.kept_float)
+    ref, quant = _session(src), _session(result.model_path)
+    cos = []
+    for f in val:  # the metric, recomputed here against the unprepared float source
+        a, b = ref.run(None, f)[0].ravel(), quant.run(None, f)[0].ravel()
+        cos.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    assert np.mean(cos) >= 0.98 and np.mean(cos) == pytest.approx(result.metric_after["value"], abs=1e-4)
+
+
+def test_opset_21_model_quantizes_and_keeps_its_opset(tmp_path: Path) -> None:
+    import onnx
+
+    from edgekit.optimize import ai_onnx_opset
+
+    profile = targets.load_all()["raspberry-pi-5"]
+    src = tm.mlp(tmp_path / "new.onnx", opset=21)
+    assert ai_onnx_opset(onnx.load(str(src))) == 21
+    result = quantize_for_target(src, tmp_path / "w", profile, tm.feeds(16, (1, 16), 1), tm.feeds(16, (1, 16), 2),
+                                 MetricSpec("cosine", 0.98), precision="int8")
+    q = onnx.load(str(result.model_path))
+    assert result.precision == "int8" and ai_onnx_opset(q) == 21
+    assert "QuantizeLinear" in {n.op_type for n in q.graph.node}
+    out = _session(result.model_path).run(None, tm.feeds(1, (1, 16), 3)[0])[0]
+    assert np.isfinite(out).all()
