@@ -16,8 +16,11 @@ from sysfs_sim import SIMULATED_FAMILIES, PowerTrace, SimulatedBoard, fast_tmpdi
 
 IDLE_S = 0.3
 WINDOW_S = 0.8
-STEPS_W = 3.5 + 2.0  # standard_trace(): the two jumps
-KINKS_W_PER_S = 2 * (4.0 / 0.15) + 2 * (5.5 / 0.15)  # slope changes at the ends of its two ramps
+# A 100 Hz claim can only be tested when the sampling thread ran at ~100 Hz. On a heavily
+# oversubscribed host (measured: 2 cores, 4 extra busy processes, load ~6.7) it was starved to
+# 37-80 Hz, measure() said "sampled at ... Hz", and the error reached 3.2 %. Such a run is measured
+# again, and if every attempt was starved the test is skipped (visibly), never passed on a looser bound.
+STARVED_ATTEMPTS = 3
 
 
 def make_window(seconds: float = WINDOW_S, iterations: int = 400, midway: Optional[Callable[[], None]] = None,
@@ -65,24 +68,21 @@ def rel_err(got: float, want: float) -> float:
     return abs(got - want) / abs(want)
 
 
-def allowed_error_j(pw: Dict[str, Any], want: float) -> float:
-    """1 %, or the trapezoidal rule's own bound when the sampling thread was starved (the power
-    dict then says "sampled at ... Hz"): dP x gap / 2 per step, |d slope| x gap^2 / 8 per kink."""
-    if pw["method"] != "power integral":
-        return 0.01 * want
-    times = [t for t, _ in pw["trace"] if -0.05 <= t <= pw["window_s"] + 0.05]
-    gap = max(b - a for a, b in zip(times, times[1:]))
-    return max(0.01 * want, STEPS_W * gap / 2 + KINKS_W_PER_S * gap * gap / 8)
-
-
 @pytest.mark.parametrize("family", SIMULATED_FAMILIES)
 def test_energy_matches_the_analytic_trace_within_1_percent(sim_root: Path, family: str) -> None:
-    with SimulatedBoard(sim_root, family) as board:
-        pw, rec, t_call = measure_board(board)
+    for attempt in range(STARVED_ATTEMPTS):
+        with SimulatedBoard(sim_root / str(attempt), family) as board:
+            pw, rec, t_call = measure_board(board)
+        starved = [w for w in pw["warnings"] if w.startswith("sampled at")]
+        if not starved:
+            break
+    else:
+        pytest.skip("100 Hz not testable: the sampling thread was starved in %d attempts (%s)"
+                    % (STARVED_ATTEMPTS, starved[0]))
     trace = board.trace
     want = trace.energy(rec["start"], rec["end"])
     assert pw["sampler"] == family and pw["available"] is True and pw["is_estimate"] is False
-    allowed = allowed_error_j(pw, want)
+    allowed = 0.01 * want  # the issue's bound, strict, for every sampler at 100 Hz
     assert abs(pw["energy_j"] - want) <= allowed, (pw["energy_j"], want, allowed)
     window_s = rec["end"] - rec["start"]
     assert abs(pw["mean_power_w"] - want / window_s) <= allowed / window_s
@@ -96,8 +96,7 @@ def test_energy_matches_the_analytic_trace_within_1_percent(sim_root: Path, fami
     assert abs(pw["energy_per_inference_above_idle_mj"] - above_want) <= 2 * allowed / 400 * 1000
     assert pw["scope"] in power.SCOPES and pw["method"] in power.METHODS
     assert pw["coverage"] == pytest.approx(1.0) and pw["energy_extrapolated"] is False
-    # on a loaded machine the thread may fall behind 100 Hz; it must then say so, and nothing else
-    assert [w for w in pw["warnings"] if not w.startswith("sampled at")] == []
+    assert pw["warnings"] == [], pw["warnings"]
     # trace: idle baseline at negative t, the window marked, times increasing
     times = [t for t, _ in pw["trace"]]
     assert times == sorted(times) and times[0] < 0 < times[-1]
