@@ -8,7 +8,7 @@ DeviceError's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
@@ -136,8 +136,12 @@ def register(main: click.Group) -> None:
         if as_json:
             echo_json(res)
             return
+        def energy(r: Dict[str, Any]) -> str:
+            mj = r.get("energy_per_inference_mj")
+            return "-" if mj is None else _fmt(mj) + (" (ESTIMATE)" if r.get("power_is_estimate") else "")
+
         table(f"{res.passed}/{len(res.devices)} device(s) passed ({res.runs} run(s))",
-              ["device", "target", "metric", "value", "threshold", "passed", "p50 ms", "p99 ms"],
+              ["device", "target", "metric", "value", "threshold", "passed", "p50 ms", "p99 ms", "mJ/inference"],
               [(r["device"], r["target"], r["metric"], _fmt(r["value"]), _fmt(r["threshold"]),
-                "pass" if r["passed"] else "FAIL", _fmt(r["p50_ms"]), _fmt(r["p99_ms"])) for r in res.summary])
+                "pass" if r["passed"] else "FAIL", _fmt(r["p50_ms"]), _fmt(r["p99_ms"]), energy(r)) for r in res.summary])
         click.echo(f"wrote {res.html}\nwrote {res.markdown}\nwrote {res.json_path}")
