@@ -121,6 +121,23 @@ def test_corrupt_model(release: Path, tmp_path: Path) -> None:
     _assert_failure(run_runner(release, out), out, "model", "onnxruntime could not load", "model.onnx")
 
 
+def test_the_provider_reported_is_the_one_that_ran_most_kernels(tmp_path: Path) -> None:
+    """onnxruntime's profile format (events with cat "Node", name "<node>_kernel_time" and
+    args.provider): TensorRT registered first, but most nodes fell back to CUDA."""
+    events = [{"cat": "Session", "name": "model_loading_uri", "args": {}}]
+    placed = [("trt_subgraph", "TensorrtExecutionProvider"), ("conv1", "CUDAExecutionProvider"),
+              ("conv2", "CUDAExecutionProvider"), ("nms", "CPUExecutionProvider")]
+    for _ in range(3):  # three profiled runs repeat each node
+        events += [{"cat": "Node", "name": f"{n}_kernel_time", "args": {"provider": p}} for n, p in placed]
+        events += [{"cat": "Node", "name": f"{n}_fence_before", "args": {}} for n, _ in placed]
+    prof = tmp_path / "profile.json"
+    prof.write_text(json.dumps(events))
+    counts = runner._node_providers(str(prof))
+    assert counts == {"TensorrtExecutionProvider": 1, "CUDAExecutionProvider": 2, "CPUExecutionProvider": 1}
+    assert runner.main_provider(counts, "TensorrtExecutionProvider") == "CUDAExecutionProvider"
+    assert runner.main_provider({}, "TensorrtExecutionProvider") == "TensorrtExecutionProvider"
+
+
 def test_out_of_memory_is_a_message(release: Path, tmp_path: Path) -> None:
     """A model whose output onnxruntime cannot allocate (Expand to 2^36 x 16 floats: 4 TiB): a real
     allocation failure inside the run, reported as kind 'memory', not a traceback."""

@@ -322,6 +322,15 @@ def _node_providers(profile_path):
     return counts
 
 
+def main_provider(node_counts, registered_first):
+    """The provider that really ran: the one that ran the most kernels in the profiled reference
+    runs (TensorRT can be registered first yet hand most nodes to CUDA or the CPU); the first
+    registered provider when there is no profile (tflite, or profiling unavailable)."""
+    if not node_counts:
+        return registered_first
+    return sorted(node_counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+
 def open_onnxruntime(release, manifest, threads):
     runtime = manifest.get("runtime") or {}
     try:
@@ -545,6 +554,7 @@ def validate(args, result):
         finish_profiling()  # removes the profile's temporary folder
         raise RunnerError(_classify(exc, "inference"), "inference failed: %s" % _first_line(exc))
     info["node_providers"] = finish_profiling()
+    info["provider"] = main_provider(info["node_providers"], info.get("provider"))
     spec = manifest["metric"]
     out_names = [o["name"] for o in manifest["outputs"]]
     if spec.get("output") and spec["output"] not in out_names:
