@@ -90,6 +90,9 @@ class ValidationSpec(DataSpec):
     pooling: Literal["none", "mean"] = "none"
     """cosine on token embeddings: 'mean' pools over the attention mask first (sentence embeddings)."""
     mask_input: str = "attention_mask"
+    also: Dict[Literal[METRICS], float] = Field(default_factory=dict)  # type: ignore[valid-type]
+    """Further metrics the device run must meet too, e.g. {psnr = 30, max_abs = 0.05} (each in its
+    metric's direction). ``metric``/``threshold`` still choose the build; these gate validate."""
 
 
 class DeviceSpec(_Strict):

@@ -3,7 +3,7 @@ host and device score the same way; this module binds it to the config."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,6 +18,8 @@ class MetricSpec:
     output: Optional[str] = None
     pooling: str = "none"
     mask_input: str = "attention_mask"
+    also: Tuple[Tuple[str, float], ...] = ()
+    """(metric, threshold) pairs the device run must meet too (edgekit.toml's validation.also)."""
 
     @property
     def higher_is_better(self) -> bool:
@@ -40,10 +42,14 @@ class MetricSpec:
         return a > b if self.higher_is_better else a < b
 
     def to_manifest(self) -> Dict[str, object]:
-        return {"name": self.name, "threshold": self.threshold, "k": self.k, "output": self.output,
-                "pooling": self.pooling, "mask_input": self.mask_input}
+        out: Dict[str, object] = {"name": self.name, "threshold": self.threshold, "k": self.k, "output": self.output,
+                                  "pooling": self.pooling, "mask_input": self.mask_input}
+        if self.also:  # only when set, so that releases without it keep their ids
+            out["also"] = dict(self.also)
+        return out
 
     @classmethod
     def from_config(cls, v: "object") -> "MetricSpec":
         return cls(name=v.metric, threshold=v.threshold, k=v.k, output=v.output,  # type: ignore[attr-defined]
-                   pooling=v.pooling, mask_input=v.mask_input)  # type: ignore[attr-defined]
+                   pooling=v.pooling, mask_input=v.mask_input,  # type: ignore[attr-defined]
+                   also=tuple(sorted(dict(getattr(v, "also", {}) or {}).items())))

@@ -85,6 +85,15 @@ def test_onnx_passthrough_builds(tmp_path: Path) -> None:
     assert artifact.verify_bundle(bundle)["export"]["source"] == "onnx"
 
 
+def test_further_thresholds_reach_the_manifest(tmp_path: Path) -> None:
+    cfg = _onnx_project(tmp_path)
+    cfg.write_text(cfg.read_text().replace('threshold = 0.9', 'threshold = 0.9\nalso = { psnr = 25, max_abs = 0.5 }'))
+    result = _build(cfg, "--json", "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    manifest = artifact.verify_bundle(Path(json.loads(result.stdout)["bundle"]))
+    assert manifest["metric"]["also"] == {"max_abs": 0.5, "psnr": 25.0}
+
+
 def test_corrupt_onnx_is_one_clear_line(tmp_path: Path) -> None:
     result = _build(_onnx_project(tmp_path, model_bytes=b"\x08\x07garbage that is not protobuf"))
     assert result.exit_code == 4

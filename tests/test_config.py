@@ -41,6 +41,7 @@ def test_good_config_resolves_paths(tmp_path: Path) -> None:
     (lambda s: s.replace('shape = [1, 16]', 'shape = [1, 0]'), "inputs.0.shape"),
     (lambda s: s.replace('data = "val.npz"', 'data = "val.npz"\ntext = "v.txt"'), "exactly one of 'data' or 'text'"),
     (lambda s: s.replace('metric = "top1"', 'metric = "f1"'), "validation.metric"),
+    (lambda s: s.replace('metric = "top1"', 'metric = "top1"\nalso = { f1 = 0.5 }'), "validation.also"),
     (lambda s: s.replace('[model]\nname = "tiny"', '[model]\nname = "tiny"\nsource2 = 1'), "unknown key 'model.source2'"),
 ])
 def test_bad_fields_name_the_field(tmp_path: Path, mutate, needle: str) -> None:

@@ -121,6 +121,29 @@ def test_power_flag_reaches_the_runner(project: Path) -> None:
     assert res.power is not None and res.power.get("sampler") == "estimate"
 
 
+@pytest.mark.parametrize("also,ok", [({"top1": 0.5, "max_abs": 1e-3}, True), ({"top1": 0.5, "cosine": 1.5}, False)])
+def test_further_thresholds_gate_the_run(tmp_path: Path, also: Dict[str, float], ok: bool) -> None:
+    """validation.also in the manifest: every listed metric must meet its threshold too. The tiny
+    release's outputs equal its references (top-1 1.0, max_abs 0), and no cosine reaches 1.5."""
+    bundle = tmp_path / "dist"
+    make_tiny_bundle(bundle, extra_fields={"metric": {"name": "top1", "threshold": 0.9, "k": 5, "output": None,
+                                                      "pooling": "none", "mask_input": "attention_mask", "also": also}})
+    cfg = write_project(tmp_path / "proj", [{"name": "board", "target": "x86-avx2", "path": "dev", "python": sys.executable}])
+    lay_out_release(bundle, cfg.parent / "dev")
+    res = validate_device(load(cfg), "board", duration=0.02, power="none")
+    assert res.metric["passed"] is True  # the gating metric passes either way
+    checks = {c["name"]: c for c in res.metric["also"]}
+    assert set(checks) == set(also) and res.ok is ok
+    assert checks["top1"]["passed"] and checks["top1"]["value"] == res.metrics["top1"]
+    cli = CliRunner().invoke(main, ["validate", "--device", "board", "--config", str(cfg), "--duration", "0.02",
+                                    "--power", "none"])
+    if ok:
+        assert cli.exit_code == 0, cli.output
+    else:
+        assert cli.exit_code == AccuracyError.exit_code
+        assert "cosine" in cli.output and "misses the threshold 1.5" in cli.output and "top1 =" not in cli.output
+
+
 def test_power_is_sampled_by_default_and_labelled(project: Path) -> None:
     """No --power: edgekit.toml's [power] (sampler auto). This host has no power sensor the x86
     profile names (no RAPL in the VM), so auto falls back to the estimate and says so."""

@@ -31,6 +31,8 @@ def _validation_rows(res: Any) -> List[Tuple[str, str]]:
             ("runtime", f"{rt.get('name', '-')} {rt.get('version', '')}".strip()),
             ("provider", _fmt(rt.get("provider"))),
             (f"metric {m.get('name', '?')}", f"{_fmt(m.get('value'))} (threshold {_fmt(m.get('threshold'))}) {verdict}")]
+    rows += [(f"also {c.get('name')}", f"{_fmt(c.get('value'))} (threshold {_fmt(c.get('threshold'))}) "
+              f"{'pass' if c.get('passed') else 'FAIL'}") for c in m.get("also") or []]
     rows += [(f"  {k}", _fmt(v)) for k, v in sorted(res.metrics.items())]
     rows += [("latency p50 / p90 / p99", f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p90_ms'))} / {_fmt(lat.get('p99_ms'))} ms"),
              ("latency mean / min", f"{_fmt(lat.get('mean_ms'))} / {_fmt(lat.get('min_ms'))} ms"),
@@ -94,8 +96,10 @@ def register(main: click.Group) -> None:
             kv(f"validation on {res.device}", _validation_rows(res))
         if not res.ok:
             m = res.metric
-            raise AccuracyError(f"device '{res.device}': {m.get('name')} = {_fmt(m.get('value'))} misses the threshold "
-                                f"{_fmt(m.get('threshold'))}", hint=f"details in {res.result_path}")
+            missed = ([m] if not m.get("passed") else []) + [c for c in m.get("also") or [] if not c.get("passed")]
+            raise AccuracyError(f"device '{res.device}': " + "; ".join(
+                f"{c.get('name')} = {_fmt(c.get('value'))} misses the threshold {_fmt(c.get('threshold'))}" for c in missed),
+                hint=f"details in {res.result_path}")
 
     @main.command("doctor")
     @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")

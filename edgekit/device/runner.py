@@ -111,6 +111,22 @@ def passes(metric, value, threshold):
     return value >= threshold if HIGHER_IS_BETTER[metric] else value <= threshold
 
 
+def metric_key(metric, k=5):
+    """The key ``all_metrics`` files a metric under."""
+    return {"topk": "top%d" % int(k), "psnr": "psnr_db"}.get(metric, metric)
+
+
+def further_checks(spec, metrics):
+    """The manifest's ``also`` thresholds against the computed metrics: a list of checks."""
+    checks = []
+    for name in sorted(spec.get("also") or {}):
+        threshold = spec["also"][name]
+        value = metrics.get(metric_key(name, spec.get("k", 5)))
+        ok = value is not None and passes(name, value, threshold)
+        checks.append({"name": name, "value": value, "threshold": threshold, "passed": bool(ok)})
+    return checks
+
+
 def all_metrics(outputs, references, feeds, spec):
     """Every agreement figure at once, so a report can show more than the gating metric."""
     names = (("top1", "top1"), ("topk", "top%d" % int(spec.get("k", 5))), ("cosine", "cosine"),
@@ -572,6 +588,8 @@ def validate(args, result):
         metric["task_accuracy"] = float(np.mean(preds == labels))
     result["metric"] = metric
     result["metrics"] = all_metrics(got, want, feeds, spec)
+    if spec.get("also"):
+        metric["also"] = further_checks(spec, result["metrics"])
 
     def run_window():
         try:
@@ -590,7 +608,7 @@ def validate(args, result):
     latency["session_create_ms"] = session_ms
     result["latency"] = latency
     result["memory"] = {"baseline_rss_mb": base_rss, "peak_rss_mb": rss_mb()}
-    result["ok"] = metric["passed"]
+    result["ok"] = metric["passed"] and all(c["passed"] for c in metric.get("also", []))
 
 
 def versions():
