@@ -196,15 +196,17 @@ def package_path(spec: str) -> Path:
     return Path(list(found.submodule_search_locations)[0]) / rest
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError, label: str = "field") -> str:
+    """pydantic's first error as one phrase naming the key: the schemas' (config, targets, the
+    command line's power options) shared wording."""
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"unknown key '{where}'"
     if err["type"] == "missing":
-        return f"missing field '{where}'"
+        return f"missing {label} '{where}'"
     msg = re.sub(r"^Value error, ", "", err["msg"])
-    return f"field '{where}': {msg}"
+    return f"{label} '{where}': {msg}"
 
 
 def load(path: Union[Path, str] = "edgekit.toml") -> ProjectConfig:
@@ -218,7 +220,7 @@ def load(path: Union[Path, str] = "edgekit.toml") -> ProjectConfig:
     try:
         cfg = ProjectConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_first_error(exc)}") from None
+        raise ConfigError(f"{path}: {first_error(exc)}") from None
     cfg.path = path.resolve()
     names = [i.name for i in cfg.inputs]
     if len(set(names)) != len(names):

@@ -17,6 +17,7 @@ else:  # pragma: no cover
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .config import first_error
 from .errors import TargetError
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
@@ -99,14 +100,6 @@ def targets_dir() -> Path:
     return Path(os.environ.get("EDGEKIT_TARGETS_DIR", str(TARGETS_DIR)))
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        return f"unknown key '{where}'"
-    return f"field '{where}': {err['msg']}"
-
-
 def load_profile(path: Path) -> TargetProfile:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -117,7 +110,7 @@ def load_profile(path: Path) -> TargetProfile:
     try:
         profile = TargetProfile.model_validate(data)
     except ValidationError as exc:
-        raise TargetError(f"{path}: {_first_error(exc)}") from None
+        raise TargetError(f"{path}: {first_error(exc)}") from None
     if profile.name != path.stem:
         raise TargetError(f"{path}: field 'name' is '{profile.name}', expected the file name '{path.stem}'")
     return profile

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
-from .config import DeviceSpec, PowerSpec, ProjectConfig
+from .config import DeviceSpec, PowerSpec, ProjectConfig, first_error
 from .errors import ConfigError, DeviceError
 from .transport import Transport, connect
 
@@ -91,9 +91,7 @@ def power_settings(config: ProjectConfig, *, sampler: Optional[str] = None, rate
     try:
         return PowerSpec.model_validate({**config.power.model_dump(), **given})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"power option '{field}': {err['msg'].replace('Value error, ', '')}") from None
+        raise ConfigError(first_error(exc, label="power option")) from None
 
 
 def power_argv(power: PowerSpec) -> List[str]:

@@ -129,8 +129,7 @@ def further_checks(spec, metrics):
 
 def all_metrics(outputs, references, feeds, spec):
     """Every agreement figure at once, so a report can show more than the gating metric."""
-    names = (("top1", "top1"), ("topk", "top%d" % int(spec.get("k", 5))), ("cosine", "cosine"),
-             ("psnr", "psnr_db"), ("max_abs", "max_abs"), ("max_rel", "max_rel"))
+    names = [(m, metric_key(m, spec.get("k", 5))) for m in ("top1", "topk", "cosine", "psnr", "max_abs", "max_rel")]
     found = {}
     for metric, key in names:
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 from .runs import RunRecord, power_is_estimate
 
@@ -61,18 +61,24 @@ def latency_histogram(runs: Sequence[RunRecord]) -> Optional[str]:
     return _png(fig)
 
 
+def _per_device_axes(rows: Sequence[RunRecord]) -> Tuple[Any, Any, List[int]]:
+    """A figure sized for one bar group per device, the devices labelling the x axis."""
+    fig = _figure(max(5.0, 1.2 * len(rows) + 3), 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = list(range(len(rows)))
+    ax.set_xticks(xs)
+    ax.set_xticklabels([r.device for r in rows], rotation=20, ha="right")
+    return fig, ax, xs
+
+
 def latency_per_device(runs: Sequence[RunRecord]) -> Optional[str]:
     """p50 and p99 per device across the fleet, side by side."""
     rows = [r for r in runs if _num(r.latency.get("p50_ms")) is not None]
     if not rows:
         return None
-    fig = _figure(max(5.0, 1.2 * len(rows) + 3), 3.6)
-    ax = fig.add_subplot(1, 1, 1)
-    xs = list(range(len(rows)))
+    fig, ax, xs = _per_device_axes(rows)
     ax.bar([x - 0.2 for x in xs], [r.latency["p50_ms"] for r in rows], width=0.4, label="p50")
     ax.bar([x + 0.2 for x in xs], [_num(r.latency.get("p99_ms")) or 0 for r in rows], width=0.4, label="p99")
-    ax.set_xticks(xs)
-    ax.set_xticklabels([r.device for r in rows], rotation=20, ha="right")
     ax.set_ylabel("ms")
     ax.set_title("Latency per device (p50, p99)")
     ax.legend(fontsize=8)
@@ -84,17 +90,13 @@ def metric_per_device(runs: Sequence[RunRecord]) -> Optional[str]:
     rows = [r for r in runs if _num(r.metric.get("value")) is not None]
     if not rows:
         return None
-    fig = _figure(max(5.0, 1.2 * len(rows) + 3), 3.6)
-    ax = fig.add_subplot(1, 1, 1)
-    xs = list(range(len(rows)))
+    fig, ax, xs = _per_device_axes(rows)
     colors = ["#2e7d32" if r.metric.get("passed") else "#c62828" for r in rows]
     ax.bar(xs, [r.metric["value"] for r in rows], color=colors)
     for x, r in zip(xs, rows):
         if _num(r.metric.get("threshold")) is not None:
             ax.hlines(r.metric["threshold"], x - 0.45, x + 0.45, colors="black", linestyles="--")
     names = sorted({str(r.metric.get("name")) for r in rows})
-    ax.set_xticks(xs)
-    ax.set_xticklabels([r.device for r in rows], rotation=20, ha="right")
     ax.set_ylabel(" / ".join(names))
     ax.set_title("Metric per device (dashed: threshold)")
     return _png(fig)
