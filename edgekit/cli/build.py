@@ -32,7 +32,13 @@ def build(target_names: List[str], config_path: Path, out: Optional[Path], preci
     names = list(target_names) or cfg.targets
     if not names:
         raise ConfigError(f"{cfg.path}: no target given; pass --target NAME or list 'targets' in the file")
-    profiles = [targets.resolve(n) for n in names]  # fail fast on a bad name, before any export
+    project_dirs = cfg.target_dirs()
+    profiles = [targets.resolve(n, project_dirs=project_dirs) for n in names]  # fail fast, before any export
+    entries = targets.catalog(project_dirs=project_dirs)
+    for p in profiles:
+        if entries[p.name].replaces is not None and not as_json:
+            click.echo(f"note: target '{p.name}' comes from {entries[p.name].path}, which overrides the built-in profile",
+                       err=True)
     out_dir = out or (cfg.root / "dist")
     results = []
     for profile in profiles:
@@ -68,43 +74,56 @@ def _build_one(run_build, cfg, profile, out_dir, precision, budget, quiet):  # t
         return run_build(cfg, profile, out_dir, precision=precision, budget_s=budget, progress=progress)
 
 
+def _project_dirs(config_path: Path) -> List[Path]:
+    """The project's own profile folders when there is a project file here (else built-ins only)."""
+    from .. import config as config_mod
+
+    if not config_path.is_file():
+        return []
+    return config_mod.load(config_path).target_dirs()
+
+
 @click.group()
 def targets() -> None:
-    """List and inspect target profiles (targets/*.toml)."""
+    """List and inspect target profiles (built-in, and the project's targets/*.toml)."""
 
 
 @targets.command("list")
+@CONFIG_OPTION
 @click.option("--json", "as_json", is_flag=True)
-def targets_list(as_json: bool) -> None:
-    """All known target profiles."""
+def targets_list(config_path: Path, as_json: bool) -> None:
+    """All known target profiles, and where each comes from."""
     from .. import targets as t
 
-    profiles = t.load_all()
+    entries = t.catalog(project_dirs=_project_dirs(config_path))
     if as_json:
-        echo_json({n: p.model_dump(mode="json") for n, p in profiles.items()})
+        echo_json({n: {**e.profile.model_dump(mode="json"), "source": e.origin} for n, e in entries.items()})
         return
-    table("targets", ["name", "family", "arch", "ISA", "runtime / providers", "int8 preset", "power"],
+    table("targets", ["name", "family", "arch", "ISA", "runtime / providers", "int8 preset", "power", "source"],
           [(p.name + (" *" if p.family_default else ""), p.family, p.arch, " ".join(p.isa_features),
             f"{p.runtime.name}: {', '.join(p.runtime.providers)}",
             f"{p.quantization.activation_type}/{p.quantization.weight_type}"
-            f"{' reduce_range' if p.quantization.reduce_range else ''}", p.power_sensor)
-           for p in profiles.values()])
+            f"{' reduce_range' if p.quantization.reduce_range else ''}", p.power_sensor, e.origin)
+           for p, e in ((e.profile, e) for e in entries.values())])
     click.echo("* family default; 'x86' picks the profile matching this host's CPU flags (x86-avx2 when none does)")
 
 
 @targets.command("show")
 @click.argument("name")
+@CONFIG_OPTION
 @click.option("--json", "as_json", is_flag=True)
-def targets_show(name: str, as_json: bool) -> None:
+def targets_show(name: str, config_path: Path, as_json: bool) -> None:
     """One profile (a full name or a family such as jetson, rpi, x86)."""
     from .. import targets as t
 
-    p = t.resolve(name)
+    dirs = _project_dirs(config_path)
+    p = t.resolve(name, project_dirs=dirs)
     if as_json:
         echo_json(p.model_dump(mode="json"))
         return
     q = p.quantization
     kv(p.name, [
+        ("source", t.catalog(project_dirs=dirs)[p.name].origin),
         ("description", p.description), ("family", p.family), ("arch / cpu", f"{p.arch} / {p.cpu}"),
         ("isa features", " ".join(p.isa_features)), ("accelerator", p.accelerator or "-"),
         ("runtime", p.runtime.name), ("providers", " > ".join(p.runtime.providers)),
