@@ -20,8 +20,12 @@ CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_typ
 @click.option("--precision", type=click.Choice(["auto", "int8", "fp16", "fp32"]), default="auto", show_default=True,
               help="auto keeps the fastest candidate that meets the validation threshold.")
 @click.option("--budget", type=float, default=300.0, show_default=True, help="Seconds for the accuracy-aware search.")
+@click.option("--remeasure", is_flag=True,
+              help="Time every comparison afresh (default: reuse the previous build record's timings of identical "
+                   "models, so a rebuild is byte-identical).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def build(target_names: List[str], config_path: Path, out: Optional[Path], precision: str, budget: float, as_json: bool) -> None:
+def build(target_names: List[str], config_path: Path, out: Optional[Path], precision: str, budget: float,
+          remeasure: bool, as_json: bool) -> None:
     """Export, optimize and quantize the model for a target; write dist/<model>/<target>/."""
     from .. import config as config_mod
     from .. import targets
@@ -42,7 +46,7 @@ def build(target_names: List[str], config_path: Path, out: Optional[Path], preci
     out_dir = out or (cfg.root / "dist")
     results = []
     for profile in profiles:
-        results.append(_build_one(run_build, cfg, profile, out_dir, precision, budget, quiet=as_json))
+        results.append(_build_one(run_build, cfg, profile, out_dir, precision, budget, remeasure, quiet=as_json))
     if as_json:
         echo_json(results[0] if len(results) == 1 else results)
         return
@@ -51,6 +55,8 @@ def build(target_names: List[str], config_path: Path, out: Optional[Path], preci
             f"({r.size_bytes / max(r.fp32_size_bytes, 1):.0%} of fp32)", str(r.bundle)) for r in results])
     for r in results:
         click.echo(f"{r.target}: {r.reason}")
+        if "reused" in r.timing_note:
+            click.echo(f"{r.target}: {r.timing_note}")
 
 
 def _fmt_metric(m: dict) -> str:
@@ -60,9 +66,9 @@ def _fmt_metric(m: dict) -> str:
     return s + (f" (min {m['min']:.4f})" if "min" in m else "")
 
 
-def _build_one(run_build, cfg, profile, out_dir, precision, budget, quiet):  # type: ignore[no-untyped-def]
+def _build_one(run_build, cfg, profile, out_dir, precision, budget, remeasure, quiet):  # type: ignore[no-untyped-def]
     if quiet:
-        return run_build(cfg, profile, out_dir, precision=precision, budget_s=budget)
+        return run_build(cfg, profile, out_dir, precision=precision, budget_s=budget, remeasure=remeasure)
     from rich.console import Console
 
     console = Console(stderr=True, log_path=False)
@@ -71,7 +77,8 @@ def _build_one(run_build, cfg, profile, out_dir, precision, budget, quiet):  # t
             status.update(f"[{profile.name}] {msg}")
             console.log(f"[{profile.name}] {msg}")
 
-        return run_build(cfg, profile, out_dir, precision=precision, budget_s=budget, progress=progress)
+        return run_build(cfg, profile, out_dir, precision=precision, budget_s=budget, progress=progress,
+                         remeasure=remeasure)
 
 
 def _project_dirs(config_path: Path) -> List[Path]:
