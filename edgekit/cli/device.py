@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from ..errors import AccuracyError, DeviceError
-from .render import echo_json, kv, table
+from .render import echo, echo_json, kv, table
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -148,4 +148,4 @@ def register(main: click.Group) -> None:
               ["device", "target", "metric", "value", "threshold", "passed", "p50 ms", "p99 ms", "mJ/inference"],
               [(r["device"], r["target"], r["metric"], _fmt(r["value"]), _fmt(r["threshold"]),
                 "pass" if r["passed"] else "FAIL", _fmt(r["p50_ms"]), _fmt(r["p99_ms"]), energy(r)) for r in res.summary])
-        click.echo(f"wrote {res.html}\nwrote {res.markdown}\nwrote {res.json_path}")
+        echo(f"wrote {res.html}\nwrote {res.markdown}\nwrote {res.json_path}")
