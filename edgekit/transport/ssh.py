@@ -25,10 +25,10 @@ from typing import IO, TYPE_CHECKING, Callable, Iterable, List, Optional, Sequen
 
 import paramiko
 
-from ..errors import ConfigError, DeviceError
+from ..errors import DeviceError
 from . import RunResult, Transport
-from .ssh_hosts import (Endpoint, PasswordPrompt, RecordNewHostKey, RefuseUnknownHostKey, load_ssh_config,
-                        resolve_endpoint, split_jump, tty_password_prompt)
+from .ssh_hosts import (Endpoint, PasswordPrompt, RecordNewHostKey, RefuseUnknownHostKey, load_known_hosts,
+                        load_ssh_config, resolve_endpoint, split_jump, tty_password_prompt)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import DeviceSpec, ProjectConfig
@@ -152,15 +152,12 @@ class SSHTransport(Transport):
         log.debug("device %s: connecting to %s as %s", self.name, where, ep.user)
         client = paramiko.SSHClient()
         self._clients.append(client)  # appended first, so close() also closes a half-open hop
-        for f in self._known_hosts_files(ep):
-            if f.is_file():
-                try:
-                    client.load_system_host_keys(str(f))  # loaded read-only: never rewritten by paramiko
-                except (OSError, paramiko.SSHException) as exc:
-                    raise ConfigError(f"{f}: cannot read known_hosts: {exc}") from None
+        # Read by ssh_hosts (markers: @revoked, @cert-authority), never rewritten by paramiko.
+        known = load_known_hosts(self._known_hosts_files(ep))
+        known.install(client)
         record_to = self._record_file(ep)
         client.set_missing_host_key_policy(
-            RecordNewHostKey(record_to) if self.accept_new_host_key else RefuseUnknownHostKey(ep, record_to))
+            RecordNewHostKey(record_to, known, ep) if self.accept_new_host_key else RefuseUnknownHostKey(ep, record_to, known))
         self._handshake(client, ep, sock, where)
         return client
 
