@@ -135,7 +135,7 @@ def register(main: click.Group) -> None:
         """Write an HTML report (inline plots), a Markdown summary and JSON from run files."""
         from ..report import build_report, load_runs
 
-        records = load_runs([Path(r) for r in runs], Path(runs_dir))
+        records = load_runs([Path(r) for r in runs], Path(runs_dir), warn=lambda line: echo(f"warning: {line}", err=True))
         res = build_report(records, Path(out_dir))
         if as_json:
             echo_json(res)

@@ -25,6 +25,7 @@ from typing import IO, TYPE_CHECKING, Callable, Iterable, List, Optional, Sequen
 
 import paramiko
 
+from ..device.bounded import HeadTail
 from ..errors import DeviceError
 from . import RunResult, Transport
 from .ssh_hosts import (Endpoint, PasswordPrompt, RecordNewHostKey, RefuseUnknownHostKey, load_known_hosts,
@@ -42,6 +43,9 @@ MAX_JUMPS = 8
 # default 32 KiB, which is what brings it from ~66% to >=100% of scp on loopback (bench/deploy.py).
 OPENSSH_WRITE_SIZE = 256 * 1024 - 1024
 READ_CHUNK = 1 << 20
+# What one command's stdout (and its stderr) may hold on the host: its first and last 8 MiB. Far
+# above any output edgekit parses (deploy's checksum list, doctor's probes), far below a flood.
+RUN_OUTPUT_LIMIT = 8 << 20
 # Our receive window: big enough that downloads (get) are not stalled on window updates.
 WINDOW_SIZE = 16 << 20
 
@@ -266,15 +270,16 @@ class SSHTransport(Transport):
             chan.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise self._lost(exc) from None
-        out, err = bytearray(), bytearray()
+        # Bounded: a hostile or broken device could send hundreds of megabytes; the middle is dropped.
+        out, err = HeadTail(RUN_OUTPUT_LIMIT), HeadTail(RUN_OUTPUT_LIMIT)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             # Drain stdout and stderr together so neither fills its window and stalls the command.
             while True:
                 while chan.recv_ready():
-                    out += chan.recv(READ_CHUNK)
+                    out.feed(chan.recv(READ_CHUNK))
                 while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(READ_CHUNK)
+                    err.feed(chan.recv_stderr(READ_CHUNK))
                 if chan.exit_status_ready() or chan.closed:
                     # The exit status follows all of the command's output on the wire: nothing is left.
                     break
@@ -286,9 +291,9 @@ class SSHTransport(Transport):
                 else:
                     select.select([chan], [], [], min(wait, 1.0))
             while chan.recv_ready():
-                out += chan.recv(READ_CHUNK)
+                out.feed(chan.recv(READ_CHUNK))
             while chan.recv_stderr_ready():
-                err += chan.recv_stderr(READ_CHUNK)
+                err.feed(chan.recv_stderr(READ_CHUNK))
             code = chan.recv_exit_status() if chan.exit_status_ready() else -1
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise self._lost(exc) from None
@@ -296,7 +301,8 @@ class SSHTransport(Transport):
             chan.close()
         if code == -1:
             raise self._lost(EOFError("the channel closed without an exit status"))
-        return RunResult([command], code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+        return RunResult([command], code, out.getvalue().decode("utf-8", "replace"),
+                         err.getvalue().decode("utf-8", "replace"))
 
     def _lost(self, exc: BaseException) -> DeviceError:
         return DeviceError(f"device '{self.name}': connection lost ({type(exc).__name__}: {exc})",
