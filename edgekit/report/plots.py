@@ -28,6 +28,14 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _label(text: Any) -> str:
+    """Device-provided text for a plot: no control characters, and ``$`` taken literally (matplotlib
+    reads ``$...$`` as mathtext, where a malformed formula raises)."""
+    from ..cli.render import clean
+
+    return clean(text, newlines=False).replace("$", r"\$")
+
+
 def _num(v: Any) -> Optional[float]:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
@@ -53,7 +61,7 @@ def latency_histogram(runs: Sequence[RunRecord]) -> Optional[str]:
             if _num(r.latency.get(key)) is not None:
                 ax.axvline(r.latency[key], color="black", linestyle=style, linewidth=0.9,
                            label=f"{key[:3]} {r.latency[key]:.3g} ms")
-        ax.set_title(r.device, fontsize=10)
+        ax.set_title(_label(r.device), fontsize=10)
         ax.set_xlabel("ms per inference", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
@@ -67,7 +75,7 @@ def _per_device_axes(rows: Sequence[RunRecord]) -> Tuple[Any, Any, List[int]]:
     ax = fig.add_subplot(1, 1, 1)
     xs = list(range(len(rows)))
     ax.set_xticks(xs)
-    ax.set_xticklabels([r.device for r in rows], rotation=20, ha="right")
+    ax.set_xticklabels([_label(r.device) for r in rows], rotation=20, ha="right")
     return fig, ax, xs
 
 
@@ -97,7 +105,7 @@ def metric_per_device(runs: Sequence[RunRecord]) -> Optional[str]:
         if _num(r.metric.get("threshold")) is not None:
             ax.hlines(r.metric["threshold"], x - 0.45, x + 0.45, colors="black", linestyles="--")
     names = sorted({str(r.metric.get("name")) for r in rows})
-    ax.set_ylabel(" / ".join(names))
+    ax.set_ylabel(_label(" / ".join(names)))
     ax.set_title("Metric per device (dashed: threshold)")
     return _png(fig)
 
@@ -105,7 +113,7 @@ def metric_per_device(runs: Sequence[RunRecord]) -> Optional[str]:
 def power_trace_title(run: RunRecord) -> str:
     """The trace's title; an estimate says so (it is CPU time x nominal watts, not a measurement)."""
     power = run.power or {}
-    title = f"Power: {run.device} ({power.get('sampler', 'sampler ?')})"
+    title = _label(f"Power: {run.device} ({power.get('sampler', 'sampler ?')})")
     if power_is_estimate(power):
         title += " - ESTIMATE (CPU time x nominal watts), not a measurement"
     return title
