@@ -41,9 +41,10 @@ def md_text(value: Any) -> str:
 
 
 def md_code(value: Any) -> str:
-    """A device name as a code span: nothing inside one is rendered, but a backtick would close it."""
-    text = clean(value, newlines=False).replace("`", "'")
-    return f"`{text}`"
+    """A device name as a code span when it is a plain name; anything else as escaped text (a
+    backtick would close the span, and not every renderer keeps HTML inert inside one)."""
+    text = clean(value, newlines=False)
+    return f"`{text}`" if re.fullmatch(r"[\w.@:+-]+", text) else md_text(text)
 
 
 def _cell(key: str, value: Any) -> str:

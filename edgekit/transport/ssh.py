@@ -46,6 +46,7 @@ READ_CHUNK = 1 << 20
 # What one command's stdout (and its stderr) may hold on the host: its first and last 8 MiB. Far
 # above any output edgekit parses (deploy's checksum list, doctor's probes), far below a flood.
 RUN_OUTPUT_LIMIT = 8 << 20
+EXIT_GRACE = 2.0
 # Our receive window: big enough that downloads (get) are not stalled on window updates.
 WINDOW_SIZE = 16 << 20
 
@@ -275,14 +276,24 @@ class SSHTransport(Transport):
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             # Drain stdout and stderr together so neither fills its window and stalls the command.
+            exited_at = None
             while True:
+                got = False
                 while chan.recv_ready():
                     out.feed(chan.recv(READ_CHUNK))
+                    got = True
                 while chan.recv_stderr_ready():
                     err.feed(chan.recv_stderr(READ_CHUNK))
-                if chan.exit_status_ready() or chan.closed:
-                    # The exit status follows all of the command's output on the wire: nothing is left.
+                    got = True
+                if chan.closed or (chan.exit_status_ready() and chan.eof_received):
                     break
+                if chan.exit_status_ready():
+                    # sshd sends exit-status when the command exits, outside flow control, so output
+                    # still queued behind a full window arrives after it: drain until EOF. A background
+                    # child holding the output open gets EXIT_GRACE s of silence, not forever.
+                    exited_at = time.monotonic() if (exited_at is None or got) else exited_at
+                    if time.monotonic() - exited_at > EXIT_GRACE:
+                        break
                 wait = 1.0 if deadline is None else deadline - time.monotonic()
                 if wait <= 0:
                     raise DeviceError(f"device '{self.name}': {command!r} did not finish within {timeout:.0f} s")

@@ -6,10 +6,10 @@ Kept apart from ssh.py (the connection and its file operations) so each stays sm
 from __future__ import annotations
 
 import base64
-import fnmatch
 import getpass
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,8 +171,8 @@ class MarkedKey:
             pat = pat[1:] if negate else pat
             if pat.startswith("|1|"):
                 ok = paramiko.HostKeys.hash_host(name, pat) == pat
-            else:
-                ok = fnmatch.fnmatchcase(name, pat.lower())
+            else:  # only * and ? are special; fnmatch would read "[host]:port" as a character class
+                ok = re.fullmatch(re.escape(pat.lower()).replace(r"\*", ".*").replace(r"\?", "."), name) is not None
             if ok and negate:
                 return False
             hit = hit or ok
