@@ -553,3 +553,34 @@ def test_debug_log_refuses_a_directory_someone_else_owns(crash: None, tmp_path: 
     res = invoke("targets", "list")
     assert res.exit_code == 70 and not (theirs / "debug.log").exists()
     assert f"details in {tmp_path / 'tmp' / f'edgekit-{os.getuid()}' / 'debug.log'}" in res.output
+
+
+def test_bounded_wrapper_is_device_code() -> None:
+    """It runs on the board beside the runner: standard library only, parses as Python 3.8."""
+    import ast
+
+    import edgekit.device.bounded as bounded
+
+    source = Path(bounded.__file__)
+    vermin = Path(sys.executable).parent / "vermin"
+    proc = subprocess.run([str(vermin), "-t=3.8-", "--no-tips", "--violations", str(source)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    imported = {a.name.split(".")[0] for n in ast.walk(ast.parse(source.read_text()))
+                if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(ast.parse(source.read_text()))
+                 if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+
+
+def test_bounded_wrapper_passes_exit_status_and_stops_at_timeout(tmp_path: Path) -> None:
+    from edgekit.validate import BOUNDED
+
+    def run(limit: int, timeout: float, code: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", BOUNDED, str(limit), str(timeout), "--", sys.executable, "-c", code],
+                              capture_output=True, timeout=60)
+
+    proc = run(4, 0, "import sys; sys.stdout.write('abcdefghij'); sys.stderr.write('E' * 3); sys.exit(3)")
+    assert proc.returncode == 3 and proc.stderr == b"EEE"
+    assert proc.stdout.startswith(b"abcd") and proc.stdout.endswith(b"ghij") and b"2 bytes of output left out" in proc.stdout
+    proc = run(100, 0.5, "import time; print('started', flush=True); time.sleep(30)")
+    assert proc.returncode == 124 and b"started" in proc.stdout and b"stopped after" in proc.stderr
