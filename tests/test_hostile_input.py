@@ -244,6 +244,8 @@ def test_result_size_limit_is_configurable(local_project: Path) -> None:
     res = validate_cli(local_project, env={"EDGEKIT_MAX_RESULT_MB": "1"})
     assert_clean_failure(res, DeviceError.exit_code)
     assert "over the 1 MB limit" in res.output and stored_runs(local_project) == []
+    res = validate_cli(local_project, "--max-result-mb", "1.5", env={"EDGEKIT_MAX_RESULT_MB": "5"})
+    assert "over the 1.5 MB limit" in res.output and stored_runs(local_project) == []  # the option wins
     res = validate_cli(local_project, env={"EDGEKIT_MAX_RESULT_MB": "5"})
     assert res.exit_code == 0, res.output
     assert len(stored_runs(local_project)) == 1
