@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 from typing import Any, List, Optional, Sequence, Tuple
 
 from .runs import RunRecord, power_is_estimate
+
+log = logging.getLogger(__name__)
 
 
 def _figure(width: float = 7.0, height: float = 3.6) -> Any:
@@ -146,11 +149,24 @@ def power_trace(run: RunRecord) -> Optional[str]:
     return None if fig is None else _png(fig)
 
 
+def _drawn(plot: Any, *args: Any) -> Optional[str]:
+    """One plot, or None when matplotlib cannot lay out the device's numbers (degenerate or
+    extreme axes raise ValueError, OverflowError or LinAlgError deep inside it): the report then
+    goes without that figure rather than failing for every run."""
+    import numpy as np
+
+    try:
+        return plot(*args)
+    except (ValueError, OverflowError, FloatingPointError, np.linalg.LinAlgError) as exc:
+        log.warning("report: plot %s skipped: %s: %s", plot.__name__, type(exc).__name__, exc)
+        return None
+
+
 def all_plots(latest: Sequence[RunRecord], runs: Sequence[RunRecord]) -> List[tuple]:
     """(title, base64 PNG) pairs, in the order the report shows them."""
-    plots = [("Latency distribution", latency_histogram(latest)),
-             ("Latency per device", latency_per_device(latest)),
-             ("Metric per device", metric_per_device(latest))]
+    plots = [("Latency distribution", _drawn(latency_histogram, latest)),
+             ("Latency per device", _drawn(latency_per_device, latest)),
+             ("Metric per device", _drawn(metric_per_device, latest))]
     plots += [(f"Power trace: {r.device} ({r.path.name})" + (" (ESTIMATE)" if power_is_estimate(r.power or {}) else ""),
-               power_trace(r)) for r in runs if r.has_trace]
+               _drawn(power_trace, r)) for r in runs if r.has_trace]
     return [(t, p) for t, p in plots if p]

@@ -47,8 +47,12 @@ class RunFileError(ValueError):
 
 
 # The runner writes non-finite figures as strings ('inf' for a PSNR of identical outputs).
-Finite = Annotated[float, AllowInfNan(False)]
-Number = Union[Annotated[int, Strict()], Finite, Literal["inf", "-inf", "nan"]]
+# Magnitudes are bounded too: no latency, watt or metric comes near 1e15, while 1e308 overflows
+# the report's plot arithmetic (matplotlib raises on such axes).
+LIMIT = 1e15
+Finite = Annotated[float, AllowInfNan(False), Field(ge=-LIMIT, le=LIMIT)]
+Count = Annotated[int, Strict(), Field(ge=-int(LIMIT), le=int(LIMIT))]
+Number = Union[Count, Finite, Literal["inf", "-inf", "nan"]]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Flag = Annotated[bool, Strict()]
 
@@ -72,7 +76,7 @@ class Metric(_Part):
     threshold: Optional[Number] = None
     passed: Optional[Flag] = None
     min: Optional[Number] = None
-    n: Optional[Annotated[int, Strict()]] = None
+    n: Optional[Count] = None
     output: Optional[Text] = None
     task_accuracy: Optional[Number] = None
     also: Optional[List[Check]] = None
@@ -87,9 +91,9 @@ class Latency(_Part):
     p99_ms: Optional[Number] = None
     first_load_ms: Optional[Number] = None
     session_create_ms: Optional[Number] = None
-    iterations: Optional[Annotated[int, Strict()]] = None
+    iterations: Optional[Count] = None
     window_s: Optional[Number] = None
-    repeat: Optional[Annotated[int, Strict()]] = None
+    repeat: Optional[Count] = None
     samples_ms: Optional[Annotated[List[Finite], Field(max_length=MAX_POINTS)]] = None
 
 
@@ -173,8 +177,8 @@ def _depth_ok(value: Any, limit: int) -> bool:
 
 def _branch(part: Any) -> bool:
     """A union branch pydantic adds to an error's location (``int``, ``literal['inf',...]``)."""
-    return isinstance(part, str) and (part in ("int", "float", "str", "bool", "constrained-str")
-                                      or part.startswith(("literal[", "function-")))
+    return isinstance(part, str) and (part in ("int", "float", "str", "bool")
+                                      or part.startswith(("literal[", "function-", "constrained-")))
 
 
 _JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
@@ -192,7 +196,8 @@ def _field_error(exc: ValidationError) -> RunFileError:
         else _JSON_TYPES.get(type(given), "something else")
     if any(_branch(p) for p in loc):  # a Number (or text-or-number) field: one phrase for all branches
         branches = {str(e["loc"][-1]) for e in exc.errors() if tuple(e["loc"][:-1]) == tuple(loc[:-1])}
-        wanted = "a string or a number" if branches & {"str", "constrained-str"} else "a finite number (or 'inf'/'nan')"
+        wanted = "a string or a number" if branches & {"str", "constrained-str"} \
+            else "a finite number within +-1e15 (or 'inf'/'nan')"
         return RunFileError(where, f"expected {wanted}, got {got}")
     return RunFileError(where, f"{err['msg'][0].lower()}{err['msg'][1:]}, got {got}")
 
