@@ -7,20 +7,28 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Union
+from typing import Annotated, Dict, List, Literal, Optional, Union
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator,
+                      model_validator)
 
 from .device.power import DEFAULT_GRID_G_PER_KWH, REGISTRY as POWER_SAMPLERS
 from .errors import ConfigError
 
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 METRICS = ("top1", "topk", "cosine", "psnr", "max_abs", "max_rel")
+
+# Numbers are taken as written: pydantic's lax mode would turn opset = "17" into 17 and a quoted
+# port into an int, hiding a typo; and nan/inf pass every >=/<= check, so a threshold of nan gates
+# nothing. Floats still accept integers (threshold = 1).
+Int = Annotated[int, Strict()]
+Num = Annotated[float, Strict(), AllowInfNan(False)]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 
 
 class _Strict(BaseModel):
@@ -35,8 +43,8 @@ class ModelSpec(_Strict):
     path: Optional[Path] = None
     """hf: the model directory; onnx: the .onnx file; tflite: a converted .tflite file (shipped as is)."""
     task: str = "feature-extraction"
-    opset: int = Field(17, ge=11, le=21)
-    export_tolerance: float = Field(1e-3, gt=0)
+    opset: Int = Field(17, ge=11, le=21)
+    export_tolerance: Num = Field(1e-3, gt=0)
     """Max abs difference allowed between framework outputs and the exported ONNX model."""
 
     @model_validator(mode="after")
@@ -51,7 +59,7 @@ class ModelSpec(_Strict):
 
 class InputSpec(_Strict):
     name: str
-    shape: List[int]
+    shape: List[Int]
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
     dynamic_axes: Dict[int, str] = Field(default_factory=dict)
     """Axis index -> symbolic name, e.g. {0 = "batch", 1 = "sequence"}."""
@@ -71,7 +79,7 @@ class DataSpec(_Strict):
     """A file of lines, tokenized with the tokenizer in the Hugging Face model directory."""
     labels: Optional[str] = None
     """Key in the .npz holding integer labels (reports task accuracy beside agreement)."""
-    max_samples: int = Field(256, ge=1)
+    max_samples: Int = Field(256, ge=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
@@ -82,15 +90,15 @@ class DataSpec(_Strict):
 
 class ValidationSpec(DataSpec):
     metric: Literal[METRICS] = "top1"  # type: ignore[valid-type]
-    threshold: float
+    threshold: Num
     """top1/topk/cosine: at least this; psnr: at least this many dB; max_abs/max_rel: at most this."""
-    k: int = Field(5, ge=1)
+    k: Int = Field(5, ge=1)
     output: Optional[str] = None
     """Which model output the metric reads (default: the first)."""
     pooling: Literal["none", "mean"] = "none"
     """cosine on token embeddings: 'mean' pools over the attention mask first (sentence embeddings)."""
     mask_input: str = "attention_mask"
-    also: Dict[Literal[METRICS], float] = Field(default_factory=dict)  # type: ignore[valid-type]
+    also: Dict[Literal[METRICS], Num] = Field(default_factory=dict)  # type: ignore[valid-type]
     """Further metrics the device run must meet too, e.g. {psnr = 30, max_abs = 0.05} (each in its
     metric's direction). ``metric``/``threshold`` still choose the build; these gate validate."""
 
@@ -102,7 +110,7 @@ class DeviceSpec(_Strict):
     path: str = "~/edgekit"
     """The device directory that holds releases/ and current."""
     host: Optional[str] = None
-    port: Optional[int] = None
+    port: Optional[Port] = None
     user: Optional[str] = None
     identity_file: Optional[str] = None
     python: str = "python3"
@@ -117,8 +125,8 @@ class DeviceSpec(_Strict):
 
 
 class DeploySpec(_Strict):
-    keep_releases: int = Field(3, ge=1)
-    max_parallel: int = Field(8, ge=1)
+    keep_releases: Int = Field(3, ge=1)
+    max_parallel: Int = Field(8, ge=1)
     known_hosts: Optional[Path] = None
     inventory: Optional[Path] = None
 
@@ -129,12 +137,12 @@ class PowerSpec(_Strict):
     sampler: str = "auto"
     """'auto': the target profile's sensor, else the labelled CPU-time estimate; 'none': no sampling;
     or a sampler name (edgekit doctor lists what the device has)."""
-    rate_hz: float = Field(10.0, ge=1, le=100)
-    idle_s: float = Field(2.0, ge=0, le=60)
+    rate_hz: Num = Field(10.0, ge=1, le=100)
+    idle_s: Num = Field(2.0, ge=0, le=60)
     """Seconds of idle baseline before the window (0: no baseline, so no energy above idle)."""
-    requests_per_s: float = Field(1.0, gt=0)
+    requests_per_s: Num = Field(1.0, gt=0)
     """The request rate the carbon-per-day figure assumes."""
-    grid_g_per_kwh: float = Field(DEFAULT_GRID_G_PER_KWH, ge=0, le=2000)
+    grid_g_per_kwh: Num = Field(DEFAULT_GRID_G_PER_KWH, ge=0, le=2000)
     """Grid carbon intensity, gCO2e/kWh (default: the 2023 world average, Ember)."""
 
     @field_validator("sampler")
@@ -159,7 +167,7 @@ class ProjectConfig(_Strict):
     targets_dir: Optional[Path] = None
     """A folder of the project's own target profiles (default: ``targets/`` beside this file, when
     it exists); they merge over the built-in ones."""
-    seed: int = 0
+    seed: Int = 0
 
     path: Path = Field(Path("edgekit.toml"), exclude=True)
     """Where this config was read from (set by ``load``)."""
@@ -219,6 +227,9 @@ def first_error(exc: ValidationError, label: str = "field") -> str:
     if err["type"] == "missing":
         return f"missing {label} '{where}'"
     msg = re.sub(r"^Value error, ", "", err["msg"])
+    given = err.get("input")
+    if isinstance(given, (str, int, float)) and len(repr(given)) <= 60:
+        msg += f" (got {given!r}{', a string' if isinstance(given, str) else ''})"
     return f"{label} '{where}': {msg}"
 
 
@@ -230,6 +241,10 @@ def load(path: Union[Path, str] = "edgekit.toml") -> ProjectConfig:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); TOML files must be UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         cfg = ProjectConfig.model_validate(data)
     except ValidationError as exc:
@@ -238,4 +253,9 @@ def load(path: Union[Path, str] = "edgekit.toml") -> ProjectConfig:
     names = [i.name for i in cfg.inputs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: field 'inputs': input names must be unique, got {names}")
+    seen = set()
+    for i, d in enumerate(cfg.devices):
+        if d.name in seen:  # the first would silently win every --device lookup
+            raise ConfigError(f"{path}: field 'devices.{i}.name': device name '{d.name}' is used twice; names must be unique")
+        seen.add(d.name)
     return cfg

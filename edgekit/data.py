@@ -6,6 +6,8 @@ so a bad sample gives one clear line instead of an onnxruntime traceback later.
 """
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -37,12 +39,26 @@ def _check_array(arr: np.ndarray, spec: InputSpec, source: Path, err: type) -> n
     return arr.astype(want, copy=False)
 
 
+# What a damaged or hostile sample file raises from numpy: a truncated .npz (BadZipFile, or EOFError
+# and zlib.error on a cut member), an object array (ValueError: pickles are never loaded), a bad
+# header (ValueError), an unreadable file (OSError).
+_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+
+
 def _read_arrays(path: Path, inputs: List[InputSpec], labels_key: Optional[str], err: type
                  ) -> Tuple[Dict[str, np.ndarray], Optional[np.ndarray]]:
+    """The file's arrays, checked. A file that cannot be read is bad input (ConfigError) in either
+    table; a readable one that does not fit the model raises ``err``."""
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise err(f"{path}: cannot read samples: {exc}") from None
+        return _read_checked(path, inputs, labels_key, err)
+    except _UNREADABLE as exc:
+        raise ConfigError(f"{path}: cannot read samples ({type(exc).__name__}: {exc})",
+                          hint="numpy .npz/.npy files of plain numeric arrays are expected (no pickled objects)") from None
+
+
+def _read_checked(path: Path, inputs: List[InputSpec], labels_key: Optional[str], err: type
+                  ) -> Tuple[Dict[str, np.ndarray], Optional[np.ndarray]]:
+    loaded = np.load(path, allow_pickle=False)
     if isinstance(loaded, np.ndarray):
         if len(inputs) != 1:
             raise err(f"{path}: a .npy file holds one array, but the model has {len(inputs)} inputs; use .npz keyed by input name")
@@ -91,7 +107,10 @@ def load_samples(spec: DataSpec, config: ProjectConfig, what: str = "calibration
             raise ConfigError(f"{config.path}: field '{what}.text': file not found: {source}")
         if config.model.source != "hf":
             raise ConfigError(f"{config.path}: field '{what}.text' needs a Hugging Face model (source = 'hf') for its tokenizer")
-        lines = [ln.strip() for ln in source.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        try:
+            lines = [ln.strip() for ln in source.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
         if not lines:
             raise err(f"{source}: no text lines")
         model_dir = config.resolve(config.model.path)
@@ -110,8 +129,17 @@ def load_samples(spec: DataSpec, config: ProjectConfig, what: str = "calibration
         else:
             raise ConfigError(f"{config.path}: field '{what}.data': file not found: {source}")
         parts = [_read_arrays(f, inputs, spec.labels, err) for f in files]
-        arrays = {i.name: np.concatenate([p[0][i.name] for p in parts]) for i in inputs}
-        labels = np.concatenate([p[1] for p in parts]) if spec.labels else None
-    n = min(spec.max_samples, next(iter(arrays.values())).shape[0])
+        try:
+            arrays = {i.name: np.concatenate([p[0][i.name] for p in parts]) for i in inputs}
+            labels = np.concatenate([p[1] for p in parts]) if spec.labels else None
+        except ValueError as exc:  # dynamic axes of different lengths across the files
+            raise ConfigError(f"{source}: the files' samples cannot be stacked on axis 0: {exc}") from None
+    count = next(iter(arrays.values())).shape[0]
+    if count == 0:  # refused here, before any export starts, rather than as an IndexError later
+        raise ConfigError(f"{source}: no samples (axis 0 is empty) for [{what}]")
+    if labels is not None and labels.shape[:1] != (count,):
+        raise ConfigError(f"{source}: labels '{spec.labels}' hold {labels.shape[0] if labels.ndim else 0} value(s) "
+                          f"for {count} sample(s)")
+    n = min(spec.max_samples, count)
     feeds = [{name: a[i: i + 1] for name, a in arrays.items()} for i in range(n)]
     return feeds, (labels[:n] if labels is not None else None)

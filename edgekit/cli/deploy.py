@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import click
 
-from .render import echo_json, kv, table
+from .render import echo, echo_json, kv, table
 
 _config = click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("edgekit.toml"),
                        show_default=True, help="The project file.")
@@ -135,4 +135,4 @@ def register(main: click.Group) -> None:
         table(title, ["release", "", "target", "model", "precision", "files"],
               [(r.id, marks(r), r.target or "-", r.model or "-", r.precision or "-", r.files) for r in st.releases])
         if st.partial:
-            click.echo(f"unfinished uploads (resumed or removed by the next deploy): {', '.join(st.partial)}")
+            echo(f"unfinished uploads (resumed or removed by the next deploy): {', '.join(st.partial)}")
