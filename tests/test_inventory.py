@@ -101,7 +101,7 @@ def test_ini_groups_children_and_vars(tmp_path: Path) -> None:
     assert orin.path == "/srv/edgekit" and orin.target == "jetson-orin-nano"
 
     lab = inv.device("lab-pc")
-    assert lab.transport == "local" and lab.path == "/tmp/lab" and lab.groups == []
+    assert lab.transport == "local" and lab.path == "/tmp/lab" and lab.groups == ["ungrouped"]
 
 
 def test_yaml_groups_children_and_vars(tmp_path: Path) -> None:
