@@ -72,33 +72,53 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _failures(stderr: str) -> List[Tuple[str, str]]:
+    """(plugin, message) for each plugin that failed on a source: the message is the text under
+    '<<< caused by >>>' (it can span lines), else the warning's own line."""
+    found = []
+    for block in re.split(r"^(?=\[WARNING\]: Failed to parse inventory with )", stderr, flags=re.M)[1:]:
+        m = _FAILED.match(block)
+        if not m:
+            continue
+        cause = re.search(r"<<< caused by >>>\s*(.*?)\s*(?:^Origin: |\Z|^\[(?:WARNING|ERROR)\])", block, re.S | re.M)
+        found.append((m.group(1), cause.group(1) if cause else m.group(2)))
+    return found
+
+
+def _tidy(msg: str) -> str:
+    msg = re.sub(r"^Failed to parse inventory: ", "", msg)
+    return re.sub(r"<class '(?:[\w.]*\.)?_?(?:AnsibleTagged)?(\w+)'>", lambda m: m.group(1).lower(), msg)
+
+
 def ansible_error(stderr: str, sources: Sequence[Path]) -> str:
     """The one failure that explains why Ansible could not read the sources. Ansible reports one
-    per plugin it tried; the yaml plugin's is kept for YAML-shaped files, the ini plugin's otherwise."""
-    failures: List[Tuple[str, str]] = [(m.group(1), m.group(2)) for m in _FAILED.finditer(stderr)]
-    useful = [(p, msg) for p, msg in failures if p not in ("auto", "host_list", "script", "toml")
-              and not any(n in msg for n in _NOISE)]
-    useful = useful or [(p, msg) for p, msg in failures if not any(n in msg for n in _NOISE)] or failures
-    if useful:
-        yaml_shaped = any(_yaml_shaped(s) for s in sources)
-        pick = next((f for f in useful if f[0] == ("yaml" if yaml_shaped else "ini")), useful[-1])
-        msg = re.sub(r"^Failed to parse inventory: ", "", pick[1])
+    per plugin it tried; the one matching the file's shape is kept (auto for a plugin config, yaml
+    for YAML, ini otherwise)."""
+    failures = _failures(stderr)
+    if failures:
+        wanted = {_shape(s) for s in sources}
+        useful = [f for f in failures if f[0] in wanted and not (f[0] != "auto" and any(n in f[1] for n in _NOISE))]
+        useful = useful or [f for f in failures if not any(n in f[1] for n in _NOISE)] or failures
+        msg = _tidy(useful[0][1])
         origin = re.search(r"^Origin: (\S+?:\d+)(?::\d+)?\s*$", stderr, re.M)
-        return _one_line(msg + (f" ({origin.group(1)})" if origin else ""))
+        return _one_line(msg + (f" ({origin.group(1)})" if origin and origin.group(1) not in msg else ""))
     errors = re.findall(r"^\[ERROR\]: (.*)$", stderr, re.M)
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     return _one_line(errors[0] if errors else (lines[-1] if lines else "failed without a message"))
 
 
-def _yaml_shaped(source: Path) -> bool:
-    if source.suffix in YAML_EXTENSIONS:
-        return True
-    if source.suffix or not source.is_file():
-        return False
-    try:
-        return yaml_mapping(source.read_text(encoding="utf-8"), source) is not None
-    except (OSError, UnicodeDecodeError):
-        return False
+def _shape(source: Path) -> str:
+    """Which of Ansible's plugins a source is meant for: auto (a plugin config), yaml or ini."""
+    text = None
+    if source.is_file() and (source.suffix in YAML_EXTENSIONS or not source.suffix):
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            pass
+    data = yaml_mapping(text, source) if text is not None else None
+    if data is not None:
+        return "auto" if "plugin" in data else "yaml"
+    return "yaml" if source.suffix in YAML_EXTENSIONS else "ini"
 
 
 def _builtin_location(sources: Sequence[Path]) -> str:
@@ -132,7 +152,7 @@ def run_ansible_inventory(sources: Sequence[Path]) -> Dict[str, Any]:
         raise ConfigError(f"{_builtin_location(sources) or where}: ansible-inventory: {ansible_error(proc.stderr, sources)}")
     skipped = _SKIPPED.search(proc.stderr)
     if skipped:  # Ansible warns and drops part of the inventory; a typo must not shrink the fleet
-        raise ConfigError(f"{where}: ansible-inventory: {_one_line(skipped.group(1))}",
+        raise ConfigError(f"{_builtin_location(sources) or where}: ansible-inventory: {_one_line(skipped.group(1))}",
                           hint="fix the inventory: only hosts, vars and children belong in a YAML group")
     try:
         out = json.loads(proc.stdout)

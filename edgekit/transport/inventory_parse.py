@@ -249,7 +249,10 @@ def parse_ini(text: str, path: Path, inv: InventoryData) -> None:
                 raise ConfigError(f"{where}cannot split the host line ({exc})") from None
             if tokens[0].endswith(":") and split_host_port(tokens[0])[1] is None:
                 raise ConfigError(f"{where}host '{tokens[0]}' ends in ':', which is reserved for a port")
-            hosts, port = host_pattern(tokens[0])
+            try:
+                hosts, port = host_pattern(tokens[0])
+            except ConfigError as exc:
+                raise ConfigError(f"{where}{exc.message}") from None
             if "---" in hosts:
                 raise ConfigError(f"{where}'---' starts a YAML document: name the file .yml, or write INI")
             hvars: Dict[str, Any] = {}
