@@ -261,3 +261,21 @@ def test_ungrouped_is_a_selectable_group(tmp_path: Path) -> None:
     cfg = load(write_project(tmp_path, [], deploy={"inventory": "hosts"}, bundles={}))
     assert [d.name for d in select_devices(cfg, group="ungrouped")] == ["solo"]
     assert [d.name for d in select_devices(cfg, group="all")] == ["solo", "pi1"]
+
+
+def test_several_sources_on_the_command_line(tmp_path: Path) -> None:
+    """``-i a -i b`` reads both, as ``ansible -i a -i b``: later sources add hosts and override vars."""
+    from click.testing import CliRunner
+    from sshd_fixtures import write_project
+
+    from edgekit.cli import main
+
+    config = write_project(tmp_path / "proj", [], bundles={})
+    write(tmp_path, "a.ini", "[fleet]\npi1 edgekit_target=rpi\n")
+    write(tmp_path, "b.yml", "fleet:\n  hosts:\n    pi1:\n      ansible_host: 10.7.0.1\n    pi2:\n      edgekit_target: rpi\n")
+    res = CliRunner().invoke(main, ["status", "-d", "nope", "--config", str(config),
+                                    "-i", str(tmp_path / "a.ini"), "-i", str(tmp_path / "b.yml")])
+    assert res.exit_code == 2 and "no device named 'nope' (devices: pi1, pi2)" in res.output, res.output
+    assert f"or {tmp_path / 'a.ini'} or {tmp_path / 'b.yml'}" in res.output
+    inv = load_inventory([tmp_path / "a.ini", tmp_path / "b.yml"])
+    assert inv.device("pi1").host == "10.7.0.1"
