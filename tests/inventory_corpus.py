@@ -294,6 +294,45 @@ k1 edgekit_target=rpi
         "host_vars/pi1": "edgekit_target: raspberry-pi-5\n",
     }, ["hosts"]),
 
+    "priority_in_group_vars_file": ({
+        "hosts": "[aa]\nh1\n[zz]\nh1\n[aa:vars]\nedgekit_target=from-aa\n[zz:vars]\nedgekit_target=from-zz\n",
+        # Ansible reads ansible_group_priority only where the group is defined, not from group_vars/
+        "group_vars/zz.yml": "ansible_group_priority: 0\n",
+        "group_vars/aa.yml": "edgekit_path: /aa\n",
+    }, ["hosts"]),
+
+    "json_and_yaml_shapes": ({"hosts.json": """{"fleet": {"hosts": {"j1": {"ansible_host": "10.8.0.1", "ansible_port": 2200}, "j2": null},
+           "vars": {"edgekit_target": "rpi", "ansible_group_priority": 5}},
+ "other": {"hosts": {"j2": {}}, "vars": {"edgekit_target": "jetson"}}}
+""", "more.yaml": """defaults: &defaults
+  vars:
+    edgekit_target: x86-avx2
+    ansible_user: base
+lab:
+  <<: *defaults
+  hosts: solo
+edge:
+  hosts:
+    e1:
+      ansible_port: null
+      ansible_connection: ssh
+      edgekit_target: rpi
+"""}, ["hosts.json", "more.yaml"]),
+
+    "ini_all_sections_and_odd_values": ({"hosts": """[all:children]
+web-servers
+[web-servers]
+w1 edgekit_path=/srv/x#y ansible_user='quoted user'
+w2 edgekit_path="/srv/with space" ansible_python_interpreter="/opt/py 3/bin/python"
+[web-servers:vars]
+edgekit_target = rpi   # a comment, literal_eval fails: kept in the value
+ansible_ssh_user=True
+[all:vars]
+edgekit_path=/srv/a#b
+"""}, ["hosts"]),
+
+    "ini_text_in_yaml_file": ({"hosts.yaml": "[fleet]\npi1 edgekit_target=rpi ansible_host=10.9.0.1\n"}, ["hosts.yaml"]),
+
     "no_target_refused": ({"hosts": """\
 [fleet]
 pi1 edgekit_target=rpi
