@@ -22,6 +22,8 @@ BAD = {
     "yaml_group_key_typo": ("hosts.yml", "all:\n  hostz:\n    pi1:\n", r"group 'all': unknown key 'hostz'", 2),
     "yaml_integer_host": ("hosts.yml", "fleet:\n  hosts:\n    1234:\n", r"host pattern 1234 .* must be a string", 3),
     "yaml_malformed": ("hosts.yml", "fleet: [1\n", r"malformed YAML", 2),
+    "yaml_malformed_no_extension": ("hosts", "all:\n  children:\n    fleet:\n      hosts: [pi1\n",
+                                    r"malformed YAML", 5),
     "ini_unclosed_section": ("hosts.ini", "[fleet\npi1\n", r"not closed", 1),
     "ini_unknown_section_type": ("hosts", "[fleet:bogus]\npi1\n", r"section \[fleet:bogus\] has an unknown type", 1),
     "ini_vars_for_undeclared_group": ("hosts", "[pis]\npi1\n[fleet:vars]\na=1\n", r"\[fleet:vars\].*never declared", 3),

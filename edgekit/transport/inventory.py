@@ -318,7 +318,16 @@ def _read_source(path: Path, data: InventoryData) -> None:
             return
         if path.suffix in YAML_EXTENSIONS and not _ini_shaped(text):
             parse_yaml(load_yaml(text, path), path, data)  # raises with the YAML's own problem
-    parse_ini(text, path, data)
+    try:
+        parse_ini(text, path, data)
+    except ConfigError:
+        if not path.suffix and _yaml_keyed(text):
+            load_yaml(text, path)  # YAML with a mistake: say what the YAML parser says
+        raise
+
+
+def _yaml_keyed(text: str) -> bool:
+    return bool(re.search(r"^[^\s#;\[][^=\n]*:[ \t]*(#.*)?$", text, re.M))
 
 
 def _ini_shaped(text: str) -> bool:
