@@ -78,6 +78,15 @@ class Inventory:
         """ansible engine: each host's variables as ansible-inventory merged them."""
         self._depths: Dict[str, int] = {}
         self._files: Dict[Path, Dict[str, Any]] = {}
+        self._direct: Dict[str, List[str]] = {}
+        for g in data.groups.values():
+            for h in g.hosts:
+                self._direct.setdefault(h, []).append(g.name)
+        try:
+            for g in data.groups:
+                self.depth(g)
+        except RecursionError:
+            raise ConfigError(f"{self.where}: groups are nested too deeply") from None
 
     @property
     def path(self) -> Path:
@@ -111,7 +120,7 @@ class Inventory:
         """Every group holding ``host``, directly or through children, ``all`` included, in the
         order Ansible applies their vars (depth, ansible_group_priority, name)."""
         found = {"all"}
-        todo = [g.name for g in self.groups.values() if host in g.hosts]
+        todo = list(self._direct.get(host, []))
         while todo:
             g = todo.pop()
             if g not in found:
@@ -280,8 +289,11 @@ def load_inventory(sources: Sources, engine: Optional[str] = None) -> Inventory:
 
         return load_with_ansible(paths)
     data = InventoryData()
-    for p in paths:
-        _read_source(p, data)
+    try:
+        for p in paths:
+            _read_source(p, data)
+    except RecursionError:
+        raise ConfigError(f"{', '.join(map(str, paths))}: the inventory is nested too deeply") from None
     data.reconcile()
     return Inventory(paths, data, "builtin")
 
@@ -321,7 +333,7 @@ def _read_source(path: Path, data: InventoryData) -> None:
     try:
         parse_ini(text, path, data)
     except ConfigError:
-        if not path.suffix and _yaml_keyed(text):
+        if not path.suffix and _yaml_keyed(text) and not _ini_shaped(text):
             load_yaml(text, path)  # YAML with a mistake: say what the YAML parser says
         raise
 

@@ -174,8 +174,7 @@ def inventory_from_json(out: Dict[str, Any]) -> Tuple[InventoryData, Dict[str, D
         data.add_group(name)
         for host in body.get("hosts") or []:
             data.hosts.setdefault(str(host), {})
-            if host not in data.groups[name].hosts:
-                data.groups[name].hosts.append(host)
+            data.groups[name].add_host(str(host))
     for name, body in groups.items():
         for child in body.get("children") or []:
             data.add_group(child)
@@ -184,18 +183,22 @@ def inventory_from_json(out: Dict[str, Any]) -> Tuple[InventoryData, Dict[str, D
     # Inventory order: each group's own hosts, then its children's, from 'all' down (the JSON's
     # hostvars are sorted by name).
     order: List[str] = []
+    placed: set = set()
     seen: set = set()
 
     def walk(group: str) -> None:
         if group in seen:
             return
         seen.add(group)
-        order.extend(h for h in data.groups[group].hosts if h not in order)
+        for h in data.groups[group].hosts:
+            if h not in placed:
+                placed.add(h)
+                order.append(h)
         for child in data.groups[group].children:
             walk(child)
 
     walk("all")
-    data.hosts = {h: data.hosts[h] for h in order + [h for h in data.hosts if h not in order]}
+    data.hosts = {h: data.hosts[h] for h in order + [h for h in data.hosts if h not in placed]}
     return data, {str(h): dict(v or {}) for h, v in hostvars.items()}
 
 

@@ -18,7 +18,7 @@ import string
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..errors import ConfigError
 
@@ -37,6 +37,18 @@ class Group:
     parents: List[str] = field(default_factory=list)
     vars: Dict[str, Any] = field(default_factory=dict)
     priority: int = 1
+    members: Set[str] = field(default_factory=set, repr=False)
+    """The hosts, as a set (thousands of hosts are read in linear time)."""
+
+    def add_host(self, host: str) -> None:
+        if host not in self.members:
+            self.members.add(host)
+            self.hosts.append(host)
+
+    def remove_host(self, host: str) -> None:
+        if host in self.members:
+            self.members.discard(host)
+            self.hosts.remove(host)
 
 
 @dataclass
@@ -60,9 +72,7 @@ class InventoryData:
         if host not in self.hosts:
             # As in Ansible, a host:port only counts where the host is first defined.
             self.hosts[host] = {"ansible_port": port} if port else {}
-        g = self.groups[group]
-        if host not in g.hosts:
-            g.hosts.append(host)
+        self.groups[group].add_host(host)
 
     def add_child(self, parent: str, child: str, where: str) -> None:
         if parent == child or child in self.ancestors(parent):
@@ -82,13 +92,13 @@ class InventoryData:
         else:
             self.groups[group].vars[key] = value
 
-    def ancestors(self, group: str) -> List[str]:
-        found: List[str] = []
+    def ancestors(self, group: str) -> Set[str]:
+        found: Set[str] = set()
         todo = list(self.groups[group].parents)
         while todo:
             g = todo.pop()
             if g not in found:
-                found.append(g)
+                found.add(g)
                 todo.extend(self.groups[g].parents)
         return found
 
@@ -99,12 +109,12 @@ class InventoryData:
             if g.name != "all" and not g.parents:
                 self.add_child("all", g.name, where="")
         ungrouped = self.groups["ungrouped"]
+        grouped = {h for g in self.groups.values() if g.name not in ("all", "ungrouped") for h in g.hosts}
         for host in self.hosts:
-            direct = [g.name for g in self.groups.values() if host in g.hosts and g.name not in ("all", "ungrouped")]
-            if direct and host in ungrouped.hosts:
-                ungrouped.hosts.remove(host)
-            elif not direct and host not in ungrouped.hosts:
-                ungrouped.hosts.append(host)
+            if host in grouped:
+                ungrouped.remove_host(host)
+            else:
+                ungrouped.add_host(host)
 
 
 # ----------------------------------------------------------------------------------------------
