@@ -161,3 +161,41 @@ def test_templates(tmp_path: Path) -> None:
     devices = {d.name: d for d in load_inventory(inv, engine="ansible").devices()}
     assert devices["pi1"].host == "pi1.lan" and devices["pi2"].target == "raspberry-pi-5"
     assert devices["pi2"].host == "pi2"
+
+
+def test_mutated_inventories_never_crash(tmp_path: Path) -> None:
+    """Thousands of damaged variants of the corpus files: the built-in reader gives devices or one
+    ConfigError line, never another exception (which the CLI would report as exit 70)."""
+    import random
+
+    from inventory_corpus import CORPUS
+
+    rng = random.Random(17)
+    alphabet = list("[]:=#;{}-_,'\"\\\n\t ") + ["  ", "\n[", "]\n", ": ", "- ", "{{", "[1:", ":9]", "é", "\x00"]
+    texts = [(rel, text) for files, _ in CORPUS.values() for rel, text in files.items()]
+    tried = failed = 0
+    for i in range(1500):
+        rel, text = rng.choice(texts)
+        chars = list(text)
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(len(chars) + 1)
+            op = rng.random()
+            if op < 0.4 and chars:
+                del chars[min(pos, len(chars) - 1)]
+            elif op < 0.8:
+                chars.insert(pos, rng.choice(alphabet))
+            else:
+                lines = "".join(chars).splitlines(keepends=True)
+                j = rng.randrange(len(lines))
+                chars = list("".join(lines[:j] + [lines[j]] * 2 + lines[j + 1:]))
+        d = tmp_path / str(i)
+        (d / Path(rel).parent).mkdir(parents=True, exist_ok=True)
+        path = d / rel
+        path.write_text("".join(chars), encoding="utf-8", errors="surrogatepass")
+        tried += 1
+        try:
+            load_inventory(path, engine="builtin").devices()
+        except ConfigError as exc:
+            failed += 1
+            assert "\n" not in exc.message, exc.message
+    assert tried == 1500 and 0 < failed < tried  # both outcomes were exercised
