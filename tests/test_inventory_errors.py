@@ -161,6 +161,13 @@ def test_templates(tmp_path: Path) -> None:
     devices = {d.name: d for d in load_inventory(inv, engine="ansible").devices()}
     assert devices["pi1"].host == "pi1.lan" and devices["pi2"].target == "raspberry-pi-5"
     assert devices["pi2"].host == "pi2"
+    inv.write_text("[fleet]\npi1 edgekit_target=rpi ansible_port='{{ 2000 + 22 }}'\n"
+                   "pi2 edgekit_target=rpi ansible_host='{{ undefined_var }}'\n")
+    with pytest.raises(ConfigError, match=r"host 'pi2': Ansible could not evaluate its templates: .*undefined_var") as info:
+        load_inventory(inv, engine="ansible").devices()
+    assert "\n" not in info.value.message
+    inv.write_text("[fleet]\npi1 edgekit_target=rpi ansible_port='{{ 2000 + 22 }}'\n")
+    assert load_inventory(inv, engine="ansible").device("pi1").port == 2022
 
 
 def test_mutated_inventories_never_crash(tmp_path: Path) -> None:
