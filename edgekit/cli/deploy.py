@@ -15,8 +15,8 @@ from .render import echo, echo_json, kv, table
 
 _config = click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("edgekit.toml"),
                        show_default=True, help="The project file.")
-_inventory = click.option("--inventory", "-i", type=click.Path(path_type=Path), default=None,
-                          help="An Ansible inventory (INI or YAML) adding devices [default: deploy.inventory].")
+_inventory = click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
+                          help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
 _accept = click.option("--accept-new-host-key", is_flag=True,
                        help="Trust an SSH host key seen for the first time and record it (a changed key is always refused).")
 _json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

@@ -61,8 +61,8 @@ def register(main: click.Group) -> None:
     @main.command("validate")
     @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")
     @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
-    @click.option("--inventory", "-i", type=click.Path(path_type=Path), default=None,
-                  help="An Ansible inventory (INI or YAML) adding devices [default: deploy.inventory].")
+    @click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
+                  help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
     @click.option("--duration", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Minimum seconds per timed window.")
     @click.option("--threads", default=None, type=int, help="Intra-op threads (default: the target profile's).")
     @click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1), help="Timed windows; the median is reported.")
@@ -107,8 +107,8 @@ def register(main: click.Group) -> None:
     @main.command("doctor")
     @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")
     @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
-    @click.option("--inventory", "-i", type=click.Path(path_type=Path), default=None,
-                  help="An Ansible inventory (INI or YAML) adding devices [default: deploy.inventory].")
+    @click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
+                  help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--json", "as_json", is_flag=True, help="Print facts and checks as JSON.")
     def doctor_cmd(device: str, config_path: str, inventory: Optional[Path], accept_new_host_key: bool, as_json: bool) -> None:
