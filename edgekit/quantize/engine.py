@@ -100,7 +100,7 @@ def quantize_for_target(
     index = metric.output_index([o.name for o in graph.graph.output])
     fp32_level = runtime_level_for("fp32", profile)
     fp32_session = make_session(base, fp32_level)
-    refs = run_outputs(fp32_session, validation, index)
+    refs = run_outputs(fp32_session, validation, index, metric.stream_plan)
     calib = cal.select_samples(calibration, cal.MAX_CALIBRATION_SAMPLES, seed)
     sens_feeds = calib[:SENSITIVITY_SAMPLES]
     arch_ok = profile.arch == _targets.host_arch()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -39,9 +39,32 @@ def make_session(model: ModelSource, level: str = "extended", threads: int = EVA
         raise QuantizationError(f"onnxruntime cannot load {where}: {str(exc).splitlines()[0]}") from None
 
 
-def run_outputs(session: "ort.InferenceSession", feeds: Sequence[Dict[str, np.ndarray]], index: int) -> List[np.ndarray]:  # type: ignore[name-defined]  # noqa: F821
-    name = session.get_outputs()[index].name
-    return [np.asarray(session.run([name], feed)[0]) for feed in feeds]
+StreamPlan = Tuple[Tuple[Tuple[str, str], ...], Tuple[bool, ...]]
+"""((state input, state output) pairs, per-feed stream starts): see MetricSpec.stream_plan."""
+
+
+def run_outputs(session: "ort.InferenceSession", feeds: Sequence[Dict[str, np.ndarray]], index: int,  # type: ignore[name-defined]  # noqa: F821
+                stream: Optional[StreamPlan] = None) -> List[np.ndarray]:
+    """Output ``index`` for every feed; with ``stream``, the feeds are chunks of streams and each
+    state input is the model's own previous state output (the runner's carry, so host and device
+    score streams alike)."""
+    outputs = session.get_outputs()
+    name = outputs[index].name
+    if not stream:
+        return [np.asarray(session.run([name], feed)[0]) for feed in feeds]
+    from ..device import runner
+
+    pairs, starts = stream
+    try:
+        carry = runner.stream_carry({"state": [{"input": i, "output": o} for i, o in pairs]}, list(starts),
+                                    [o.name for o in outputs], len(feeds))
+    except runner.RunnerError as exc:
+        raise QuantizationError(exc.message) from None
+    result, prev = [], None
+    for i, feed in enumerate(feeds):
+        prev = session.run(None, carry(feed, i, prev))
+        result.append(np.asarray(prev[index]))
+    return result
 
 
 def output_error(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> float:
@@ -70,7 +93,7 @@ class Scorer:
         self.level = level
 
     def outputs(self, model: ModelSource) -> List[np.ndarray]:
-        return run_outputs(make_session(model, self.level), self.feeds, self.index)
+        return run_outputs(make_session(model, self.level), self.feeds, self.index, self.metric.stream_plan)
 
     def score(self, model: ModelSource) -> Dict[str, float]:
         outs = self.outputs(model)
