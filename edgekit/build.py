@@ -79,10 +79,11 @@ def _check_declared_input(spec: Any, model: Dict[str, Any], config: Any) -> None
     """[[inputs]] against the model's own declaration: rank and fixed sizes, and a batch axis that
     the model keeps symbolic. The message gives the declaration that would fit."""
     dims = model["shape"]
+    b = spec.batch
     fixed_ok = len(dims) == len(spec.shape) and all(
-        not isinstance(d, int) or i == spec.batch or i in spec.dynamic_axes or d == w
-        for i, (d, w) in enumerate(zip(dims, spec.shape)))
-    if fixed_ok:
+        not isinstance(d, int) or d == w or (i == b and d == 1) for i, (d, w) in enumerate(zip(dims, spec.shape)))
+    # a feed holds one sample along the batch axis, so the model must take a batch of one there
+    if fixed_ok and (b is None or not isinstance(dims[b], int) or dims[b] == 1):
         return
     symbolic = [i for i, d in enumerate(dims) if not isinstance(d, int)]
     shape = [d if isinstance(d, int) else 1 for d in dims]

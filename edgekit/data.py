@@ -32,8 +32,9 @@ def expected_layout(spec: InputSpec) -> str:
     """The rule for this input's arrays in data files, with the exact shape expected."""
     k = spec.batch
     if spec.constant:
+        one = [1 if i == k else d for i, d in enumerate(_dims(spec, None))]
         return (f"input '{spec.name}' is constant across samples (constant = true), so the file must hold one "
-                f"sample shaped {_fmt_shape(_dims(spec, None))} {spec.dtype}")
+                f"sample shaped {_fmt_shape(one)} {spec.dtype}")
     if k is None:
         return (f"input '{spec.name}' has no batch axis (batch_axis = \"none\"), so the file must hold either one "
                 f"value shaped {_fmt_shape(_dims(spec, None))} (fed with every sample) or one per sample stacked on "
@@ -76,8 +77,9 @@ def _check_array(arr: np.ndarray, spec: InputSpec, source: Path, err: type) -> _
     want = np.dtype(spec.dtype)
     kind_ok = arr.dtype.kind == want.kind or (want.kind in "iu" and arr.dtype.kind in "iu")
     k = spec.batch
-    if spec.constant:
-        ok, column = _fits(arr, spec, None), _Column(arr, k, False)
+    if spec.constant:  # exactly one sample: a batch of one, even on a dynamic batch axis
+        ok = _fits(arr, spec, None) and (k is None or arr.shape[k] == 1)
+        column = _Column(arr, k, False)
     elif k is None:
         ok = _fits(arr, spec, None) or _fits(arr, spec, None, lead=1)
         column = _Column(arr, None, arr.ndim == len(spec.shape) + 1)
