@@ -133,9 +133,11 @@ def run_model(model_path: Path, feeds: List[Dict[str, np.ndarray]],
     return outs
 
 
-def _manifest_runtime(profile: TargetProfile, name: str, graph_optimization: str) -> Dict[str, Any]:
+def _manifest_runtime(profile: TargetProfile, name: str, graph_optimization: str, precision: str) -> Dict[str, Any]:
+    from .quantize.presets import provider_options_for
+
     return {"name": name, "providers": profile.runtime.providers if name == "onnxruntime" else ["cpu"],
-            "provider_options": profile.runtime.provider_options if name == "onnxruntime" else {},
+            "provider_options": provider_options_for(profile, precision) if name == "onnxruntime" else {},
             "graph_optimization": graph_optimization, "intra_op_threads": profile.intra_op_threads}
 
 
@@ -169,7 +171,7 @@ def _bundle_tflite(config: ProjectConfig, profile: TargetProfile, model: Path, b
     reason = "a converted .tflite model ships as it is (its converter chose the precision); the device is checked against LiteRT's outputs on this host"
     manifest = artifact.write_manifest(bundle, {
         "model": config.model.name, "target": profile.name, "target_profile": profile.model_dump(mode="json"),
-        "artifact": "model.tflite", "runtime": _manifest_runtime(profile, "tflite", "basic"),
+        "artifact": "model.tflite", "runtime": _manifest_runtime(profile, "tflite", "basic", "as-converted"),
         "inputs": io["inputs"], "outputs": io["outputs"], "metric": metric.to_manifest(),
         "export": {"source": "tflite", "opset": None, "max_abs_diff": None},
         "quantization": {"precision": "int8" if quantized else "as-converted", "method": "tflite-passthrough",
@@ -251,14 +253,14 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
             q.precision: float(np.mean([np.argmax(c[out_idx]) == l for c, l in zip(chosen, labels)])),
         }
     size = file_size(bundle / "model.onnx")  # external data (models over 2 GB) included
-    fp32_size = file_size(exported.path)
+    fp32_size = q.fp32_size_bytes or file_size(exported.path)  # like for like: the FP32 file this build would ship
     manifest = artifact.write_manifest(bundle, {
         "model": config.model.name,
         "target": profile.name,
         "target_profile": profile.model_dump(mode="json"),
         "artifact": "model.onnx",
         # the level the chosen model was measured at: int8 fusions need "extended"/"all"
-        "runtime": _manifest_runtime(profile, "onnxruntime", q.runtime_graph_optimization),
+        "runtime": _manifest_runtime(profile, "onnxruntime", q.runtime_graph_optimization, q.precision),
         "inputs": io["inputs"],
         "outputs": io["outputs"],
         "metric": metric.to_manifest(),
