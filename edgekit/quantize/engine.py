@@ -372,10 +372,13 @@ def _dynamic(ctx: _Ctx):
 
 
 def _int8_candidate(cand: Candidate, path: Path, note: str) -> Candidate:
-    """Record honestly: ``passed`` is the metric alone; a fallback note that rules the candidate out
-    (too little int8 left) and a file with no quantized node at all become ``refused``."""
+    """Record honestly: ``passed`` is the metric (false when only reverting every node reached it);
+    a fallback note that rules the candidate out (too little int8 left) and a file with no quantized
+    node at all become ``refused``."""
     cand.quantized_nodes = quantized_node_count(path)
-    if note and not note.startswith("unreachable"):
+    if note.startswith("every quantized node had to be reverted"):
+        cand.passed = False  # int8 cannot reach the threshold: only the float model it became does
+    elif note and not note.startswith("unreachable"):
         cand.refused = note
     elif cand.quantized_nodes == 0:
         cand.refused = "no node is quantized (0 QuantizeLinear or int8 nodes): this file is a float model, not int8"
