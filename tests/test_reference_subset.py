@@ -127,3 +127,32 @@ print(json.dumps({{"delta_mb": (peak - base) / 1024.0, "total": total, "n": len(
     out = json.loads(proc.stdout)
     assert out["n"] == n and out["total"] == 2 * width
     assert out["delta_mb"] < 40, out  # two 4 MB samples touched, not 96 MB
+
+
+def _validate(bundle: Path, tmp_path: Path) -> dict:
+    out = tmp_path / "result.json"
+    code = runner.main(["validate", "--release", str(bundle), "--out", str(out), "--duration", "0.05", "--warmup", "0"])
+    result = json.loads(out.read_text())
+    assert result["exit_code"] == code
+    return result
+
+
+def test_a_subset_that_misses_the_threshold_must_match_the_hosts_score_on_it(tmp_path: Path) -> None:
+    """top-1 on 8 shipped samples moves 12.5% per miss: where the subset misses the threshold the
+    build met on the whole set, the device must reproduce the host's score on those samples."""
+    from bundles import make_tiny_bundle
+
+    make_tiny_bundle(tmp_path / "plain", corrupt_reference=True)
+    value = _validate(tmp_path / "plain", tmp_path)["metric"]["value"]
+    assert value < 0.99
+    for host_value, ok in ((value, True), (value + 0.125, False)):
+        bundle = tmp_path / f"b{host_value}"
+        make_tiny_bundle(bundle, corrupt_reference=True,
+                         extra_fields={"reference": {"samples": 8, "of": 400, "host_value": host_value}})
+        metric = _validate(bundle, tmp_path)["metric"]
+        assert metric["passed"] is ok and metric["subset_bar"] == host_value
+        assert "8 of 400 validation samples" in metric["subset_note"]
+    # the whole set shipped: the threshold alone decides
+    make_tiny_bundle(tmp_path / "whole", corrupt_reference=True,
+                     extra_fields={"reference": {"samples": 8, "of": 8, "host_value": value}})
+    assert _validate(tmp_path / "whole", tmp_path)["metric"]["passed"] is False
