@@ -84,6 +84,9 @@ def _check_declared_input(spec: Any, model: Dict[str, Any], config: Any) -> None
         not isinstance(d, int) or d == w or (i == b and d == 1) for i, (d, w) in enumerate(zip(dims, spec.shape)))
     # a feed holds one sample along the batch axis, so the model must take a batch of one there
     if fixed_ok and (b is None or not isinstance(dims[b], int) or dims[b] == 1):
+        if spec.dtype != model["dtype"]:
+            raise ConfigError(f"{config.path}: field 'inputs' ('{spec.name}'): edgekit.toml declares dtype "
+                              f"{spec.dtype}, but the model takes {model['dtype']}: declare dtype = \"{model['dtype']}\"")
         return
     symbolic = [i for i, d in enumerate(dims) if not isinstance(d, int)]
     shape = [d if isinstance(d, int) else 1 for d in dims]

@@ -239,6 +239,14 @@ def test_a_declaration_that_contradicts_the_model_names_the_fitting_one(tmp_path
     assert "declare shape = [2, 1, 128], batch_axis = 1" in result.output and "Traceback" not in result.output
 
 
+def test_a_dtype_that_contradicts_the_model_names_the_one_it_takes(tmp_path: Path) -> None:
+    path = project(tmp_path)
+    path.write_text(path.read_text().replace('dtype = "int64"\nvalue = 16000', 'dtype = "int32"\nvalue = 16000'))
+    result = CliRunner().invoke(main, ["build", "--target", "x86-avx2", "--config", str(path)])
+    assert result.exit_code == ConfigError.exit_code, result.output
+    assert "('sr'): edgekit.toml declares dtype int32, but the model takes int64: declare dtype = \"int64\"" in result.output
+
+
 def _fp32_stream(model: Path, feeds: List[Dict[str, np.ndarray]], starts: List[bool], carry: bool) -> np.ndarray:
     import onnxruntime as ort
 
