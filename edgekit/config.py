@@ -60,16 +60,52 @@ class ModelSpec(_Strict):
 class InputSpec(_Strict):
     name: str
     shape: List[Int]
+    """One sample's shape as the model takes it, batch axis included (size 1); ``[]`` for a scalar."""
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
     dynamic_axes: Dict[int, str] = Field(default_factory=dict)
     """Axis index -> symbolic name, e.g. {0 = "batch", 1 = "sequence"}."""
+    batch_axis: Union[int, Literal["none"], None] = None
+    """The axis that holds samples, in the model and in data files (default 0; ``"none"`` for an input
+    without one, such as a sample rate; a scalar has none)."""
+    constant: bool = False
+    """The data file holds one sample of this input, fed with every sample (an initial state)."""
+    value: Optional[Union[float, int, bool, List[object]]] = None
+    """A value given here instead of in the data files, fed with every sample (e.g. ``sr = 16000``)."""
 
     @field_validator("shape")
     @classmethod
     def _positive(cls, v: List[int]) -> List[int]:
-        if not v or any(d <= 0 for d in v):
-            raise ValueError("expected a list of positive dimensions")
+        if any(d <= 0 for d in v):
+            raise ValueError("expected a list of positive dimensions ([] for a scalar)")
         return v
+
+    @model_validator(mode="after")
+    def _batch_axis(self) -> "InputSpec":
+        if self.batch_axis is None:
+            self.batch_axis = 0 if self.shape else "none"
+        if isinstance(self.batch_axis, int) and not self.shape:
+            raise ValueError("a scalar (shape = []) has no batch axis: leave batch_axis out or set it to \"none\"")
+        if isinstance(self.batch_axis, int) and not 0 <= self.batch_axis < len(self.shape):
+            raise ValueError(f"batch_axis {self.batch_axis} is not an axis of shape {self.shape}: use 0.."
+                             f"{len(self.shape) - 1}, or \"none\" for an input without a batch axis")
+        if self.constant and self.value is not None:
+            raise ValueError("give either constant = true (one sample in the data files) or value, not both")
+        if self.value is not None:
+            import numpy as np  # only for the shape check of an inline value
+
+            try:
+                got = list(np.asarray(self.value, dtype=self.dtype).shape)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"value is not a {self.dtype} array: {exc}") from None
+            if got != list(self.shape):
+                raise ValueError(f"value has shape {got}, but shape = {self.shape} (the value is one sample, "
+                                 "fed with every sample)")
+        return self
+
+    @property
+    def batch(self) -> Optional[int]:
+        """The batch axis, or None for an input without one."""
+        return self.batch_axis if isinstance(self.batch_axis, int) else None
 
 
 class DataSpec(_Strict):
@@ -88,6 +124,37 @@ class DataSpec(_Strict):
         return self
 
 
+class StatePair(_Strict):
+    input: str
+    """The state input fed at every chunk of a stream."""
+    output: str
+    """The model output that becomes ``input`` at the next chunk of the same stream."""
+
+
+class StreamSpec(_Strict):
+    """Stateful streaming models (voice activity, keyword spotting): samples are consecutive chunks
+    of streams; each chunk after a stream's first gets the previous chunk's state output. The first
+    chunk's state comes from the data (or the input's ``value``/``constant``)."""
+    state: List[StatePair]
+    chunks: Optional[int] = Field(None, ge=1)
+    """Every ``chunks`` consecutive samples form one stream (the last may be shorter)."""
+    ids: Optional[str] = None
+    """Or: the data file's array (key) giving each sample's stream id; a new id starts a stream."""
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _one_grouping(self) -> "StreamSpec":
+        if (self.chunks is None) == (self.ids is None):
+            raise ValueError("give exactly one of 'chunks' (samples per stream) or 'ids' (an array of stream ids)")
+        if not self.state:
+            raise ValueError("'state' needs at least one {input = ..., output = ...} pair")
+        return self
+
+
 class ValidationSpec(DataSpec):
     metric: Literal[METRICS] = "top1"  # type: ignore[valid-type]
     threshold: Num
@@ -101,6 +168,12 @@ class ValidationSpec(DataSpec):
     also: Dict[Literal[METRICS], Num] = Field(default_factory=dict)  # type: ignore[valid-type]
     """Further metrics the device run must meet too, e.g. {psnr = 30, max_abs = 0.05} (each in its
     metric's direction). ``metric``/``threshold`` still choose the build; these gate validate."""
+    stream: Optional[StreamSpec] = None
+    """Score (and calibrate) on streams of chunks, carrying state outputs back in (see StreamSpec)."""
+    reference_samples: int = Field(32, ge=1)
+    """At most this many validation samples (whole streams) ship in reference.npz for validate."""
+    reference_max_mb: float = Field(64.0, gt=0)
+    """And at most this many MB of them (inputs + FP32 outputs); the smaller bound wins."""
 
 
 class DeviceSpec(_Strict):
@@ -260,4 +333,9 @@ def load(path: Union[Path, str] = "edgekit.toml") -> ProjectConfig:
         if d.name in seen:  # the first would silently win every --device lookup
             raise ConfigError(f"{path}: field 'devices.{i}.name': device name '{d.name}' is used twice; names must be unique")
         seen.add(d.name)
+    stream = cfg.validation.stream
+    for i, pair in enumerate(stream.state if stream else []):
+        if pair.input not in names:
+            raise ConfigError(f"{path}: field 'validation.stream.state.{i}.input': '{pair.input}' is not one of "
+                              f"the [[inputs]] ({', '.join(names)})")
     return cfg
