@@ -72,6 +72,10 @@ class LocalTransport(Transport):
     def exists(self, path: str) -> bool:
         return os.path.lexists(self._abs(path))
 
+    def is_dir(self, path: str) -> bool:
+        p = self._abs(path)
+        return os.path.isdir(p) and not os.path.islink(p)
+
     def listdir(self, path: str) -> List[str]:
         return sorted(os.listdir(self._abs(path)))
 
@@ -95,10 +99,10 @@ class LocalTransport(Transport):
 
     def rmtree(self, path: str) -> None:
         p = self._abs(path)
-        if os.path.islink(p):
-            os.unlink(p)
-        elif os.path.exists(p):
+        if os.path.isdir(p) and not os.path.islink(p):
             shutil.rmtree(p)
+        elif os.path.lexists(p):
+            os.unlink(p)  # a file or a link (never followed)
 
     def free_bytes(self, path: str) -> Optional[int]:
         try:
