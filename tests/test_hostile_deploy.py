@@ -1,0 +1,510 @@
+"""Attacks and faults on the deploy side, each reproduced for a local device and a real sshd on
+loopback: crafted release ids and forged bundles, a disk that fills exactly at the history write or
+the switch (a real tmpfs), a failure after the switch, a second deployer in another PID namespace
+(unshare -p), locks of other machines, a read-only filesystem and a file where the lock belongs.
+
+Root-only mechanisms (tmpfs, unshare) skip outside CI and FAIL under CI when unavailable
+(EDGEKIT_TEST_NO_TMPFS / EDGEKIT_TEST_NO_UNSHARE simulate that; a test below checks it fails)."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+from click.testing import CliRunner
+from sshd_fixtures import SshdServer, make_bundle, write_project
+
+from edgekit import artifact
+from edgekit import deploy as D
+from edgekit.config import ProjectConfig, load
+from edgekit.deploy_lock import machine, new_owner
+from edgekit.errors import DeployError, FleetError
+from edgekit.transport import Transport, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def unavailable(what: str) -> None:
+    """Skip on a developer machine; fail under CI, where every mechanism must be there."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is unavailable, and CI must run this test (CI runs as root)")
+    pytest.skip(f"{what} is unavailable here (needs root); CI runs it")
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    ok = not os.environ.get("EDGEKIT_TEST_NO_TMPFS") and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+    if not ok:
+        unavailable("mounting a tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill_blocks(where: Path) -> Path:
+    """Fill the filesystem until a write of one more page fails (ENOSPC)."""
+    filler = where / "filler"
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing is left to fail at close
+        for chunk in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def fill_inodes(where: Path) -> Path:
+    """Use up every inode: creating a file, a directory or a symlink then fails with ENOSPC."""
+    d = where / "inodes"
+    d.mkdir()
+    i = 0
+    try:
+        while True:
+            (d / str(i)).touch()
+            i += 1
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    return d
+
+
+def open_device(tmp_path: Path, spec: Dict[str, object], **deploy: object) -> "tuple[ProjectConfig, Transport]":
+    config = load(write_project(tmp_path / "proj", [spec], deploy=deploy, bundles={}))
+    return config, connect(config.device("dev"), config)
+
+
+def releases_of(spec: Dict[str, object]) -> List[str]:
+    return sorted(os.listdir(Path(str(spec["path"])) / "releases"))
+
+
+def current_of(spec: Dict[str, object]) -> str:
+    return os.readlink(Path(str(spec["path"])) / "current")
+
+
+def tree_digest(path: Path) -> Dict[str, str]:
+    return {str(p.relative_to(path)): artifact.sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def rewrite_manifest(src: Path, dest: Path, change: Callable[[Dict[str, Any]], None]) -> Path:
+    """A copy of bundle ``src`` whose manifest.json was edited by ``change`` (the attacker's bundle)."""
+    shutil.copytree(src, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    change(manifest)
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return dest
+
+
+def cli(args: List[str]) -> Any:
+    from edgekit.cli import main
+
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def dist_for(bundle: Path, where: Path) -> Path:
+    """A --dist directory holding ``bundle`` as dist/tiny/x86-avx2."""
+    (where / "tiny").mkdir(parents=True)
+    os.symlink(bundle, where / "tiny" / "x86-avx2")
+    return where
+
+
+def assert_one_error_line(output: str) -> None:
+    lines = [ln for ln in output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in output and "unexpected" not in output, output
+
+
+# ----------------------------------------------------------------------------------------------
+# case 1: release ids are plain hex content addresses, checked before any device is touched
+# ----------------------------------------------------------------------------------------------
+def test_release_id_path_traversal_is_refused_before_the_device_is_touched(tmp_path: Path,
+                                                                          one_device: Dict[str, object]) -> None:
+    evil = rewrite_manifest(make_bundle(tmp_path, 1), tmp_path / "evil" / "x86-avx2",
+                            lambda m: m.update(release_id="../../../escaped_release"))
+    config, t = open_device(tmp_path, one_device)
+    with t, pytest.raises(DeployError, match=r"field 'release_id': '\.\./\.\./\.\./escaped_release' is not a "
+                                             r"release id \(expected 16 lowercase hex digits\)"):
+        D.deploy(t, evil)
+    assert not Path(str(one_device["path"])).exists()
+    assert not list(tmp_path.rglob("escaped_release")) and not list(Path("/tmp").glob("escaped_release"))
+    r = cli(["deploy", "--device", "dev", "--config", str(config.path), "--dist", str(dist_for(evil, tmp_path / "d"))])
+    assert r.exit_code == 7
+    assert_one_error_line(r.output)
+
+
+MUTATIONS: Dict[str, Any] = {
+    "upper-case id": (lambda m: m.update(release_id=m["release_id"].upper()), "is not a release id"),
+    "short id": (lambda m: m.update(release_id=m["release_id"][:-1]), "is not a release id"),
+    "id with a newline": (lambda m: m.update(release_id=m["release_id"][:-1] + "\n"), r"is not a release id"),
+    "id as a number": (lambda m: m.update(release_id=1234567890123456), "is not a release id"),
+    "id of other files": (lambda m: m.update(release_id="0123456789abcdef"), "the manifest was altered after the build"),
+    "files as a list": (lambda m: m.update(files=list(m["files"])), "field 'files' must be a non-empty object"),
+    "hash not hex": (lambda m: m["files"].update({"model.onnx": "zz" * 32}), r"field 'files' entry 'model.onnx'"),
+    "manifest lists itself": (lambda m: m["files"].update({"manifest.json": "0" * 64}), "'manifest.json'"),
+    "target with a slash": (lambda m: m.update(target="../x86"), "field 'target'"),
+    "artifact not listed": (lambda m: m.update(artifact="other.onnx"), "field 'artifact'"),
+    "a JSON array": (None, "expected a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MUTATIONS))
+def test_manifest_fields_are_validated_with_one_line(tmp_path: Path, case: str) -> None:
+    change, message = MUTATIONS[case]
+    bundle = make_bundle(tmp_path, 1)
+    if change is None:
+        bad = tmp_path / "bad"
+        shutil.copytree(bundle, bad)
+        (bad / "manifest.json").write_text("[1, 2]")
+    else:
+        bad = rewrite_manifest(bundle, tmp_path / "bad", change)
+    with pytest.raises(DeployError, match=message) as err:
+        D.verified_files(bad)
+    assert "\n" not in err.value.message and str(bad / "manifest.json") in err.value.message
+
+
+# ----------------------------------------------------------------------------------------------
+# case 2 and issue 9 item 6: forged ids; a complete release is never changed in place
+# ----------------------------------------------------------------------------------------------
+def test_forged_release_id_is_refused_before_connecting(tmp_path: Path) -> None:
+    b1, b2 = make_bundle(tmp_path, 1), make_bundle(tmp_path, 2)
+
+    def other_model(m: Dict[str, Any]) -> None:  # the files of b2 under b1's genuine id
+        m["files"]["model.onnx"] = artifact.sha256_file(b2 / "model.onnx")
+
+    forged = rewrite_manifest(b1, tmp_path / "forged", other_model)
+    shutil.copyfile(b2 / "model.onnx", forged / "model.onnx")
+    with pytest.raises(DeployError, match=r"field 'release_id' is [0-9a-f]{16} but the files it lists give [0-9a-f]{16}"):
+        D.verified_files(forged)
+    swapped = tmp_path / "swapped"  # manifest untouched, a file swapped
+    shutil.copytree(b1, swapped)
+    shutil.copyfile(b2 / "model.onnx", swapped / "model.onnx")
+    with pytest.raises(DeployError, match="file 'model.onnx' does not match its sha256 in the manifest"):
+        D.verified_files(swapped)
+
+
+def test_a_complete_release_is_never_changed_in_place(tmp_path: Path, one_device: Dict[str, object]) -> None:
+    """The id covers the files the manifest lists; the manifest's other fields (here the threshold
+    validate gates on) are refused by the device-side check: same id, another manifest.json."""
+    b1 = make_bundle(tmp_path, 1)
+    config, t = open_device(tmp_path, one_device)
+    with t:
+        r1 = D.deploy(t, b1)
+        release = Path(t.root) / "releases" / r1.release_id
+        before, history = tree_digest(release), (Path(t.root) / "history").read_text()
+        lax = rewrite_manifest(b1, tmp_path / "lax" / "x86-avx2", lambda m: m["metric"].update(threshold=0.0))
+        assert artifact.read_manifest(lax)["release_id"] == r1.release_id  # a genuine id
+        with pytest.raises(DeployError, match=rf"release {r1.release_id} on the device holds another manifest.json "
+                                              r".*never changed in place; the previous release stays current") as err:
+            D.deploy(t, lax)
+        assert err.value.details["kind"] == "release_conflict" and err.value.details["result"].switched is False
+        assert tree_digest(release) == before and (Path(t.root) / "history").read_text() == history
+        assert releases_of(one_device) == [r1.release_id]  # no .partial, no .lock left
+        assert D.deploy(t, b1).skipped  # the genuine bundle is still the same release
+    r = cli(["deploy", "--device", "dev", "--config", str(config.path), "--dist", str(dist_for(lax, tmp_path / "d"))])
+    assert r.exit_code == 7
+    assert_one_error_line(r.output)
+
+
+# ----------------------------------------------------------------------------------------------
+# case 3: the disk fills exactly at the history write, or at the switch
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage", ["history", "switch"])
+def test_disk_full_at_the_history_write_or_the_switch(tmp_path: Path, one_device: Dict[str, object], stage: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """history: the blocks run out as .history.tmp is written; switch: the inodes run out as the new
+    `current` symlink is made. Either way the device still runs r1, the error says so (read back),
+    nothing is left behind, and the next deploy and status see the truth."""
+    with tmpfs(tmp_path / "disk", "size=6m,nr_inodes=400") as disk:
+        spec = dict(one_device, path=str(disk / "device"))
+        _, t = open_device(tmp_path, spec)
+        b1, b2 = make_bundle(tmp_path, 1), make_bundle(tmp_path, 2)
+        with t:
+            r1 = D.deploy(t, b1)
+            filled: List[Path] = []
+            if stage == "history":
+                real = t.write_bytes
+
+                def fill_then_write(path: str, data: bytes) -> None:
+                    if path == ".history.tmp" and not filled:
+                        filled.append(fill_blocks(disk))
+                    real(path, data)
+
+                monkeypatch.setattr(t, "write_bytes", fill_then_write)
+            else:
+                real_link = t.symlink
+
+                def fill_then_link(target: str, path: str) -> None:
+                    if target.startswith("releases/") and not filled:
+                        filled.append(fill_inodes(disk))
+                    real_link(target, path)
+
+                monkeypatch.setattr(t, "symlink", fill_then_link)
+            with pytest.raises(DeployError, match=rf"; the previous release stays current \({r1.release_id}\)$") as err:
+                D.deploy(t, b2)
+            assert filled, f"the fault was never injected: {err.value.message}"
+            assert err.value.details["result"].switched is False and err.value.details["current"] == r1.release_id
+            assert current_of(spec) == f"releases/{r1.release_id}"
+            root = Path(str(spec["path"]))
+            assert not [p for p in os.listdir(root) if p.startswith((".history", ".current-"))]
+            assert not [d for d in releases_of(spec) if d.startswith(".lock")]
+            shutil.rmtree(filled[0]) if filled[0].is_dir() else filled[0].unlink()
+            # (not undo(): that would restore HOME too)
+            monkeypatch.setattr(t, "write_bytes", real) if stage == "history" else monkeypatch.setattr(t, "symlink", real_link)
+            st = D.status(t)
+            assert st.current == r1.release_id and st.previous is None  # a line for a switch that never happened
+            assert D.deploy(t, b1).skipped  # ... is dropped from the file by the next deploy
+            r2_id = artifact.read_manifest(b2)["release_id"]
+            assert f"deploy {r2_id}" not in (root / "history").read_text()
+            r2 = D.deploy(t, b2)
+            assert r2.switched and r2.previous == r1.release_id and D.status(t).previous == r1.release_id
+
+
+def test_failure_after_the_switch_says_the_new_release_is_current(tmp_path: Path,
+                                                                   one_device: Dict[str, object]) -> None:
+    """A real fault after the switch: pruning hits a mount point inside an old release (EBUSY)."""
+    b1, b2, b3 = (make_bundle(tmp_path, s) for s in (1, 2, 3))
+    _, t = open_device(tmp_path, one_device)
+    with t:
+        r1, r2 = D.deploy(t, b1), D.deploy(t, b2)
+        with tmpfs(Path(t.root) / "releases" / r1.release_id / "busy", "size=1m"):
+            with pytest.raises(DeployError, match=r"release [0-9a-f]{16} is current: the switch took place before "
+                                                  "the failure$") as err:
+                D.deploy(t, b3, keep_releases=1)
+            r3 = err.value.details["result"]
+            assert r3.switched and r3.previous == r2.release_id and current_of(one_device).endswith(r3.release_id)
+        assert D.deploy(t, b3, keep_releases=1).skipped
+        assert releases_of(one_device) == sorted([r2.release_id, r3.release_id])
+
+
+def test_a_canary_that_switched_and_then_failed_is_rolled_back(tmp_path: Path, sshd: SshdServer,
+                                                                ssh_device: Callable, trust_hosts: Callable) -> None:
+    from edgekit.fleet import deploy_fleet, select_devices
+
+    trust_hosts(sshd)
+    devices = [ssh_device(sshd, "canary", groups=["edge"]),
+               {"name": "second", "target": "x86-avx2", "transport": "local", "path": str(tmp_path / "second"),
+                "groups": ["edge"], "python": sys.executable}]
+    cfg_path = write_project(tmp_path / "proj", devices, deploy={"keep_releases": 1}, bundles={})
+    cfg = load(cfg_path)
+    bundle = cfg.root / "dist" / "tiny" / "x86-avx2"
+    from bundles import make_tiny_bundle
+
+    ids = []
+    for seed in (1, 2):
+        shutil.rmtree(bundle, ignore_errors=True)
+        ids.append(make_tiny_bundle(bundle, seed=seed)["release_id"])
+        with connect(cfg.device("canary"), cfg) as t:
+            D.deploy(t, bundle, keep_releases=1)
+    shutil.rmtree(bundle)
+    new = make_tiny_bundle(bundle, seed=3)["release_id"]
+    canary_dir = Path(str(devices[0]["path"]))
+    with tmpfs(canary_dir / "releases" / ids[0] / "busy", "size=1m"):
+        with pytest.raises(FleetError, match="canary failed on canary") as err:
+            deploy_fleet(cfg, select_devices(cfg, group="edge"), canary=1, validate=lambda *a, **k: None)
+    out = err.value.results.results["canary"]
+    assert out.deploy is not None and out.deploy.release_id == new and out.deploy.switched
+    assert out.state == "rolled back" and out.rolled_back_to == ids[1]
+    assert os.readlink(canary_dir / "current") == f"releases/{ids[1]}"
+    assert err.value.results.results["second"].state == "not attempted"
+
+
+# ----------------------------------------------------------------------------------------------
+# case 4: locks across machines that share a host name, and PID namespaces
+# ----------------------------------------------------------------------------------------------
+HOLDER = """
+import json, sys, time
+from pathlib import Path
+from edgekit import deploy as D
+from edgekit.config import load
+from edgekit.transport import connect
+cfg = load(sys.argv[1])
+with connect(cfg.device("dev"), cfg) as t:
+    real = t.put_many
+    def slow(pairs):
+        Path(sys.argv[3]).write_text("uploading")
+        time.sleep(float(sys.argv[4]))
+        return real(pairs)
+    t.put_many = slow
+    r = D.deploy(t, Path(sys.argv[2]), lock_timeout=5)
+print(json.dumps({"id": r.release_id, "switched": r.switched}))
+"""
+
+
+def _require_unshare() -> None:
+    ok = not os.environ.get("EDGEKIT_TEST_NO_UNSHARE") and shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-p", "-f", "--mount-proc", "true"], capture_output=True).returncode == 0
+    if not ok:
+        unavailable("unshare -p (a PID namespace)")
+
+
+def test_a_deployer_in_another_pid_namespace_waits_and_never_breaks_a_live_lock(
+        tmp_path: Path, one_device: Dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    _require_unshare()
+    config, t = open_device(tmp_path, one_device)
+    b1, b2, b3 = (make_bundle(tmp_path, s) for s in (1, 2, 3))
+    with t:
+        r1 = D.deploy(t, b1)
+    # A fast heartbeat for the holder and a short stale time for the waiters: were the heartbeat not
+    # seen, or the holder's pid judged from the other namespace, the lock would be broken in 1.5 s.
+    monkeypatch.setenv("EDGEKIT_LOCK_HEARTBEAT_S", "0.2")
+    monkeypatch.setenv("EDGEKIT_LOCK_STALE_S", "1.5")
+    started = tmp_path / "holder-started"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(config.path), str(b2), str(started), "6"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    edgekit = ["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c", "from edgekit.cli import run; run()",
+               "deploy", "--device", "dev", "--config", str(config.path), "--dist", str(dist_for(b3, tmp_path / "d3"))]
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert holder.poll() is None and time.monotonic() < deadline, holder.communicate()
+            time.sleep(0.05)
+        lock_owner = json.loads((Path(str(one_device["path"])) / "releases" / ".lock" / "owner").read_text())
+        assert lock_owner["pid"] == holder.pid and lock_owner["pid_ns"] == machine()["pid_ns"]
+        partial = [d for d in releases_of(one_device) if d.endswith(".partial")]
+        assert len(partial) == 1  # the holder's upload in progress
+
+        waiter = subprocess.run([*edgekit, "--lock-timeout", "2.5"], capture_output=True, text=True, timeout=60)
+        assert waiter.returncode == 7, waiter.stdout + waiter.stderr
+        assert_one_error_line(waiter.stderr)
+        assert f"another deploy holds the lock {one_device['path']}/releases/.lock (held by pid {holder.pid} on " \
+               f"{socket.gethostname()}" in waiter.stderr
+        assert json.loads((Path(str(one_device["path"])) / "releases" / ".lock" / "owner").read_text()) == lock_owner
+        assert partial[0] in releases_of(one_device)  # the holder's .partial was never touched
+
+        patient = subprocess.run([*edgekit, "--lock-timeout", "60"], capture_output=True, text=True, timeout=120)
+        out, err = holder.communicate(timeout=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert holder.returncode == 0, err
+    done = json.loads(out)
+    assert done["switched"] and done["id"] == artifact.read_manifest(b2)["release_id"]
+    assert patient.returncode == 0, patient.stdout + patient.stderr  # waited for the holder, then deployed
+    r3 = artifact.read_manifest(b3)["release_id"]
+    assert current_of(one_device) == f"releases/{r3}"
+    assert releases_of(one_device) == sorted([r1.release_id, done["id"], r3])
+
+
+def _foreign_owner(**kw: object) -> Dict[str, object]:
+    """An owner taken on another machine that shares our host name (a cloned SD-card image)."""
+    return dict(new_owner(), machine_id="0" * 32, boot_id="another-boot", pid=os.getpid() + 100000, **kw)
+
+
+def test_a_lock_from_another_machine_is_broken_only_when_its_heartbeat_stops(
+        tmp_path: Path, one_device: Dict[str, object]) -> None:
+    b1, b2 = make_bundle(tmp_path, 1), make_bundle(tmp_path, 2)
+    _, t = open_device(tmp_path, one_device)
+    with t:
+        D.deploy(t, b1)
+        lock = Path(t.root) / "releases" / ".lock"
+        lock.mkdir()
+        (lock / "owner").write_text(json.dumps(_foreign_owner(time=time.time() - 86400)))  # old, yet alive
+        stop = threading.Event()
+
+        def beat() -> None:
+            n = 0
+            while not stop.wait(0.1):
+                n += 1
+                (lock / "heartbeat").write_text(str(n))
+
+        beater = threading.Thread(target=beat)
+        beater.start()
+        try:
+            with pytest.raises(DeployError, match=r"another deploy holds the lock .*held by pid \d+ on .*\(machine 000000000000\)"):
+                D.deploy(t, b2, lock_timeout=2.0, lock_stale_s=0.8)
+        finally:
+            stop.set()
+            beater.join()
+        start = time.monotonic()
+        r2 = D.deploy(t, b2, lock_timeout=10, lock_stale_s=0.8)  # the heartbeat stopped: broken after 0.8 s
+        assert r2.switched and 0.7 < time.monotonic() - start
+        assert not [d for d in releases_of(one_device) if d.startswith(".lock")]
+
+
+def test_pruning_keeps_a_live_deployers_partial(tmp_path: Path, one_device: Dict[str, object]) -> None:
+    b1, b2 = make_bundle(tmp_path, 1), make_bundle(tmp_path, 2)
+    _, t = open_device(tmp_path, one_device)
+    with t:
+        D.deploy(t, b1)
+        releases = Path(t.root) / "releases"
+        partials = {"live": "a" * 16 + ".partial", "dead": "b" * 16 + ".partial", "legacy": "c" * 16 + ".partial"}
+        owners = {"live": _foreign_owner(), "dead": dict(new_owner(), pid=2 ** 22 + 9)}
+        for kind, name in partials.items():
+            (releases / name).mkdir()
+            (releases / name / "model.onnx").write_bytes(b"half")
+            if kind in owners:
+                (releases / name / ".edgekit-owner").write_text(json.dumps(owners[kind]))
+        D.deploy(t, b2)
+        left = releases_of(one_device)
+    assert partials["live"] in left and partials["dead"] not in left and partials["legacy"] not in left
+
+
+# ----------------------------------------------------------------------------------------------
+# case 10: a read-only filesystem, a regular file where the lock belongs
+# ----------------------------------------------------------------------------------------------
+def test_read_only_device_filesystem_is_one_error_line(tmp_path: Path, one_device: Dict[str, object]) -> None:
+    with tmpfs(tmp_path / "disk", "size=4m") as disk:
+        spec = dict(one_device, path=str(disk / "device"))
+        config, t = open_device(tmp_path, spec)
+        with t:
+            r1 = D.deploy(t, make_bundle(tmp_path, 1))
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+            with pytest.raises(DeployError, match=r"cannot take the deploy lock .*; the previous release stays "
+                                                  rf"current \({r1.release_id}\)") as err:
+                D.deploy(t, make_bundle(tmp_path, 2))
+            assert err.value.details["kind"] == "lock_failed"
+            assert D.status(t).current == r1.release_id  # reading still works
+        r = cli(["deploy", "--device", "dev", "--config", str(config.path),
+                 "--dist", str(dist_for(make_bundle(tmp_path, 2), tmp_path / "d"))])
+        assert r.exit_code == 7
+        assert_one_error_line(r.output)
+        r = cli(["rollback", "--device", "dev", "--config", str(config.path)])
+        assert r.exit_code == 7
+        assert_one_error_line(r.output)
+        assert releases_of(spec) == [r1.release_id]
+
+
+def test_a_regular_file_at_the_lock_path_is_refused_and_left_alone(tmp_path: Path,
+                                                                   one_device: Dict[str, object]) -> None:
+    config, t = open_device(tmp_path, one_device)
+    with t:
+        r1 = D.deploy(t, make_bundle(tmp_path, 1))
+        lock = Path(t.root) / "releases" / ".lock"
+        lock.write_text("not a lock")
+        start = time.monotonic()
+        with pytest.raises(DeployError, match=r"releases/\.lock exists but is not a directory") as err:
+            D.deploy(t, make_bundle(tmp_path, 2), lock_timeout=30)
+        assert time.monotonic() - start < 10 and "previous release stays current" in err.value.message
+    r = cli(["deploy", "--device", "dev", "--config", str(config.path),
+             "--dist", str(dist_for(make_bundle(tmp_path, 2), tmp_path / "d"))])
+    assert r.exit_code == 7
+    assert_one_error_line(r.output)
+    assert lock.read_text() == "not a lock" and releases_of(one_device) == [".lock", r1.release_id]
+
+
+# ----------------------------------------------------------------------------------------------
+# the root-only mechanisms fail, not skip, under CI
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("env,test", [
+    ("EDGEKIT_TEST_NO_TMPFS", "test_read_only_device_filesystem_is_one_error_line[local]"),
+    ("EDGEKIT_TEST_NO_UNSHARE", "test_a_deployer_in_another_pid_namespace_waits_and_never_breaks_a_live_lock[local]"),
+])
+def test_missing_root_mechanisms_fail_under_ci(env: str, test: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test}"],
+                         capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, CI="1", **{env: "1"}),
+                         timeout=300)
+    assert res.returncode == 1 and "1 failed" in res.stdout and "CI must run this test" in res.stdout, res.stdout
