@@ -12,7 +12,7 @@ DIGITS := samples/digits
 MINILM_DIR := samples/minilm
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-digits demo-minilm test bench clean help
+.PHONY: install demo demo-digits demo-minilm test test-prereqs test-other-host bench clean help
 help:
 	@echo "make demo   build, deploy and validate the digits and MiniLM samples on a local device"
 	@echo "            (make demo-digits / make demo-minilm: one of them)"
@@ -50,8 +50,24 @@ demo-minilm: $(STAMP)
 	cd $(MINILM_DIR) && ../../$(BIN)/edgekit validate --device local
 	cd $(MINILM_DIR) && ../../$(BIN)/edgekit report
 
-test: $(STAMP)
+# The quantize and build tests run twice: on this host as it is, then as the other kind of host
+# (EDGEKIT_HOST_CPU_FLAGS/ARCH): a host with AVX512-VNNI is treated as AVX2-only, any other host as an
+# x86 with VNNI. So both "this host matches the target" (timing takes part in the choice) and "it
+# does not" are exercised on every machine.
+OTHER_HOST := $(shell grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null && echo "avx2 fma" || echo "avx2 fma avx512f avx512bw avx512_vnni")
+HOST_MODE_TESTS := tests/test_quantize.py tests/test_quantize_choose.py tests/test_quantize_latency.py \
+	tests/test_quantize_fallback.py tests/test_quantize_graphs.py tests/test_build.py tests/test_build_targets.py
+
+test: $(STAMP) test-prereqs
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-other-host
+
+test-prereqs:
+	@tools/test-prereqs
+
+test-other-host: $(STAMP)
+	@echo "== the quantize and build tests again, as a host with: $(OTHER_HOST)"
+	EDGEKIT_HOST_ARCH=x86_64 EDGEKIT_HOST_CPU_FLAGS="$(OTHER_HOST)" $(BIN)/python -m pytest -q $(HOST_MODE_TESTS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/quantize.py

@@ -1,8 +1,10 @@
 """The bundle: ``dist/<model>/<target>/`` holding the model, manifest.json, reference.npz,
 runner.py (and power.py beside it).
 
-manifest.json lists the sha256 of every other file; the release id is derived from those hashes,
-so an unchanged bundle has an unchanged id and a redeploy can skip it.
+manifest.json lists the sha256 of every other file; the release id is the hash of the manifest
+itself (those file hashes included, ``release_id`` left out), so it covers every deployed file, and
+an unchanged bundle has an unchanged id that a redeploy can skip. What a build measures (timings,
+its duration) is kept out of the manifest, in the build record (``build_record.py``).
 """
 from __future__ import annotations
 
@@ -35,12 +37,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def release_id(files: Dict[str, str]) -> str:
-    """Content address of a bundle: the same files give the same id."""
-    h = hashlib.sha256()
-    for name in sorted(files):
-        h.update(f"{name}\0{files[name]}\n".encode())
-    return h.hexdigest()[:16]
+RELEASE_ID_LENGTH = 16
+
+
+def release_id(manifest: Dict[str, Any]) -> str:
+    """Content address of a bundle: the hash of its manifest (canonical JSON, ``release_id`` left
+    out), which lists every other file's sha256. The same files and manifest give the same id."""
+    body = {k: v for k, v in manifest.items() if k != "release_id"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:RELEASE_ID_LENGTH]
 
 
 def check_file_name(name: str) -> str:
@@ -83,8 +88,8 @@ def write_manifest(bundle: Path, fields: Dict[str, Any]) -> Dict[str, Any]:
         rel = p.relative_to(bundle).as_posix()
         if p.is_file() and rel != MANIFEST:
             files[check_file_name(rel)] = sha256_file(p)
-    manifest = {"schema": SCHEMA, "edgekit_version": __version__, **fields, "files": files,
-                "release_id": release_id(files)}
+    manifest: Dict[str, Any] = {"schema": SCHEMA, "edgekit_version": __version__, **fields, "files": files}
+    manifest["release_id"] = release_id(json.loads(json.dumps(manifest)))  # as it reads back from the file
     (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 

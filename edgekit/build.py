@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 from pydantic import BaseModel
 
-from . import artifact, data
+from . import artifact, build_record, data
 from .config import ProjectConfig
 from .errors import ConfigError, ExportError, QuantizationError
 from .metrics import MetricSpec
@@ -33,6 +33,10 @@ class BuildResult(BaseModel):
     fp32_size_bytes: int
     metric: Dict[str, Any]
     seconds: float
+    record: Optional[Path] = None
+    """``dist/<model>/<target>.build.json``: host timings and duration, outside the release."""
+    timing_note: str = ""
+    """Whether the timing comparisons were measured or reused from the previous build record."""
 
 
 def _io_specs(model_path: Path) -> Dict[str, List[Dict[str, Any]]]:
@@ -114,16 +118,21 @@ def _bundle_tflite(config: ProjectConfig, profile: TargetProfile, model: Path, b
                          "reason": reason},
         "build_metrics": {"size_bytes": size, "fp32_size_bytes": size, "host_metric": {}},
     })
+    seconds = time.perf_counter() - t0
+    record = build_record.write(bundle, manifest["release_id"], seconds, {}, None)
     return BuildResult(model=config.model.name, target=profile.name, bundle=bundle, release_id=manifest["release_id"],
                        precision="int8" if quantized else "as-converted", method="tflite-passthrough", reason=reason,
-                       size_bytes=size, fp32_size_bytes=size, metric={}, seconds=time.perf_counter() - t0)
+                       size_bytes=size, fp32_size_bytes=size, metric={}, seconds=seconds, record=record)
 
 
 def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precision: str = "auto",
-          budget_s: float = 300.0, progress: Optional[Progress] = None) -> BuildResult:
+          budget_s: float = 300.0, progress: Optional[Progress] = None, remeasure: bool = False) -> BuildResult:
+    """``remeasure``: time every comparison afresh instead of reusing the previous build record's
+    timings of identical models (which keeps rebuilds byte-identical)."""
     from . import export, optimize
     from .quantize import quantize_for_target
     from .quantize.candidates import file_size
+    from .quantize.evaluate import measure_latency
 
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -151,8 +160,9 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     metric = MetricSpec.from_config(config.validation)
 
     say(f"quantizing for {profile.name}")
+    memo = build_record.TimingMemo(measure_latency, build_record.read_timings(bundle), fresh=remeasure)
     q = quantize_for_target(prepared, work / "quantize", profile, calib, val, metric,
-                            precision=precision, budget_s=budget_s, seed=config.seed, progress=say)
+                            precision=precision, budget_s=budget_s, seed=config.seed, progress=say, measure=memo)
 
     say("writing the bundle")
     artifact.clean_dir(bundle)
@@ -181,9 +191,18 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
         "outputs": io["outputs"],
         "metric": metric.to_manifest(),
         "export": {"source": exported.source, "opset": exported.opset, "max_abs_diff": exported.max_abs_diff},
-        "quantization": q.model_dump(mode="json", exclude={"model_path"}),
+        # measurements (host latency) vary between builds: they go to the build record, not here
+        "quantization": q.model_dump(mode="json", exclude={"model_path": True, "latency_ms": True,
+                                                           "latency_pruning": True,
+                                                           "candidates": {"__all__": {"p50_ms"}}}),
         "build_metrics": {"size_bytes": size, "fp32_size_bytes": fp32_size, "host_metric": host_metric},
     })
+    seconds = time.perf_counter() - t0
+    record = build_record.write(bundle, manifest["release_id"], seconds, {
+        "latency_ms": q.latency_ms, "latency_pruning": q.latency_pruning,
+        "candidates_p50_ms": {c.name: c.p50_ms for c in q.candidates},
+    }, memo)
     return BuildResult(model=config.model.name, target=profile.name, bundle=bundle, release_id=manifest["release_id"],
                        precision=q.precision, method=q.method, reason=q.reason, size_bytes=size,
-                       fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=time.perf_counter() - t0)
+                       fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=seconds, record=record,
+                       timing_note=memo.summary())

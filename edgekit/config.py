@@ -156,6 +156,9 @@ class ProjectConfig(_Strict):
     power: PowerSpec = Field(default_factory=PowerSpec)
     targets: List[str] = Field(default_factory=list)
     """Targets the release flow builds (``edgekit build --all``)."""
+    targets_dir: Optional[Path] = None
+    """A folder of the project's own target profiles (default: ``targets/`` beside this file, when
+    it exists); they merge over the built-in ones."""
     seed: int = 0
 
     path: Path = Field(Path("edgekit.toml"), exclude=True)
@@ -172,6 +175,16 @@ class ProjectConfig(_Strict):
             return package_path(str(p)[4:])
         p = Path(p).expanduser()
         return p if p.is_absolute() else (self.root / p)
+
+    def target_dirs(self) -> List[Path]:
+        """The project's own target-profile folders, for ``targets.resolve(..., project_dirs=...)``."""
+        if self.targets_dir is not None:
+            folder = self.resolve(self.targets_dir)
+            if folder is None or not folder.is_dir():
+                raise ConfigError(f"{self.path}: field 'targets_dir': {folder} is not a directory")
+            return [folder]
+        default = self.root / "targets"
+        return [default] if default.is_dir() else []
 
     def device(self, name: str) -> DeviceSpec:
         for d in self.devices:

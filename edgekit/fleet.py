@@ -71,7 +71,7 @@ def bundle_for(config: ProjectConfig, device: DeviceSpec, dist: Union[Path, str,
 
     name = target or device.target
     if _profiles is None or name not in _profiles:  # a fleet resolves each target name once
-        resolved = resolve(name).name
+        resolved = resolve(name, project_dirs=config.target_dirs()).name
         if _profiles is not None:
             _profiles[name] = resolved
     profile_name = _profiles[name] if _profiles is not None else resolved
