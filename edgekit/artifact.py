@@ -94,7 +94,7 @@ def write_manifest(bundle: Path, fields: Dict[str, Any]) -> Dict[str, Any]:
     return manifest
 
 
-ID_LEN = len(release_id({}))
+ID_LEN = RELEASE_ID_LENGTH
 _HEX = frozenset("0123456789abcdef")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -118,13 +118,19 @@ def check_release_id(value: Any, where: str = "release id") -> str:
 
 
 def expected_release_id(manifest: Dict[str, Any]) -> str:
-    """The id the manifest's contents give (what ``write_manifest`` stored when the bundle was built)."""
-    return release_id(manifest["files"])
+    """The id the manifest's contents give (what ``write_manifest`` stored when the bundle was built):
+    the hash of the whole manifest but its ``release_id``, so no field can change under the same id."""
+    try:
+        return release_id(manifest)
+    except (ValueError, TypeError, RecursionError):  # NaN/Infinity, which canonical JSON refuses
+        raise DeployError(f"{MANIFEST}: holds a value with no canonical JSON form (NaN or Infinity); "
+                          "rebuild the bundle with 'edgekit build'") from None
 
 
 def read_manifest(bundle: Path) -> Dict[str, Any]:
     """Read and validate manifest.json: every field deploy relies on is checked here, and the release
-    id is recomputed from the file hashes, so a bundle cannot name a path or claim another release."""
+    id is recomputed from the manifest (file hashes included), so a bundle can neither name a path
+    nor claim another release's id."""
     path = Path(bundle) / MANIFEST
     try:
         manifest = json.loads(path.read_bytes().decode("utf-8"))
@@ -154,8 +160,9 @@ def read_manifest(bundle: Path) -> Dict[str, Any]:
     rid = check_release_id(manifest["release_id"], f"{path}: field 'release_id'")
     computed = expected_release_id(manifest)
     if rid != computed:
-        raise DeployError(f"{path}: field 'release_id' is {rid} but the files it lists give {computed}: the "
-                          "manifest was altered after the build", hint="rebuild the bundle with 'edgekit build'")
+        raise DeployError(f"{path}: field 'release_id' is {rid} but the manifest's contents give {computed}: "
+                          "the manifest was altered after the build, or an older edgekit built it",
+                          hint="rebuild the bundle with 'edgekit build'")
     return manifest
 
 

@@ -187,36 +187,78 @@ def test_forged_release_id_is_refused_before_connecting(tmp_path: Path) -> None:
 
     forged = rewrite_manifest(b1, tmp_path / "forged", other_model)
     shutil.copyfile(b2 / "model.onnx", forged / "model.onnx")
-    with pytest.raises(DeployError, match=r"field 'release_id' is [0-9a-f]{16} but the files it lists give [0-9a-f]{16}"):
+    refused = r"field 'release_id' is [0-9a-f]{16} but the manifest's contents give [0-9a-f]{16}"
+    with pytest.raises(DeployError, match=refused):
         D.verified_files(forged)
+    # The id covers every field, not only the file hashes: a lowered validation threshold under the
+    # genuine id is refused the same way.
+    lax = rewrite_manifest(b1, tmp_path / "lax", lambda m: m["metric"].update(threshold=0.0))
+    with pytest.raises(DeployError, match=refused):
+        D.verified_files(lax)
     swapped = tmp_path / "swapped"  # manifest untouched, a file swapped
     shutil.copytree(b1, swapped)
     shutil.copyfile(b2 / "model.onnx", swapped / "model.onnx")
     with pytest.raises(DeployError, match="file 'model.onnx' does not match its sha256 in the manifest"):
         D.verified_files(swapped)
+    nan = rewrite_manifest(b1, tmp_path / "nan", lambda m: m["metric"].update(threshold=float("nan")))
+    with pytest.raises(DeployError, match="no canonical JSON form"):
+        D.verified_files(nan)
 
 
 def test_a_complete_release_is_never_changed_in_place(tmp_path: Path, one_device: Dict[str, object]) -> None:
-    """The id covers the files the manifest lists; the manifest's other fields (here the threshold
-    validate gates on) are refused by the device-side check: same id, another manifest.json."""
+    """Same id, other bytes: a manifest.json laid out differently hashes to the same id (the id is
+    the hash of its canonical form) but is another file, so the device-side check refuses it rather
+    than replace a file of the complete release."""
     b1 = make_bundle(tmp_path, 1)
     config, t = open_device(tmp_path, one_device)
     with t:
         r1 = D.deploy(t, b1)
         release = Path(t.root) / "releases" / r1.release_id
         before, history = tree_digest(release), (Path(t.root) / "history").read_text()
-        lax = rewrite_manifest(b1, tmp_path / "lax" / "x86-avx2", lambda m: m["metric"].update(threshold=0.0))
-        assert artifact.read_manifest(lax)["release_id"] == r1.release_id  # a genuine id
+        other = tmp_path / "other" / "x86-avx2"
+        shutil.copytree(b1, other)
+        (other / "manifest.json").write_text(json.dumps(json.loads((b1 / "manifest.json").read_text()), indent=4))
+        assert artifact.sha256_file(other / "manifest.json") != artifact.sha256_file(b1 / "manifest.json")
+        assert artifact.read_manifest(other)["release_id"] == r1.release_id  # a genuine id
         with pytest.raises(DeployError, match=rf"release {r1.release_id} on the device holds another manifest.json "
                                               r".*never changed in place; the previous release stays current") as err:
-            D.deploy(t, lax)
+            D.deploy(t, other)
         assert err.value.details["kind"] == "release_conflict" and err.value.details["result"].switched is False
         assert tree_digest(release) == before and (Path(t.root) / "history").read_text() == history
         assert releases_of(one_device) == [r1.release_id]  # no .partial, no .lock left
         assert D.deploy(t, b1).skipped  # the genuine bundle is still the same release
-    r = cli(["deploy", "--device", "dev", "--config", str(config.path), "--dist", str(dist_for(lax, tmp_path / "d"))])
+    r = cli(["deploy", "--device", "dev", "--config", str(config.path), "--dist", str(dist_for(other, tmp_path / "d"))])
     assert r.exit_code == 7
     assert_one_error_line(r.output)
+
+
+def test_a_damaged_file_in_the_current_release_is_restored_by_a_swap_not_in_place(
+        tmp_path: Path, one_device: Dict[str, object]) -> None:
+    """A file of the current release altered on the device (same manifest.json): the redeploy builds a
+    fresh verified copy beside it and swaps the directories; the damaged directory is never written
+    to, and `current` always names a complete release."""
+    b1 = make_bundle(tmp_path, 1)
+    _, t = open_device(tmp_path, one_device)
+    with t:
+        r1 = D.deploy(t, b1)
+        release = Path(t.root) / "releases" / r1.release_id
+        os.chmod(release / "model.onnx", 0o644)
+        (release / "model.onnx").write_bytes(b"tampered")
+        inode = os.stat(release / "model.onnx").st_ino
+        real_rename, seen = t.rename, []
+
+        def watch(src: str, dst: str) -> None:
+            seen.append(os.readlink(Path(t.root) / "current"))
+            real_rename(src, dst)
+
+        t.rename = watch  # type: ignore[method-assign]
+        r = D.deploy(t, b1)
+        assert not r.skipped and not r.switched and r.uploaded_files >= 1
+        assert tree_digest(release) == tree_digest(b1)
+        assert os.stat(release / "model.onnx").st_ino != inode  # a new file, not the old one rewritten
+        assert all(link.startswith("releases/") and not link.endswith(".partial") or
+                   link == f"releases/{r1.release_id}.partial" for link in seen)
+        assert releases_of(one_device) == [r1.release_id] and D.deploy(t, b1).skipped
 
 
 # ----------------------------------------------------------------------------------------------
