@@ -147,7 +147,8 @@ def deploy(transport: Transport, bundle: Path, *, keep_releases: int = 3, lock_t
             have = {n for n, h in expected.items() if sums.get(f"{partial}/{n}") == h}
             uploaded, reused = _upload(dev, lock, bundle, expected, partial, have, current, free)
             lock.check()
-            dev.fs.rmtree(f"{partial}/{PARTIAL_OWNER}")  # the release holds the bundle's files only
+            # The owner mark stays until the rename: a .partial is never without it (see
+            # DeviceLock.claim); then the release keeps the bundle's files only.
             if rid in dirs:  # our release with a damaged file: swapped for the fresh, verified copy
                 if current == rid:  # keep current on a complete release while the dirs swap
                     dev.point(partial)
@@ -159,6 +160,7 @@ def deploy(transport: Transport, bundle: Path, *, keep_releases: int = 3, lock_t
                 dev.remove([aside])
             else:
                 dev.fs.rename(partial, final)
+            dev.fs.rmtree(f"{final}/{PARTIAL_OWNER}")
         switched = current != rid
         if switched:
             lock.check()
@@ -173,6 +175,7 @@ def deploy(transport: Transport, bundle: Path, *, keep_releases: int = 3, lock_t
         stale = [d for d in dirs if d.endswith(PARTIAL) and d != f"{rid}{PARTIAL}" and lock.abandoned(f"releases/{d}")]
         leftovers = [d for d in dev.other if d.startswith(DAMAGED) or lock.leftover(d)]
         pruned = _prune(dev, keep_releases, history, releases, stale + leftovers, rid, previous)
+        dev.remove(dev.switch_leftovers())
     except (EdgekitError, OSError) as exc:
         raise _failed(dev, rid, str(manifest["target"]), exc, progress, t0, sent_before) from None
     finally:
@@ -264,9 +267,9 @@ def _upload(dev: Device, lock: DeviceLock, bundle: Path, expected: Dict[str, str
         raise DeployError(f"device '{dev.name}': not enough space in {dev.t.path('releases')}: the release needs "
                           f"{need / 1e6:.1f} MB, {free / 1e6:.1f} MB free",
                           hint="free space on the device, or lower deploy.keep_releases", kind="no_space")
-    for d in sorted({os.path.dirname(f"{partial}/{n}") for n in names}):
+    lock.claim(partial)
+    for d in sorted({os.path.dirname(f"{partial}/{n}") for n in names} - {partial}):
         dev.fs.makedirs(d)
-    lock.mark(partial)
     try:
         _put(dev, [(bundle / n, dev.t.path(partial, n)) for n in to_send])
         _, got = dev.on_device([f"{partial}/{n}" for n in names], copies)

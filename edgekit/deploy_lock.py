@@ -18,8 +18,9 @@ Why it is built this way:
 - **Breaking is a rename aside** (``.lock-stale-*``) and a check that the owner is still the one we
   judged dead; the aside copy is removed right away (a later deploy removes any left by a crash).
 
-The same owner record marks a ``.partial`` upload (``.edgekit-owner`` inside it), so pruning
-removes only partials of its own deployer or of a provably dead one.
+The same owner record marks a ``.partial`` upload (``.edgekit-owner`` inside it, there from the moment
+the directory appears), so pruning removes only partials of its own deployer, of a provably dead one,
+or unmarked ones an older edgekit left.
 """
 from __future__ import annotations
 
@@ -297,9 +298,27 @@ class DeviceLock:
             self.fs.rmtree(aside)
 
     # -- what it owns ---------------------------------------------------------------------------
-    def mark(self, partial: str) -> None:
-        """Mark ``partial`` as ours (see ``abandoned``)."""
-        self.fs.write_bytes(f"{partial}/{PARTIAL_OWNER}", self.text.encode())
+    def claim(self, partial: str) -> None:
+        """Make ``partial`` ours (see ``abandoned``). A new one appears with our mark already inside
+        (prepared under a candidate name, then renamed), so no other deployer's prune ever sees it
+        unmarked; an abandoned one being resumed gets our mark. Anything but a real directory there
+        (a link a device planted, which uploads would follow) is removed first, never followed."""
+        mark = f"{partial}/{PARTIAL_OWNER}"
+        if self.fs.is_dir(partial):
+            self.fs.write_bytes(mark, self.text.encode())
+            return
+        self.fs.rmtree(partial)  # a file or a link: unlinked, never followed
+        cand = f"releases/{NEW_PREFIX}{self.token[:16]}-partial"
+        try:
+            self.fs.mkdir(cand)
+            self.fs.write_bytes(f"{cand}/{PARTIAL_OWNER}", self.text.encode())
+            self.fs.rename(cand, partial)
+        except BaseException:
+            try:
+                self.fs.rmtree(cand)
+            except OSError:
+                pass  # the link is gone: a later deploy removes it (leftover)
+            raise
 
     def abandoned(self, partial: str) -> bool:
         """A .partial that nobody will finish: ours, unmarked (made by an older edgekit), or marked by
@@ -316,8 +335,9 @@ class DeviceLock:
         if name.startswith(STALE_PREFIX):
             return True
         if name.startswith(NEW_PREFIX):
-            owner = parse_owner(self._read(f"releases/{name}/owner"))
-            return owner is not None and owner_dead(owner)
+            inside = PARTIAL_OWNER if name.endswith("-partial") else "owner"
+            owner = parse_owner(self._read(f"releases/{name}/{inside}"))
+            return owner is not None and (owner.get("token") == self.token or owner_dead(owner))
         return False
 
 

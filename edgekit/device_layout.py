@@ -19,6 +19,8 @@ from .transport import Transport
 
 PARTIAL = ".partial"
 HISTORY_LINES = 1000
+HISTORY_TMP = ".history.tmp"
+CURRENT_TMP = ".current-"
 
 
 # One remote shell does the on-device work: copy files within the device, report free space, hash.
@@ -72,6 +74,17 @@ class Device:
         self.raw_history = self._read("history").splitlines()
         return current, dirs, reconcile(self.raw_history, current)
 
+    def switch_leftovers(self) -> List[str]:
+        """Entries of the device directory a killed switch left (``.history.tmp``, a ``.current-*``
+        link never renamed into place). Only a lock holder switches, so under the lock they are
+        nobody's and can go."""
+        try:
+            entries = self.fs.listdir("")
+        except OSError:
+            return []
+        return [e for e in entries
+                if e == HISTORY_TMP or (e.startswith(CURRENT_TMP) and len(e) == len(CURRENT_TMP) + 8)]
+
     def manifest(self, release: str) -> Dict[str, object]:
         """The release's manifest as the device holds it ({} when unreadable): data, never trusted."""
         try:
@@ -120,17 +133,17 @@ class Device:
         """Rewrite history via a rename, so it is never torn; no .history.tmp is left on failure."""
         text = "\n".join(lines[-HISTORY_LINES:]) + "\n"
         try:
-            self.fs.write_bytes(".history.tmp", text.encode())
-            self.fs.rename(".history.tmp", "history")
+            self.fs.write_bytes(HISTORY_TMP, text.encode())
+            self.fs.rename(HISTORY_TMP, "history")
         except BaseException:
             try:
-                self.fs.rmtree(".history.tmp")
+                self.fs.rmtree(HISTORY_TMP)
             except (DeviceError, OSError):
                 pass  # the link is gone too: the next deploy overwrites it
             raise
 
     def point(self, target: str) -> None:
-        tmp = f".current-{uuid.uuid4().hex[:8]}"
+        tmp = f"{CURRENT_TMP}{uuid.uuid4().hex[:8]}"
         self.fs.symlink(target, tmp)
         try:
             self.fs.rename(tmp, "current")

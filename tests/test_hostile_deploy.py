@@ -364,6 +364,56 @@ def test_a_canary_that_switched_and_then_failed_is_rolled_back(tmp_path: Path, s
     assert err.value.results.results["second"].state == "not attempted"
 
 
+def test_a_canary_whose_link_dropped_at_the_switch_is_rolled_back(
+        tmp_path: Path, sshd: SshdServer, ssh_device: Callable, trust_hosts: Callable, no_user_ssh_config: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link drops right after the device renamed `current`: the deployer cannot read it back, so
+    it says current is either release and counts the canary as switched; the fleet reconnects and
+    rolls it back. (A link that drops before the switch was requested is test_deploy_faults'.)"""
+    from sshd_fixtures import trust
+    from tcp_proxy import TcpProxy
+
+    from edgekit.fleet import deploy_fleet, select_devices
+    from edgekit.transport.ssh import SSHTransport
+
+    trust_hosts(sshd)
+    spec = ssh_device(sshd, "canary", groups=["edge"])
+    with TcpProxy((sshd.host, sshd.port)) as proxy:
+        trust(no_user_ssh_config, sshd.known_hosts_line("127.0.0.1", proxy.port))
+        devices = [dict(spec, host="127.0.0.1", port=proxy.port),
+                   {"name": "second", "target": "x86-avx2", "transport": "local", "path": str(tmp_path / "second"),
+                    "groups": ["edge"], "python": sys.executable}]
+        cfg = load(write_project(tmp_path / "proj", devices, bundles={}))
+        bundle = cfg.root / "dist" / "tiny" / "x86-avx2"
+        from bundles import make_tiny_bundle
+
+        old = make_tiny_bundle(bundle, seed=1)["release_id"]
+        with connect(cfg.device("canary"), cfg) as t:
+            D.deploy(t, bundle)
+        shutil.rmtree(bundle)
+        new = make_tiny_bundle(bundle, seed=2)["release_id"]
+        real_rename, dropped = SSHTransport.rename, []
+
+        def rename_then_drop(self: SSHTransport, src: str, dst: str) -> None:
+            real_rename(self, src, dst)
+            if dst == "current" and not dropped:
+                dropped.append(os.readlink(Path(str(spec["path"])) / "current"))
+                for sock in list(proxy._socks):  # the link goes down, both ways
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+        monkeypatch.setattr(SSHTransport, "rename", rename_then_drop)
+        with pytest.raises(FleetError, match="canary failed on canary") as err:
+            deploy_fleet(cfg, select_devices(cfg, group="edge"), canary=1, validate=lambda *a, **k: None)
+    assert dropped == [f"releases/{new}"]  # the switch really happened before the link dropped
+    out = err.value.results.results["canary"]
+    assert f"current could not be read back" in (out.error or "") and f"it is {old} or {new}" in (out.error or "")
+    assert out.deploy is not None and out.deploy.switched
+    assert out.state == "rolled back" and out.rolled_back_to == old
+    assert os.readlink(Path(str(spec["path"])) / "current") == f"releases/{old}"
+    assert err.value.results.results["second"].state == "not attempted"
+
+
 # ----------------------------------------------------------------------------------------------
 # case 4: locks across machines that share a host name, and PID namespaces
 # ----------------------------------------------------------------------------------------------
@@ -493,6 +543,72 @@ def test_pruning_keeps_a_live_deployers_partial(tmp_path: Path, one_device: Dict
         D.deploy(t, b2)
         left = releases_of(one_device)
     assert partials["live"] in left and partials["dead"] not in left and partials["legacy"] not in left
+
+
+def test_a_partial_is_never_seen_without_its_owner_mark(tmp_path: Path, one_device: Dict[str, object]) -> None:
+    """Another deployer's prune keeps only marked partials it cannot prove dead; an unmarked one
+    counts as an older edgekit's leftover. So a new .partial must never exist, even for a moment,
+    without its owner: checked after every file operation of a deploy."""
+    b1 = make_bundle(tmp_path, 1)
+    _, t = open_device(tmp_path, one_device)
+    releases = Path(str(one_device["path"])) / "releases"
+    seen: List[str] = []
+
+    def check_after(name: str) -> None:
+        real = getattr(t, name)
+
+        def op(*args: Any, **kw: Any) -> Any:
+            out = real(*args, **kw)
+            for d in os.listdir(releases) if releases.is_dir() else ():
+                if d.endswith(".partial"):
+                    seen.append(d)
+                    assert (releases / d / ".edgekit-owner").is_file() or not (releases / d).exists(), (name, args)
+            return out
+
+        setattr(t, name, op)
+
+    with t:
+        for name in ("mkdir", "makedirs", "rename", "write_bytes", "put_many", "rmtree", "symlink"):
+            check_after(name)
+        r1 = D.deploy(t, b1)
+    assert seen == [f"{r1.release_id}.partial"] * len(seen) and len(seen) >= 2  # the checks ran during the upload
+    assert releases_of(one_device) == [r1.release_id]
+    assert ".edgekit-owner" not in os.listdir(releases / r1.release_id)  # the release holds the bundle's files only
+
+
+def test_a_planted_link_at_the_partial_path_is_never_followed(tmp_path: Path, one_device: Dict[str, object]) -> None:
+    """A device that links releases/<id>.partial elsewhere does not get the upload written there."""
+    b1 = make_bundle(tmp_path, 1)
+    rid = artifact.read_manifest(b1)["release_id"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    releases = Path(str(one_device["path"])) / "releases"
+    releases.mkdir(parents=True)
+    os.symlink(outside, releases / f"{rid}.partial")
+    _, t = open_device(tmp_path, one_device)
+    with t:
+        r1 = D.deploy(t, b1)
+    assert r1.switched and os.listdir(outside) == []
+    assert tree_digest(releases / rid) == tree_digest(b1) and not (releases / rid).is_symlink()
+    assert releases_of(one_device) == [rid]
+
+
+def test_what_a_killed_switch_left_is_cleared_by_the_next_deploy(tmp_path: Path, one_device: Dict[str, object]) -> None:
+    """A deployer killed inside a switch leaves .history.tmp or a .current-* link; the next deploy
+    (under the lock, where nobody else is switching) removes them, and status ignores them."""
+    b1, b2 = make_bundle(tmp_path, 1), make_bundle(tmp_path, 2)
+    _, t = open_device(tmp_path, one_device)
+    root = Path(str(one_device["path"]))
+    with t:
+        r1 = D.deploy(t, b1)
+        (root / ".history.tmp").write_text("123 deploy half-writ")
+        os.symlink(f"releases/{r1.release_id}", root / ".current-0badc0de")
+        (root / ".current-keep-me").write_text("not ours: another name")
+        assert D.status(t).current == r1.release_id
+        assert D.deploy(t, b1).skipped
+        assert sorted(p for p in os.listdir(root) if p.startswith(".")) == [".current-keep-me"]
+        r2 = D.deploy(t, b2)
+        assert r2.previous == r1.release_id and (root / "history").read_text().count("deploy") == 2
 
 
 # ----------------------------------------------------------------------------------------------
