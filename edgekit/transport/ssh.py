@@ -308,7 +308,7 @@ class SSHTransport(Transport):
 
     def _lost(self, exc: BaseException) -> DeviceError:
         return DeviceError(f"device '{self.name}': connection lost ({type(exc).__name__}: {exc})",
-                           hint="check the network and the device; the previous release stays current",
+                           hint="check the network and the device",
                            kind="connection_lost")
 
     @property
