@@ -22,6 +22,8 @@ from . import __version__
 from .errors import DeployError
 
 MANIFEST = "manifest.json"
+MANIFEST_LIMIT = 16 << 20
+"""Bytes: a manifest lists file names and hashes; a bigger one is not a bundle's (host or device)."""
 REFERENCE = "reference.npz"
 RUNNER = "runner.py"
 POWER = "power.py"
@@ -133,7 +135,11 @@ def read_manifest(bundle: Path) -> Dict[str, Any]:
     nor claim another release's id."""
     path = Path(bundle) / MANIFEST
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read(MANIFEST_LIMIT + 1)
+        if len(raw) > MANIFEST_LIMIT:
+            raise DeployError(f"{path}: larger than {MANIFEST_LIMIT >> 20} MB; not a manifest edgekit wrote")
+        manifest = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise DeployError(f"{path}: no manifest; run 'edgekit build' first") from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set, Tuple, cast
 
 from . import artifact
-from .deploy_lock import LOCK, PARTIAL_OWNER, DeviceLock, os_text, parse_owner
+from .deploy_lock import LOCK, OWNER_LIMIT, PARTIAL_OWNER, DeviceLock, os_text, parse_owner
 from .device_layout import (PARTIAL, Device, describe, history_line, plain_name, previous_release,  # noqa: F401
                             recency, reconcile, release_of, release_stack)
 from .errors import DeployError, DeviceError, EdgekitError
@@ -381,7 +381,7 @@ def status(transport: Transport) -> DeviceStatus:
         infos.append(ReleaseInfo(rid, rid == current, rid == previous, _text(m.get("target")), _text(m.get("model")),
                                  _text(quant.get("precision")) if isinstance(quant, dict) else None,
                                  len(files) if isinstance(files, dict) else 0))
-    held = dev._read(f"{LOCK}/owner")
+    held = dev._read(f"{LOCK}/owner", OWNER_LIMIT)
     lock: Optional[Dict[str, object]] = None
     if held or dev.fs.exists(LOCK):
         lock = parse_owner(held) or {"raw": held}

@@ -40,6 +40,8 @@ LOCK = "releases/.lock"
 NEW_PREFIX = ".lock-new-"
 STALE_PREFIX = ".lock-stale-"
 PARTIAL_OWNER = ".edgekit-owner"
+OWNER_LIMIT = 1 << 16
+"""Bytes of an owner or heartbeat file read: a device's files are bounded like its output."""
 POLL_S = 0.2
 HEARTBEAT_S = 5.0
 STALE_S = 45.0
@@ -167,7 +169,7 @@ class DeviceLock:
 
     def _read(self, path: str) -> str:
         try:
-            return self.fs.read_bytes(path)[:65536].decode("utf-8", "replace").strip()
+            return self.fs.read_head(path, OWNER_LIMIT).decode("utf-8", "replace").strip()
         except OSError:
             return ""
 

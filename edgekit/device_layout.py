@@ -20,6 +20,10 @@ from .transport import Transport
 PARTIAL = ".partial"
 HISTORY_LINES = 1000
 HISTORY_TMP = ".history.tmp"
+HISTORY_LIMIT = 1 << 20
+"""Bytes of ``history`` read: edgekit keeps it to HISTORY_LINES short lines (~40 KB)."""
+_ID = f"[0-9a-f]{{{artifact.ID_LEN}}}"
+_HISTORY_LINE = re.compile(rf"[0-9]{{1,12}} (?:deploy {_ID}|rollback (?:{_ID}|-) (?:{_ID}|-))")
 CURRENT_TMP = ".current-"
 
 
@@ -53,9 +57,10 @@ class Device:
         self.raw_history: List[str] = []
 
     # -- reading the layout ---------------------------------------------------------------------
-    def _read(self, path: str) -> str:
+    def _read(self, path: str, limit: int) -> str:
+        """A device file's text, at most ``limit`` bytes of it ("" when unreadable)."""
         try:
-            return self.fs.read_bytes(path).decode("utf-8", "replace").strip()
+            return self.fs.read_head(path, limit).decode("utf-8", "replace").strip()
         except OSError:
             return ""
 
@@ -71,8 +76,11 @@ class Device:
             entries = []
         self.other = [d for d in entries if d.startswith(".")]
         dirs = [d for d in entries if artifact.is_release_id(d[:-len(PARTIAL)] if d.endswith(PARTIAL) else d)]
-        self.raw_history = self._read("history").splitlines()
-        return current, dirs, reconcile(self.raw_history, current)
+        self.raw_history = self._read("history", HISTORY_LIMIT).splitlines()
+        # Only lines edgekit writes: anything else (a device's own edits, a torn or bloated file) is
+        # dropped here, and from the file by the next deploy.
+        history = [line for line in self.raw_history if _HISTORY_LINE.fullmatch(line)]
+        return current, dirs, reconcile(history, current)
 
     def switch_leftovers(self) -> List[str]:
         """Entries of the device directory a killed switch left (``.history.tmp``, a ``.current-*``
@@ -88,7 +96,7 @@ class Device:
     def manifest(self, release: str) -> Dict[str, object]:
         """The release's manifest as the device holds it ({} when unreadable): data, never trusted."""
         try:
-            m = json.loads(self._read(f"releases/{release}/{artifact.MANIFEST}") or "{}")
+            m = json.loads(self._read(f"releases/{release}/{artifact.MANIFEST}", artifact.MANIFEST_LIMIT) or "{}")
         except (ValueError, RecursionError):
             return {}
         return m if isinstance(m, dict) else {}

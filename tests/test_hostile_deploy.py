@@ -161,6 +161,15 @@ MUTATIONS: Dict[str, Any] = {
 }
 
 
+def test_a_bloated_manifest_is_refused_after_a_bounded_read(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(make_bundle(tmp_path, 1), bad)
+    with open(bad / "manifest.json", "ab") as f:
+        f.truncate(64 << 20)  # sparse: no disk used
+    with pytest.raises(DeployError, match=r"manifest\.json: larger than 16 MB; not a manifest edgekit wrote"):
+        D.verified_files(bad)
+
+
 @pytest.mark.parametrize("case", sorted(MUTATIONS))
 def test_manifest_fields_are_validated_with_one_line(tmp_path: Path, case: str) -> None:
     change, message = MUTATIONS[case]
@@ -412,6 +421,43 @@ def test_a_canary_whose_link_dropped_at_the_switch_is_rolled_back(
     assert out.state == "rolled back" and out.rolled_back_to == old
     assert os.readlink(Path(str(spec["path"])) / "current") == f"releases/{old}"
     assert err.value.results.results["second"].state == "not attempted"
+
+
+def test_bloated_device_files_are_read_bounded_and_garbage_history_is_dropped(
+        tmp_path: Path, one_device: Dict[str, object]) -> None:
+    """A device whose history, release manifest and partial owner mark are 256 MB each (sparse: no
+    disk used) costs the deployer a bounded read of each; history lines edgekit never writes are
+    dropped from what status shows and from the file."""
+    import tracemalloc
+
+    b1, b2 = make_bundle(tmp_path, 1), make_bundle(tmp_path, 2)
+    _, t = open_device(tmp_path, one_device)
+    root = Path(str(one_device["path"]))
+    with t:
+        r1 = D.deploy(t, b1)
+        old = root / "releases" / ("e" * 16)
+        old.mkdir()
+        stuck = root / "releases" / ("f" * 16 + ".partial")
+        stuck.mkdir()
+        with open(root / "history", "a") as f:
+            f.write("1 deploy ../../etc\nrm -rf /\n1 rollback x y\n")
+        for big in (root / "history", old / "manifest.json", stuck / ".edgekit-owner"):
+            with open(big, "ab") as f:
+                f.truncate(256 << 20)
+        tracemalloc.start()
+        try:
+            st = D.status(t)
+            r2 = D.deploy(t, b2)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 100 << 20, f"{peak >> 20} MB traced"
+        assert st.current == r1.release_id and [r.id for r in st.releases][0] == r1.release_id
+        assert r2.switched and r2.previous == r1.release_id
+        history = (root / "history").read_text()
+        assert len(history) < 4096 and history.splitlines()[-1].endswith(f" deploy {r2.release_id}")
+        assert all(line.split()[1] in ("deploy", "rollback") for line in history.splitlines())
+        assert "etc" not in history and "rm" not in history
 
 
 # ----------------------------------------------------------------------------------------------

@@ -85,6 +85,11 @@ class Transport:
     def read_bytes(self, path: str) -> bytes:
         raise NotImplementedError
 
+    def read_head(self, path: str, limit: int) -> bytes:
+        """At most ``limit`` bytes from the start of a file: what deploy reads from a device (history,
+        manifests, lock owners) is bounded, whatever size the device makes those files."""
+        return self.read_bytes(path)[:limit]
+
     def write_bytes(self, path: str, data: bytes) -> None:
         raise NotImplementedError
 

@@ -88,6 +88,10 @@ class LocalTransport(Transport):
     def read_bytes(self, path: str) -> bytes:
         return Path(self._abs(path)).read_bytes()
 
+    def read_head(self, path: str, limit: int) -> bytes:
+        with open(self._abs(path), "rb") as f:
+            return f.read(limit)
+
     def write_bytes(self, path: str, data: bytes) -> None:
         Path(self._abs(path)).write_bytes(data)
 

@@ -473,6 +473,12 @@ class SSHTransport(Transport):
                 return f.read()
         return self._sftp_call(_read, self._abs(path))
 
+    def read_head(self, path: str, limit: int) -> bytes:
+        def _read(p: str) -> bytes:
+            with self.sftp.open(p, "rb") as f:
+                return f.read(limit)
+        return self._sftp_call(_read, self._abs(path))
+
     def write_bytes(self, path: str, data: bytes) -> None:
         def _write(p: str) -> None:
             with self.sftp.open(p, "wb") as f:
