@@ -11,8 +11,8 @@ Why it is built this way:
   elsewhere. A lock is broken at once only when its owner is *provably* dead: same machine-id, same
   boot, same PID namespace, and its process gone (or a different process under the same pid).
 - **Otherwise only a silent heartbeat breaks it.** The holder rewrites ``heartbeat`` every
-  ``EDGEKIT_LOCK_HEARTBEAT_S`` seconds (5) over a side channel; a waiter breaks the lock only after
-  watching the owner and heartbeat stay unchanged for ``EDGEKIT_LOCK_STALE_S`` (45) seconds by its
+  ``EDGEKIT_LOCK_HEARTBEAT_S`` seconds (5) over a side channel, each beat tagged with its token; a
+  waiter breaks the lock only after watching the owner and the owner's own heartbeat stay unchanged for ``EDGEKIT_LOCK_STALE_S`` (45) seconds by its
   own monotonic clock, so clock skew between deployers (boards without an RTC) cannot make a live
   lock look old.
 - **Breaking is a rename aside** (``.lock-stale-*``) and a check that the owner is still the one we
@@ -193,10 +193,12 @@ class DeviceLock:
                 self._beater.start()
                 return self
             held, beat = self._read(f"{LOCK}/owner"), self._read(f"{LOCK}/heartbeat")
+            owner = parse_owner(held)
+            if not (owner is not None and beat.endswith(f" {str(owner.get('token', ''))[:8]}")):
+                beat = ""  # not the owner's beat: a deposed holder still beating keeps nobody's lock alive
             now = time.monotonic()
             if (held, beat) != seen:
                 seen, since = (held, beat), now
-            owner = parse_owner(held)
             if (owner is not None and owner_dead(owner)) or now - since >= self.stale_s:
                 if self._break(held):
                     seen = None

@@ -550,26 +550,31 @@ def test_a_lock_from_another_machine_is_broken_only_when_its_heartbeat_stops(
         D.deploy(t, b1)
         lock = Path(t.root) / "releases" / ".lock"
         lock.mkdir()
-        (lock / "owner").write_text(json.dumps(_foreign_owner(time=time.time() - 86400)))  # old, yet alive
-        stop = threading.Event()
+        owner = _foreign_owner(time=time.time() - 86400)  # old, yet alive
+        (lock / "owner").write_text(json.dumps(owner))
+        stop, tag = threading.Event(), [str(owner["token"])[:8]]
 
-        def beat() -> None:
+        def beat() -> None:  # what DeviceLock._beat writes: a count and the beating owner's token
             n = 0
             while not stop.wait(0.1):
                 n += 1
-                (lock / "heartbeat").write_text(str(n))
+                with contextlib.suppress(OSError):  # the lock is gone once broken and released
+                    (lock / "heartbeat").write_text(f"{n} {tag[0]}")
 
         beater = threading.Thread(target=beat)
         beater.start()
         try:
-            with pytest.raises(DeployError, match=r"another deploy holds the lock .*held by pid \d+ on .*\(machine 000000000000\)"):
+            with pytest.raises(DeployError, match=r"another deploy holds the lock .*held by pid \d+ on "
+                                                  r".*\(machine 000000000000\)"):
                 D.deploy(t, b2, lock_timeout=2.0, lock_stale_s=0.8)
+            # A deposed holder's beat (another token) still moving keeps nobody's lock alive.
+            tag[0] = "deadbeef"
+            start = time.monotonic()
+            r2 = D.deploy(t, b2, lock_timeout=10, lock_stale_s=0.8)
+            assert r2.switched and 0.7 < time.monotonic() - start
         finally:
             stop.set()
             beater.join()
-        start = time.monotonic()
-        r2 = D.deploy(t, b2, lock_timeout=10, lock_stale_s=0.8)  # the heartbeat stopped: broken after 0.8 s
-        assert r2.switched and 0.7 < time.monotonic() - start
         assert not [d for d in releases_of(one_device) if d.startswith(".lock")]
 
 
