@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence
 
 if TYPE_CHECKING:  # numpy loads only when a reference is written, so deploy starts fast
     import numpy as np
@@ -59,9 +59,45 @@ def check_file_name(name: str) -> str:
     return name
 
 
+def reference_subset(feeds: Sequence[Dict[str, np.ndarray]], outputs: Sequence[Sequence[np.ndarray]],
+                     max_samples: int, max_mb: float, starts: Optional[Sequence[bool]] = None) -> List[int]:
+    """Which validation samples ship in reference.npz: at most ``max_samples`` and ``max_mb`` MB of
+    inputs plus FP32 outputs, whichever is smaller, spread evenly over the set (whole streams when
+    ``starts`` marks them). Deterministic: it depends only on the counts and sizes. At least one
+    sample (a prefix of the first stream) ships even when it alone is over the size bound."""
+    n = len(feeds)
+    sizes = [sum(int(a.nbytes) for a in f.values()) + sum(int(o.nbytes) for o in out)
+             for f, out in zip(feeds, outputs)]
+    bound = max_mb * 1e6
+    units: List[List[int]] = []
+    for i in range(n):
+        if not units or starts is None or starts[i]:
+            units.append([i])
+        else:
+            units[-1].append(i)
+    for m in range(min(len(units), max_samples), 0, -1):
+        picks = sorted({int(round(x)) for x in _linspace(0, len(units) - 1, m)})
+        chosen = [i for u in picks for i in units[u]]
+        if len(chosen) <= max_samples and sum(sizes[i] for i in chosen) <= bound:
+            return chosen
+    prefix: List[int] = []
+    for i in units[0] if units else []:
+        if prefix and (len(prefix) >= max_samples or sum(sizes[j] for j in prefix) + sizes[i] > bound):
+            break
+        prefix.append(i)
+    return prefix
+
+
+def _linspace(a: float, b: float, m: int) -> List[float]:
+    return [a] if m == 1 else [a + (b - a) * k / (m - 1) for k in range(m)]
+
+
 def write_reference(path: Path, feeds: List[Dict[str, np.ndarray]], outputs: List[List[np.ndarray]],
-                    output_names: List[str], labels: Optional[np.ndarray] = None) -> None:
-    """Stack per-sample inputs and FP32 outputs (axis 0 = sample) as input/<name>, output/<name>."""
+                    output_names: List[str], labels: Optional[np.ndarray] = None,
+                    starts: Optional[Sequence[bool]] = None) -> None:
+    """Stack per-sample inputs and FP32 outputs (axis 0 = sample) as input/<name>, output/<name>;
+    ``stream/start`` marks where each stream starts for stateful models. Entries are stored
+    uncompressed so the runner can memory-map them."""
     import numpy as np
 
     arrays: Dict[str, np.ndarray] = {}
@@ -71,6 +107,8 @@ def write_reference(path: Path, feeds: List[Dict[str, np.ndarray]], outputs: Lis
         arrays[f"output/{name}"] = np.stack([o[i] for o in outputs])
     if labels is not None:
         arrays["labels"] = np.asarray(labels)
+    if starts is not None:
+        arrays["stream/start"] = np.asarray(starts, dtype=np.uint8)
     # np.savez writes zip entries with a fixed timestamp, so equal arrays give equal bytes.
     with open(path, "wb") as f:
         np.savez(f, **arrays)

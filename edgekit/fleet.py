@@ -29,15 +29,17 @@ object with ``.ok`` (edgekit.validate.validate_device by default)."""
 # ----------------------------------------------------------------------------------------------
 # Which devices
 # ----------------------------------------------------------------------------------------------
-def all_devices(config: ProjectConfig, inventory: Union[Path, str, None] = None) -> List[DeviceSpec]:
-    """edgekit.toml's devices, then the inventory's (``--inventory`` or deploy.inventory)."""
+def all_devices(config: ProjectConfig, inventory: Union[Path, str, Sequence[Union[Path, str]], None] = None) -> List[DeviceSpec]:
+    """edgekit.toml's devices, then the inventory's (``--inventory``, repeatable, or deploy.inventory)."""
     devices = list(config.devices)
-    source = config.resolve(inventory) if inventory is not None else config.resolve(config.deploy.inventory)
-    if source is not None:
+    given = [inventory] if isinstance(inventory, (Path, str)) else list(inventory or [])
+    sources = [cast(Path, config.resolve(p)) for p in given or [config.deploy.inventory] if p is not None]
+    if sources:
         from .transport.inventory import load_inventory
 
+        source = ", ".join(map(str, sources))
         names = {d.name for d in devices}
-        for d in load_inventory(source).devices():
+        for d in load_inventory(sources).devices():
             if d.name in names:
                 raise ConfigError(f"device '{d.name}' is defined both in {config.path} and in {source}",
                                   hint="keep one definition (the inventory's, or edgekit.toml's)")
@@ -46,7 +48,7 @@ def all_devices(config: ProjectConfig, inventory: Union[Path, str, None] = None)
 
 
 def select_devices(config: ProjectConfig, *, device: Optional[str] = None, group: Optional[str] = None,
-                   inventory: Union[Path, str, None] = None) -> List[DeviceSpec]:
+                   inventory: Union[Path, str, Sequence[Union[Path, str]], None] = None) -> List[DeviceSpec]:
     if (device is None) == (group is None):
         raise ConfigError("give exactly one of --device NAME or --group NAME")
     devices = all_devices(config, inventory)
@@ -55,7 +57,8 @@ def select_devices(config: ProjectConfig, *, device: Optional[str] = None, group
             if d.name == device:
                 return [d]
         known = ", ".join(d.name for d in devices) or "none"
-        where = f"{config.path}" + (f" or {inventory}" if inventory else "")
+        given = [inventory] if isinstance(inventory, (Path, str)) else list(inventory or [])
+        where = f"{config.path}" + "".join(f" or {p}" for p in given)
         raise ConfigError(f"{where}: no device named '{device}' (devices: {known})")
     chosen = [d for d in devices if group == "all" or group in d.groups]
     if not chosen:

@@ -20,6 +20,15 @@ class MetricSpec:
     mask_input: str = "attention_mask"
     also: Tuple[Tuple[str, float], ...] = ()
     """(metric, threshold) pairs the device run must meet too (edgekit.toml's validation.also)."""
+    stream: Tuple[Tuple[str, str], ...] = ()
+    """(state input, state output) pairs of a streaming model (validation.stream.state)."""
+    starts: Tuple[bool, ...] = ()
+    """Per validation sample: does it start a stream (set by the build once the data is loaded)."""
+
+    @property
+    def stream_plan(self) -> Optional[Tuple[Tuple[Tuple[str, str], ...], Tuple[bool, ...]]]:
+        """(pairs, starts) for running the validation feeds as streams, or None."""
+        return (self.stream, self.starts) if self.stream else None
 
     @property
     def higher_is_better(self) -> bool:
@@ -46,10 +55,13 @@ class MetricSpec:
                                   "pooling": self.pooling, "mask_input": self.mask_input}
         if self.also:  # only when set, so that releases without it keep their ids
             out["also"] = dict(self.also)
+        if self.stream:
+            out["stream"] = {"state": [{"input": i, "output": o} for i, o in self.stream]}
         return out
 
     @classmethod
     def from_config(cls, v: "object") -> "MetricSpec":
         return cls(name=v.metric, threshold=v.threshold, k=v.k, output=v.output,  # type: ignore[attr-defined]
                    pooling=v.pooling, mask_input=v.mask_input,  # type: ignore[attr-defined]
-                   also=tuple(sorted(dict(getattr(v, "also", {}) or {}).items())))
+                   also=tuple(sorted(dict(getattr(v, "also", {}) or {}).items())),
+                   stream=tuple((p.input, p.output) for p in v.stream.state) if getattr(v, "stream", None) else ())

@@ -133,8 +133,8 @@ def load_profile(path: Path) -> TargetProfile:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"{path}: malformed TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise TargetError(f"{path}: not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        raise TargetError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:
         raise TargetError(f"{path}: cannot read target profile: {exc.strerror}") from None
     try:

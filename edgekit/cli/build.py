@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import click
 
-from .render import echo_json, kv, table
+from .render import clean, echo, echo_json, kv, table
 
 CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("edgekit.toml"),
                              show_default=True, help="The project file.")
@@ -54,9 +54,9 @@ def build(target_names: List[str], config_path: Path, out: Optional[Path], preci
           [(r.target, r.precision, r.method, _fmt_metric(r.metric), f"{r.size_bytes / 1e6:.2f} MB "
             f"({r.size_bytes / max(r.fp32_size_bytes, 1):.0%} of fp32)", str(r.bundle)) for r in results])
     for r in results:
-        click.echo(f"{r.target}: {r.reason}")
+        echo(f"{r.target}: {r.reason}")
         if "reused" in r.timing_note:
-            click.echo(f"{r.target}: {r.timing_note}")
+            echo(f"{r.target}: {r.timing_note}")
 
 
 def _fmt_metric(m: dict) -> str:
@@ -70,12 +70,14 @@ def _build_one(run_build, cfg, profile, out_dir, precision, budget, remeasure, q
     if quiet:
         return run_build(cfg, profile, out_dir, precision=precision, budget_s=budget, remeasure=remeasure)
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True, log_path=False)
-    with console.status(f"[{profile.name}] starting") as status:
+    with console.status(escape(f"[{profile.name}] starting")) as status:
         def progress(msg: str) -> None:
-            status.update(f"[{profile.name}] {msg}")
-            console.log(f"[{profile.name}] {msg}")
+            line = escape(clean(f"[{profile.name}] {msg}"))
+            status.update(line)
+            console.log(line)
 
         return run_build(cfg, profile, out_dir, precision=precision, budget_s=budget, progress=progress,
                          remeasure=remeasure)

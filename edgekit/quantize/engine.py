@@ -31,7 +31,7 @@ from .graph import (SUBGRAPH_OPS, activation_matmuls, initializer_names, iter_no
 from .prune import drop_unprofitable_quantization
 from .presets import (QuantPreset, calibration_extra, dynamic_supported, model_family, presets_for,
                       runtime_level_for)
-from .result import Candidate, KeptFloat, QuantizeResult
+from .result import Candidate, KeptFloat, QuantizeResult, quantized_node_count
 from .sensitivity import rank_by_leave_one_out, rank_by_rebuild
 
 SENSITIVITY_SAMPLES = 8
@@ -100,7 +100,7 @@ def quantize_for_target(
     index = metric.output_index([o.name for o in graph.graph.output])
     fp32_level = runtime_level_for("fp32", profile)
     fp32_session = make_session(base, fp32_level)
-    refs = run_outputs(fp32_session, validation, index)
+    refs = run_outputs(fp32_session, validation, index, metric.stream_plan)
     calib = cal.select_samples(calibration, cal.MAX_CALIBRATION_SAMPLES, seed)
     sens_feeds = calib[:SENSITIVITY_SAMPLES]
     arch_ok = profile.arch == _targets.host_arch()
@@ -159,7 +159,7 @@ def quantize_for_target(
         calibration={"method": profile.quantization.calibration_method, "samples": len(calib),
                      "given": len(calibration), "digest": cal.feeds_digest(calib),
                      "used_by_chosen": chosen.method.startswith("static")},
-        seed=seed,
+        seed=seed, fp32_size_bytes=file_size(base),
     )
 
 
@@ -179,7 +179,7 @@ def _int8_variants(ctx: _Ctx):
     for variant in order:
         out = _static(ctx) if variant == "static" else _dynamic(ctx)
         yield out
-        if out[0].passed:
+        if out[0].passed and not out[0].refused:
             return
 
 
@@ -298,10 +298,10 @@ def _static(ctx: _Ctx):
     reverted += dropped
     notes = [f"presets tried: {', '.join(t[0].name for t in tried)}"] + ([note] if note else [])
     kept += reverted
-    cand = Candidate(name=f"int8-static-{preset.name}", precision="int8",
-                     method="static-qdq" if preset.format == "QDQ" else "static-qoperator", metric=score,
-                     passed=not note and metric.passes(score["value"]), size_bytes=file_size(path),
-                     kept_float=len(kept), note="; ".join(notes))
+    cand = _int8_candidate(Candidate(name=f"int8-static-{preset.name}", precision="int8",
+                                     method="static-qdq" if preset.format == "QDQ" else "static-qoperator", metric=score,
+                                     passed=metric.passes(score["value"]), size_bytes=file_size(path),
+                                     kept_float=len(kept), note="; ".join(notes)), path, note)
     return cand, path, {"preset": preset.summary(), "kept_float": kept, "latency_pruning": record}, before
 
 
@@ -363,11 +363,26 @@ def _dynamic(ctx: _Ctx):
               "extra_options": {"MatMulConstBOnly": True},
               "transformer_fusion": dict(sorted(fused.items())) if fused else {}}
     kept = _const_b_notes(ctx, {n for n, _ in nodes}, graph) + reverted
-    cand = Candidate(name="int8-dynamic", precision="int8", method="dynamic", metric=score,
-                     passed=not note and ctx.metric.passes(score["value"]), size_bytes=file_size(path),
-                     kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused))) if fused
-                                                                      else "", note] if x))
+    cand = _int8_candidate(Candidate(name="int8-dynamic", precision="int8", method="dynamic", metric=score,
+                                     passed=ctx.metric.passes(score["value"]), size_bytes=file_size(path),
+                                     kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused)))
+                                                                                      if fused else "", note] if x)),
+                           path, note)
     return cand, path, {"preset": preset, "kept_float": kept, "latency_pruning": record}, score0
+
+
+def _int8_candidate(cand: Candidate, path: Path, note: str) -> Candidate:
+    """Record honestly: ``passed`` is the metric (false when only reverting every node reached it);
+    a fallback note that rules the candidate out (too little int8 left) and a file with no quantized
+    node at all become ``refused``."""
+    cand.quantized_nodes = quantized_node_count(path)
+    if note.startswith("every quantized node had to be reverted"):
+        cand.passed = False  # int8 cannot reach the threshold: only the float model it became does
+    elif note and not note.startswith("unreachable"):
+        cand.refused = note
+    elif cand.quantized_nodes == 0:
+        cand.refused = "no node is quantized (0 QuantizeLinear or int8 nodes): this file is a float model, not int8"
+    return cand
 
 
 def _const_b_notes(ctx: _Ctx, quantized: set, graph: Optional[object] = None) -> List[dict]:
