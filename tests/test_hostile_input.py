@@ -480,7 +480,7 @@ def _bad_member(path: Path) -> None:
 @pytest.mark.parametrize("make,needle", [
     (_truncated_npz, "cannot read samples (BadZipFile"),
     (_object_npz, "cannot read samples (ValueError: Object arrays cannot be loaded"),
-    (_zero_samples, "no samples (axis 0 is empty) for [calibration]"),
+    (_zero_samples, "no samples (the batch axis is empty) for [calibration]"),
 ], ids=["truncated", "object-array", "zero-samples"])
 def test_bad_sample_files_are_one_config_error_before_export(tmp_path: Path, make: Callable, needle: str) -> None:
     cfg = _project_with(tmp_path)
