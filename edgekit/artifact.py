@@ -22,6 +22,8 @@ from . import __version__
 from .errors import DeployError
 
 MANIFEST = "manifest.json"
+MANIFEST_LIMIT = 16 << 20
+"""Bytes: a manifest lists file names and hashes; a bigger one is not a bundle's (host or device)."""
 REFERENCE = "reference.npz"
 RUNNER = "runner.py"
 POWER = "power.py"
@@ -53,7 +55,7 @@ def check_file_name(name: str) -> str:
     p = Path(name)
     if (not name or p.is_absolute() or ".." in p.parts or name.startswith("~") or "\\" in name
             or any(ord(c) < 32 or ord(c) == 127 for c in name)):
-        raise DeployError(f"artifact file name '{name}' is not allowed (absolute path, '..' or a control character)")
+        raise DeployError(f"artifact file name {_shown(name)} is not allowed (absolute path, '..' or a control character)")
     return name
 
 
@@ -132,19 +134,79 @@ def write_manifest(bundle: Path, fields: Dict[str, Any]) -> Dict[str, Any]:
     return manifest
 
 
+ID_LEN = RELEASE_ID_LENGTH
+_HEX = frozenset("0123456789abcdef")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _shown(value: Any) -> str:
+    """A bundle's value in an error line: repr escapes control characters; bounded in length."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def is_release_id(value: Any) -> bool:
+    """A release id is a content address: exactly ID_LEN lowercase hex digits, so it is always one
+    plain path component on the device ('..', '/', '~' and control characters cannot occur)."""
+    return isinstance(value, str) and len(value) == ID_LEN and set(value) <= _HEX
+
+
+def check_release_id(value: Any, where: str = "release id") -> str:
+    if not is_release_id(value):
+        raise DeployError(f"{where}: {_shown(value)} is not a release id (expected {ID_LEN} lowercase hex digits)")
+    return str(value)
+
+
+def expected_release_id(manifest: Dict[str, Any]) -> str:
+    """The id the manifest's contents give (what ``write_manifest`` stored when the bundle was built):
+    the hash of the whole manifest but its ``release_id``, so no field can change under the same id."""
+    try:
+        return release_id(manifest)
+    except (ValueError, TypeError, RecursionError):  # NaN/Infinity, which canonical JSON refuses
+        raise DeployError(f"{MANIFEST}: holds a value with no canonical JSON form (NaN or Infinity); "
+                          "rebuild the bundle with 'edgekit build'") from None
+
+
 def read_manifest(bundle: Path) -> Dict[str, Any]:
+    """Read and validate manifest.json: every field deploy relies on is checked here, and the release
+    id is recomputed from the manifest (file hashes included), so a bundle can neither name a path
+    nor claim another release's id."""
     path = Path(bundle) / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MANIFEST_LIMIT + 1)
+        if len(raw) > MANIFEST_LIMIT:
+            raise DeployError(f"{path}: larger than {MANIFEST_LIMIT >> 20} MB; not a manifest edgekit wrote")
+        manifest = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise DeployError(f"{path}: no manifest; run 'edgekit build' first") from None
-    except ValueError as exc:
-        raise DeployError(f"{path}: not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DeployError(f"{path}: not a readable JSON manifest ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(manifest, dict):
+        raise DeployError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     for key in ("files", "release_id", "target", "artifact"):
         if key not in manifest:
             raise DeployError(f"{path}: field '{key}' missing; rebuild with this edgekit version")
-    for name in manifest["files"]:
+    files = manifest["files"]
+    if not isinstance(files, dict) or not files:
+        raise DeployError(f"{path}: field 'files' must be a non-empty object of file name -> sha256")
+    for name, digest in files.items():
         check_file_name(name)
+        if name == MANIFEST or not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= _HEX):
+            raise DeployError(f"{path}: field 'files' entry {_shown(name)}: expected a sha256 (64 lowercase hex "
+                              f"digits) for a file other than {MANIFEST}, got {_shown(digest)}")
+    target = manifest["target"]
+    if not (isinstance(target, str) and target and set(target) <= _NAME_CHARS):
+        raise DeployError(f"{path}: field 'target' is {_shown(target)}: expected a target profile name")
+    if not isinstance(manifest["artifact"], str) or manifest["artifact"] not in files:
+        raise DeployError(f"{path}: field 'artifact' is {_shown(manifest['artifact'])}: expected a file that "
+                          "'files' lists")
+    rid = check_release_id(manifest["release_id"], f"{path}: field 'release_id'")
+    computed = expected_release_id(manifest)
+    if rid != computed:
+        raise DeployError(f"{path}: field 'release_id' is {rid} but the manifest's contents give {computed}: "
+                          "the manifest was altered after the build, or an older edgekit built it",
+                          hint="rebuild the bundle with 'edgekit build'")
     return manifest
 
 

@@ -191,6 +191,11 @@ def deploy_fleet(config: ProjectConfig, devices: Sequence[DeviceSpec], *, dist: 
         except Exception as exc:  # one device's surprise must not lose the other devices' outcomes
             out.ok, out.state = False, "failed"
             out.error = exc.message if isinstance(exc, EdgekitError) else f"unexpected {type(exc).__name__}: {exc}"
+            if out.deploy is None and isinstance(exc, EdgekitError):
+                # A deploy that failed after (or maybe after) its switch still says so: the rollback
+                # below depends on it (a canary that switched is always rolled back).
+                failed = exc.details.get("result")
+                out.deploy = failed if isinstance(failed, DeployResult) else None
             if check is not None and phase == "canary" and out.deploy is not None:
                 out.validation_ok = False
         out.seconds = round(time.perf_counter() - start, 3)
@@ -234,7 +239,8 @@ def deploy_fleet(config: ProjectConfig, devices: Sequence[DeviceSpec], *, dist: 
         raise FleetError(f"deploy failed on {len(failed)} of {len(devices)} device(s): {', '.join(failed)}"
                          + (f"; {skipped} not attempted" if skipped else "")
                          + (f" ({result.stopped})" if result.stopped else ""), result,
-                         hint="the failed devices keep their previous release; see the table (or --json) per device")
+                         hint="each failed device's error says which release it runs now (read back from the device); "
+                              "see the table (or --json) per device")
     return result
 
 
@@ -252,7 +258,7 @@ def _roll_back(config: ProjectConfig, canaries: Sequence[DeviceSpec], result: Fl
     for d in canaries:
         o = result.results[d.name]
         if o.deploy is None or not o.deploy.switched:
-            continue  # not changed by this rollout: nothing to undo
+            continue  # not changed by this rollout (read back from the device): nothing to undo
         try:
             rb = rollback_device(config, d, to=o.deploy.previous, allow_none=True,
                                  accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout)

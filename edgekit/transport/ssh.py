@@ -19,6 +19,7 @@ import select
 import shlex
 import socket
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
@@ -74,6 +75,8 @@ class SSHTransport(Transport):
         self.connect_timeout = connect_timeout
         self._clients: List[paramiko.SSHClient] = []  # jump hosts first, the device last
         self._sftp: Optional[paramiko.SFTPClient] = None
+        self._aside_sftp: Optional[paramiko.SFTPClient] = None  # the lock heartbeat's own channel
+        self._aside_guard = threading.Lock()
         self._root: Optional[str] = None
         self._missing_keys: List[str] = []
         self.bytes_sent = 0
@@ -223,12 +226,14 @@ class SSHTransport(Transport):
                  "ssh-agent, or set identity_file for the device", kind="auth") from None
 
     def close(self) -> None:
-        if self._sftp is not None:
-            try:
-                self._sftp.close()
-            except Exception:  # closing a dead channel must not mask the error that killed it
-                pass
-            self._sftp = None
+        with self._aside_guard:
+            for client in (self._sftp, self._aside_sftp):
+                if client is not None:
+                    try:
+                        client.close()
+                    except Exception:  # closing a dead channel must not mask the error that killed it
+                        pass
+            self._sftp = self._aside_sftp = None
         for c in reversed(self._clients):
             c.close()
         self._clients = []
@@ -317,7 +322,7 @@ class SSHTransport(Transport):
 
     def _lost(self, exc: BaseException) -> DeviceError:
         return DeviceError(f"device '{self.name}': connection lost ({type(exc).__name__}: {exc})",
-                           hint="check the network and the device; the previous release stays current",
+                           hint="check the network and the device",
                            kind="connection_lost")
 
     @property
@@ -461,6 +466,12 @@ class SSHTransport(Transport):
         except FileNotFoundError:
             return False
 
+    def is_dir(self, path: str) -> bool:
+        try:
+            return stat.S_ISDIR(self._sftp_call(self.sftp.lstat, self._abs(path)).st_mode or 0)
+        except FileNotFoundError:
+            return False
+
     def listdir(self, path: str) -> List[str]:
         return sorted(self._sftp_call(self.sftp.listdir, self._abs(path)))
 
@@ -476,11 +487,28 @@ class SSHTransport(Transport):
                 return f.read()
         return self._sftp_call(_read, self._abs(path))
 
+    def read_head(self, path: str, limit: int) -> bytes:
+        def _read(p: str) -> bytes:
+            with self.sftp.open(p, "rb") as f:
+                return f.read(limit)
+        return self._sftp_call(_read, self._abs(path))
+
     def write_bytes(self, path: str, data: bytes) -> None:
         def _write(p: str) -> None:
             with self.sftp.open(p, "wb") as f:
                 f.write(data)
         self._sftp_call(_write, self._abs(path))
+
+    def write_bytes_aside(self, path: str, data: bytes) -> None:
+        """On a second SFTP channel of the same connection: paramiko's SFTP client must not be shared
+        between threads while putfo pipelines writes on it. Never dials: a lost link stays lost."""
+        with self._aside_guard:
+            if not self.connected:
+                raise self._lost(EOFError("not connected"))
+            if self._aside_sftp is None:
+                self._aside_sftp = self.client.open_sftp()
+            with self._aside_sftp.open(self._abs(path), "wb") as f:
+                f.write(data)
 
     def symlink(self, target: str, path: str) -> None:
         self._sftp_call(self.sftp.symlink, target, self._abs(path))
@@ -511,8 +539,8 @@ class SSHTransport(Transport):
             self.sftp.rmdir(p)
         p = self._abs(path)
         try:
-            if stat.S_ISLNK(self._sftp_call(self.sftp.lstat, p).st_mode or 0):
-                self._sftp_call(self.sftp.remove, p)
+            if not stat.S_ISDIR(self._sftp_call(self.sftp.lstat, p).st_mode or 0):
+                self._sftp_call(self.sftp.remove, p)  # a file or a link (never followed)
                 return
         except FileNotFoundError:
             return
