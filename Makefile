@@ -64,3 +64,4 @@ clean:
 		$(MINILM_DIR)/dist $(MINILM_DIR)/.device $(MINILM_DIR)/runs $(MINILM_DIR)/reports
 
 -include release.mk
+-include boards.mk
