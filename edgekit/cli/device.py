@@ -34,9 +34,11 @@ def _validation_rows(res: Any) -> List[Tuple[str, str]]:
     rows += [(f"also {c.get('name')}", f"{_fmt(c.get('value'))} (threshold {_fmt(c.get('threshold'))}) "
               f"{'pass' if c.get('passed') else 'FAIL'}") for c in m.get("also") or []]
     rows += [(f"  {k}", _fmt(v)) for k, v in sorted(res.metrics.items())]
-    rows += [("latency p50 / p90 / p99", f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p90_ms'))} / {_fmt(lat.get('p99_ms'))} ms"),
-             ("latency mean / min", f"{_fmt(lat.get('mean_ms'))} / {_fmt(lat.get('min_ms'))} ms"),
-             ("first load", _fmt(lat.get("first_load_ms"), " ms")),
+    # An emulated board (qemu-user) runs many times slower than the real one: say so on every figure.
+    emu = " (emulated, not representative)" if res.device_facts.get("emulated") else ""
+    rows += [("latency p50 / p90 / p99", f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p90_ms'))} / {_fmt(lat.get('p99_ms'))} ms{emu}"),
+             ("latency mean / min", f"{_fmt(lat.get('mean_ms'))} / {_fmt(lat.get('min_ms'))} ms{emu}"),
+             ("first load", _fmt(lat.get("first_load_ms"), " ms") + emu),
              ("iterations", f"{_fmt(lat.get('iterations'))} in {_fmt(lat.get('window_s'), ' s')} ({_fmt(lat.get('repeat'))} window(s))"),
              ("peak RSS", _fmt(res.memory.get("peak_rss_mb"), " MB"))]
     if res.power is not None:
