@@ -158,6 +158,45 @@ def test_boards_refuse_without_root(tmp_path: Path) -> None:
         "boards: error: must run as root (debootstrap, chroot, mounts and binfmt_misc need it); try: sudo make boards"]
 
 
+def test_project_file_adds_the_boards_as_devices(tmp_path: Path) -> None:
+    """`boards.py project` (what make demo-arm uses): the sample's file plus every board, loadable."""
+    from edgekit import config
+
+    state = {"identity_file": "/k/id_ed25519", "known_hosts": "/k/known_hosts",
+             "boards": {name: {"host": "127.0.0.1", "port": 52251 + i, "user": "root", "path": "/root/edgekit",
+                               "python": "/usr/bin/python3", "target": b.target} for i, (name, b) in enumerate(BOARDS.items())}}
+    shutil.copy(SAMPLES / "minilm" / "edgekit.toml", tmp_path / "edgekit.toml")
+    (tmp_path / "edgekit.toml").write_text((tmp_path / "edgekit.toml").read_text() + "\n[deploy]\nkeep_releases = 2\n")
+    cfg = config.load(write_project(tmp_path, state))
+    assert cfg.deploy.keep_releases == 2 and str(cfg.deploy.known_hosts) == "/k/known_hosts"
+    pi4 = cfg.device("emu-pi4")
+    assert (pi4.transport, pi4.port, pi4.target, pi4.identity_file) == ("ssh", 52252, "raspberry-pi-4", "/k/id_ed25519")
+    assert cfg.device("local").transport == "local"  # the sample's own devices stay
+    with pytest.raises(emu.BoardsError, match="make boards"):
+        write_project(tmp_path, None)
+
+
+def test_runner_marks_qemu_user_as_emulated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.device import runner
+
+    if os.path.exists(runner.EMULATION_MARKER):
+        pytest.skip(f"this host carries {runner.EMULATION_MARKER}")
+    monkeypatch.delenv("QEMU_CPU", raising=False)
+    assert runner.emulation() is None and "emulated" not in runner.device_facts()
+    monkeypatch.setenv("QEMU_CPU", "cortex-a72")
+    facts = runner.device_facts()
+    assert facts["emulated"] == {"marker": None, "qemu_cpu": "cortex-a72", "note": EMULATED}
+
+
+def test_emulated_latency_is_labelled_in_tables() -> None:
+    from edgekit.report.runs import fmt_cell
+
+    row = {"p50_ms": 12.5, "value": 0.99, "emulated": True}
+    assert fmt_cell("p50_ms", row) == f"12.500 ({EMULATED})"
+    assert fmt_cell("value", row) == "0.990"  # agreement is the board's own result: no label
+    assert fmt_cell("p50_ms", dict(row, emulated=False)) == "12.500"
+
+
 # ------------------------------------------------------------------------------------------------
 # On the boards
 # ------------------------------------------------------------------------------------------------

@@ -130,6 +130,9 @@ def _start_board(cache: Path, board: Board, port: int, files: Dict[str, Path]) -
     binds = [(files["etc"], "/etc/edgekit-board"), (files["etc"] / "environment", "/etc/environment"),
              (files["etc"] / "edgekit-emulated", "/etc/edgekit-emulated"), (files["home"], "/root"),
              (files["tmp"], "/tmp")]
+    (root / "etc" / "edgekit-board").mkdir(exist_ok=True)  # mount points for the binds
+    for point in ("etc/environment", "etc/edgekit-emulated"):
+        (root / point).touch(exist_ok=True)
     cpu = CPUS[board.cpu].qemu
     lines = mount_script(root, files["etc"] / "cpuinfo", binds=binds) + [
         f"export QEMU_CPU={shlex.quote(cpu)}",
@@ -374,6 +377,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             log(f"wrote {write_project(args.dir, load_state(cache), args.out)}")
     except BoardsError as exc:
         print(f"boards: error: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, subprocess.SubprocessError) as exc:  # a full disk, a vanished tool: still one line
+        print(f"boards: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("boards: interrupted", file=sys.stderr)
