@@ -200,7 +200,8 @@ def test_emulated_latency_is_labelled_in_tables() -> None:
 # ------------------------------------------------------------------------------------------------
 # On the boards
 # ------------------------------------------------------------------------------------------------
-MINIMAL = '[model]\nname = "x"\nsource = "onnx"\npath = "m.onnx"\n\n[[inputs]]\nname = "x"\nshape = [1, 4]\n'
+MINIMAL = ('[model]\nname = "x"\nsource = "onnx"\npath = "m.onnx"\n\n[[inputs]]\nname = "x"\nshape = [1, 4]\n\n'
+           '[calibration]\ndata = "d.npz"\n\n[validation]\ndata = "d.npz"\nthreshold = 0.99\n')
 """A project file doctor accepts: doctor needs the devices, not a model."""
 
 
@@ -303,5 +304,53 @@ def test_tflite_on_board(board: str, boards: Dict[str, Any], tmp_path: Path) -> 
     _check_device_facts(run, board)
 
 
-def _arm_only_model(path: Path) -> List[str]:
-    raise NotImplementedError
+def _x86_optimized_model(folder: Path) -> List[str]:
+    """A small CNN saved by onnxruntime at ORT_ENABLE_ALL on this x86 host: its NCHWc transformer
+    rewrites the graph into com.microsoft.nchwc kernels, which onnxruntime builds for x86 only
+    (compared from the kernel registries: the aarch64 wheel lacks exactly that domain)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32)
+    b = (rng.standard_normal(16) * 0.1).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["y"])], "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 1, 1])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    plain = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    plain.ir_version = 8
+    onnx.save(plain, str(folder / "plain.onnx"))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(folder / "model.onnx")
+    ort.InferenceSession(str(folder / "plain.onnx"), opts, providers=["CPUExecutionProvider"])
+    np.savez(folder / "val.npz", x=rng.standard_normal((16, 8, 8, 8)).astype(np.float32))
+    return sorted({n.domain for n in onnx.load(str(folder / "model.onnx")).graph.node})
+
+
+def test_a_failure_only_arm_kernels_have_fails_validate(boards: Dict[str, Any], tmp_path: Path) -> None:
+    """A model that builds and validates on this x86 host but that onnxruntime's ARM build cannot
+    run: validate on the emulated Pi 5 must fail (exit 8, the device's own message), where the host
+    tiers alone would have shipped it."""
+    project = tmp_path / "nchwc"
+    project.mkdir()
+    if _x86_optimized_model(project) != ["com.microsoft.nchwc"]:
+        pytest.skip("this host's onnxruntime did not apply the NCHWc layout (no AVX2?)")
+    (project / "edgekit.toml").write_text(
+        '[model]\nname = "nchwc"\nsource = "onnx"\npath = "model.onnx"\n\n[[inputs]]\nname = "x"\nshape = [1, 8, 8, 8]\n\n'
+        '[calibration]\ndata = "val.npz"\n\n[validation]\ndata = "val.npz"\nmetric = "max_abs"\nthreshold = 1e-4\n\n'
+        '[[devices]]\nname = "local"\ntarget = "raspberry-pi-5"\ntransport = "local"\npath = "device"\n')
+    cfg = str(write_project(project, boards, device_path=f"{DEVICE_BASE}/nchwc"))
+    _ok("build", "--config", cfg, "--target", "raspberry-pi-5", "--precision", "fp32")
+    _ok("deploy", "--device", "local", "--config", cfg)
+    on_x86 = _ok("validate", "--device", "local", "--config", cfg, "--duration", "0.1", "--power", "none")
+    assert on_x86["ok"] is True and on_x86["metric"]["value"] <= 1e-4
+    _ok("deploy", "--device", "emu-pi5", "--config", cfg)
+    on_arm = _cli("validate", "--device", "emu-pi5", "--config", cfg, "--duration", "0.1", "--power", "none")
+    assert on_arm.exit_code == 8, on_arm.output
+    assert "onnxruntime could not load" in on_arm.output and "ReorderInput" in on_arm.output
+    assert "Traceback" not in on_arm.output
