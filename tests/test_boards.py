@@ -263,6 +263,7 @@ def test_report_labels_emulated_latency(arm_digits: str, tmp_path: Path) -> None
     _deploy_validate(arm_digits, "emu-pi5", runs)
     res = _cli("report", "--runs-dir", str(runs), "--out", str(tmp_path / "rep"))
     assert res.exit_code == 0, res.output
+    assert f"({EMULATED})" in res.output  # the summary table the command prints
     md = (tmp_path / "rep" / "report.md").read_text()
     row = [ln for ln in md.splitlines() if ln.startswith("| emu-pi5 ")]
     assert len(row) == 1 and row[0].count(f"({EMULATED})") == 2  # p50 and p99

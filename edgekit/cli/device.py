@@ -142,6 +142,9 @@ def register(main: click.Group) -> None:
         if as_json:
             echo_json(res)
             return
+        def _latency(r: Dict[str, Any], key: str) -> str:
+            return _fmt(r[key]) + (" (emulated, not representative)" if r.get("emulated") and r[key] is not None else "")
+
         def energy(r: Dict[str, Any]) -> str:
             mj = r.get("energy_per_inference_mj")
             return "-" if mj is None else _fmt(mj) + (" (ESTIMATE)" if r.get("power_is_estimate") else "")
@@ -149,5 +152,5 @@ def register(main: click.Group) -> None:
         table(f"{res.passed}/{len(res.devices)} device(s) passed ({res.runs} run(s))",
               ["device", "target", "metric", "value", "threshold", "passed", "p50 ms", "p99 ms", "mJ/inference"],
               [(r["device"], r["target"], r["metric"], _fmt(r["value"]), _fmt(r["threshold"]),
-                "pass" if r["passed"] else "FAIL", _fmt(r["p50_ms"]), _fmt(r["p99_ms"]), energy(r)) for r in res.summary])
+                "pass" if r["passed"] else "FAIL", _latency(r, "p50_ms"), _latency(r, "p99_ms"), energy(r)) for r in res.summary])
         click.echo(f"wrote {res.html}\nwrote {res.markdown}\nwrote {res.json_path}")

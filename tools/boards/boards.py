@@ -372,7 +372,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.cmd == "status":
             return status(cache, args.json)
         else:
-            from project import write_project
+            from emu_project import write_project
 
             log(f"wrote {write_project(args.dir, load_state(cache), args.out)}")
     except BoardsError as exc:
