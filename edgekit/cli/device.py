@@ -34,9 +34,11 @@ def _validation_rows(res: Any) -> List[Tuple[str, str]]:
     rows += [(f"also {c.get('name')}", f"{_fmt(c.get('value'))} (threshold {_fmt(c.get('threshold'))}) "
               f"{'pass' if c.get('passed') else 'FAIL'}") for c in m.get("also") or []]
     rows += [(f"  {k}", _fmt(v)) for k, v in sorted(res.metrics.items())]
-    rows += [("latency p50 / p90 / p99", f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p90_ms'))} / {_fmt(lat.get('p99_ms'))} ms"),
-             ("latency mean / min", f"{_fmt(lat.get('mean_ms'))} / {_fmt(lat.get('min_ms'))} ms"),
-             ("first load", _fmt(lat.get("first_load_ms"), " ms")),
+    # An emulated board (qemu-user) runs many times slower than the real one: say so on every figure.
+    emu = " (emulated, not representative)" if res.device_facts.get("emulated") else ""
+    rows += [("latency p50 / p90 / p99", f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p90_ms'))} / {_fmt(lat.get('p99_ms'))} ms{emu}"),
+             ("latency mean / min", f"{_fmt(lat.get('mean_ms'))} / {_fmt(lat.get('min_ms'))} ms{emu}"),
+             ("first load", _fmt(lat.get("first_load_ms"), " ms") + emu),
              ("iterations", f"{_fmt(lat.get('iterations'))} in {_fmt(lat.get('window_s'), ' s')} ({_fmt(lat.get('repeat'))} window(s))"),
              ("peak RSS", _fmt(res.memory.get("peak_rss_mb"), " MB"))]
     if res.power is not None:
@@ -143,6 +145,9 @@ def register(main: click.Group) -> None:
         if as_json:
             echo_json(res)
             return
+        def _latency(r: Dict[str, Any], key: str) -> str:
+            return _fmt(r[key]) + (" (emulated, not representative)" if r.get("emulated") and r[key] is not None else "")
+
         def energy(r: Dict[str, Any]) -> str:
             mj = r.get("energy_per_inference_mj")
             return "-" if mj is None else _fmt(mj) + (" (ESTIMATE)" if r.get("power_is_estimate") else "")
@@ -150,5 +155,5 @@ def register(main: click.Group) -> None:
         table(f"{res.passed}/{len(res.devices)} device(s) passed ({res.runs} run(s))",
               ["device", "target", "metric", "value", "threshold", "passed", "p50 ms", "p99 ms", "mJ/inference"],
               [(r["device"], r["target"], r["metric"], _fmt(r["value"]), _fmt(r["threshold"]),
-                "pass" if r["passed"] else "FAIL", _fmt(r["p50_ms"]), _fmt(r["p99_ms"]), energy(r)) for r in res.summary])
+                "pass" if r["passed"] else "FAIL", _latency(r, "p50_ms"), _latency(r, "p99_ms"), energy(r)) for r in res.summary])
         echo(f"wrote {res.html}\nwrote {res.markdown}\nwrote {res.json_path}")

@@ -64,7 +64,7 @@ def latency_histogram(runs: Sequence[RunRecord]) -> Optional[str]:
             if _num(r.latency.get(key)) is not None:
                 ax.axvline(r.latency[key], color="black", linestyle=style, linewidth=0.9,
                            label=f"{key[:3]} {r.latency[key]:.3g} ms")
-        ax.set_title(_label(r.device), fontsize=10)
+        ax.set_title(_label(r.device) + (" (emulated, not representative)" if r.emulated else ""), fontsize=10 if not r.emulated else 8)
         ax.set_xlabel("ms per inference", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
@@ -88,6 +88,9 @@ def latency_per_device(runs: Sequence[RunRecord]) -> Optional[str]:
     if not rows:
         return None
     fig, ax, xs = _per_device_axes(rows)
+    if any(r.emulated for r in rows):
+        ax.set_xticklabels([r.device + ("\n(emulated, not representative)" if r.emulated else "") for r in rows],
+                           rotation=20, ha="right")
     ax.bar([x - 0.2 for x in xs], [r.latency["p50_ms"] for r in rows], width=0.4, label="p50")
     ax.bar([x + 0.2 for x in xs], [_num(r.latency.get("p99_ms")) or 0 for r in rows], width=0.4, label="p99")
     ax.set_ylabel("ms")

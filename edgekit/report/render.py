@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Sequence
 from ..cli.render import clean
 
 from ..power.carbon import format_carbon, format_energy_mj, summary_rows
-from .runs import RunRecord, fmt, power_is_estimate, power_unavailable
+from .runs import RunRecord, fmt, fmt_cell, power_is_estimate, power_unavailable
 
 SUMMARY_COLUMNS = [("device", "device"), ("target", "target"), ("release_id", "release"), ("provider", "provider"),
                    ("metric", "metric"), ("value", "value"), ("threshold", "threshold"), ("passed", "passed"),
@@ -47,16 +47,17 @@ def md_code(value: Any) -> str:
     return f"`{text}`" if re.fullmatch(r"[\w.@:+-]+", text) else md_text(text)
 
 
-def _cell(key: str, value: Any) -> str:
+def _cell(key: str, row: Dict[str, Any]) -> str:
+    value = row.get(key)
     if key == "passed":
         cls = "pass" if value else "fail"
         return f'<td class="{cls}">{"pass" if value else "FAIL"}</td>'
-    return f"<td>{html.escape(fmt(value))}</td>"
+    return f"<td>{html.escape(fmt_cell(key, row))}</td>"
 
 
 def _table(columns: Sequence[tuple], rows: Sequence[Dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns)
-    body = "".join("<tr>" + "".join(_cell(k, r.get(k)) for k, _ in columns) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(_cell(k, r) for k, _ in columns) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -148,7 +149,7 @@ def to_markdown(runs: Sequence[RunRecord], latest: Sequence[RunRecord], generate
              "| " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * len(cols)]
     for r in latest:
         row = r.summary()
-        cells = [("✅" if row["passed"] else "❌") if k == "passed" else md_text(fmt(row.get(k))) for k, _ in cols]
+        cells = [("✅" if row["passed"] else "❌") if k == "passed" else md_text(fmt_cell(k, row)) for k, _ in cols]
         lines.append("| " + " | ".join(cells) + " |")
     errors = [r for r in latest if r.error]
     if errors:

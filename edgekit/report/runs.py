@@ -32,6 +32,11 @@ class RunRecord(RunFields):
     started: Optional[str] = None
 
     @property
+    def emulated(self) -> bool:
+        """Run on an emulated board (qemu-user): its latency is not the board's."""
+        return bool(self.device_facts.get("emulated"))
+
+    @property
     def has_trace(self) -> bool:
         return bool(self.power and isinstance(self.power.get("trace"), list) and self.power["trace"])
 
@@ -46,7 +51,7 @@ class RunRecord(RunFields):
                 "p50_ms": lat.get("p50_ms"),
                 "p90_ms": lat.get("p90_ms"), "p99_ms": lat.get("p99_ms"), "mean_ms": lat.get("mean_ms"),
                 "first_load_ms": lat.get("first_load_ms"), "iterations": lat.get("iterations"),
-                "peak_rss_mb": self.memory.get("peak_rss_mb"),
+                "peak_rss_mb": self.memory.get("peak_rss_mb"), "emulated": self.emulated,
                 "error": (self.error or {}).get("message"), "path": str(self.path), **self.power_summary()}
 
     def power_summary(self) -> Dict[str, Any]:
@@ -116,6 +121,18 @@ def latest_per_device(runs: Sequence[RunRecord]) -> List[RunRecord]:
     for r in runs:  # runs are in time order, so the last one seen wins
         latest[r.device] = r
     return [latest[d] for d in sorted(latest)]
+
+
+EMULATED_NOTE = "emulated, not representative"
+LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "first_load_ms")
+
+
+def fmt_cell(key: str, row: Dict[str, Any]) -> str:
+    """``fmt`` of ``row[key]``, with an emulated board's latency labelled as such."""
+    text = fmt(row.get(key))
+    if row.get("emulated") and key in LATENCY_KEYS and row.get(key) is not None:
+        text += f" ({EMULATED_NOTE})"
+    return text
 
 
 def fmt(value: Any, digits: int = 3) -> str:
