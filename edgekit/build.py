@@ -16,6 +16,7 @@ from . import artifact, data
 from .config import ProjectConfig
 from .errors import ConfigError, ExportError, QuantizationError
 from .metrics import MetricSpec
+from .guard import describe as guard_line
 from .targets import TargetProfile
 
 Progress = Callable[[str], None]
@@ -33,6 +34,10 @@ class BuildResult(BaseModel):
     fp32_size_bytes: int
     metric: Dict[str, Any]
     seconds: float
+    guard: Dict[str, Any] = {}
+    """The shipped model's guard report: passed, findings (output, slice, check, message)."""
+    guard_refused: Dict[str, str] = {}
+    """Candidates the guards refused: name -> the findings in one line."""
 
 
 def _io_specs(model_path: Path) -> Dict[str, List[Dict[str, Any]]]:
@@ -151,8 +156,9 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     metric = MetricSpec.from_config(config.validation)
 
     say(f"quantizing for {profile.name}")
+    guard = config.validation.guard.model_dump(mode="json")
     q = quantize_for_target(prepared, work / "quantize", profile, calib, val, metric,
-                            precision=precision, budget_s=budget_s, seed=config.seed, progress=say)
+                            precision=precision, budget_s=budget_s, seed=config.seed, progress=say, guard=guard)
 
     say("writing the bundle")
     artifact.clean_dir(bundle)
@@ -180,10 +186,13 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
         "inputs": io["inputs"],
         "outputs": io["outputs"],
         "metric": metric.to_manifest(),
+        "guard": guard,  # the thresholds runner.py validate applies again on the device
         "export": {"source": exported.source, "opset": exported.opset, "max_abs_diff": exported.max_abs_diff},
         "quantization": q.model_dump(mode="json", exclude={"model_path"}),
         "build_metrics": {"size_bytes": size, "fp32_size_bytes": fp32_size, "host_metric": host_metric},
     })
     return BuildResult(model=config.model.name, target=profile.name, bundle=bundle, release_id=manifest["release_id"],
                        precision=q.precision, method=q.method, reason=q.reason, size_bytes=size,
-                       fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=time.perf_counter() - t0)
+                       fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=time.perf_counter() - t0,
+                       guard=q.guard, guard_refused={c.name: guard_line(c.guard) for c in q.candidates
+                                                     if c.guard and not c.guard.get("passed", True)})

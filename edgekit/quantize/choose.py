@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import targets as _targets
 from ..errors import AccuracyError
+from ..guard import describe
 from ..metrics import MetricSpec
 from ..targets import TargetProfile
 from .evaluate import clearly_faster, measure_latency, p50
@@ -40,6 +41,23 @@ def choose(cands: List[Candidate], files: Dict[str, Path], wanted: List[str], pr
     passing = sorted((c for c in cands if c.passed), key=_order(wanted))  # stable: int8 variants keep order
     if not passing:
         raise _nothing_passes(cands, metric, precision)
+    chosen, reason = _choose(passing, cands, files, wanted, profile, metric, arch_ok, host_ok, latency, feed,
+                             deadline, measure)
+    return chosen, reason + _guard_refusals(cands, metric)
+
+
+def _guard_refusals(cands: List[Candidate], metric: MetricSpec) -> str:
+    """Name the candidates that met the metric but failed a guard: the reason must say why they lost."""
+    refused = [c for c in cands if c.guard and not c.guard.get("passed", True) and c.metric is not None
+               and metric.passes(c.metric["value"])]
+    return "".join(f"; {c.name} met {metric.name} ({c.metric['value']:.4f}) but the guards refused it: "  # type: ignore[index]
+                   f"{describe(c.guard, 2)}" for c in refused)
+
+
+def _choose(passing: List[Candidate], cands: List[Candidate], files: Dict[str, Path], wanted: List[str],
+            profile: TargetProfile, metric: MetricSpec, arch_ok: bool, host_ok: bool, latency: Dict[str, object],
+            feed: Dict[str, np.ndarray], deadline: float,
+            measure: Optional[Callable[..., Dict[str, List[float]]]]) -> Tuple[Candidate, str]:
     pick = passing[0]
     what = f"{metric.name} {'>=' if metric.higher_is_better else '<='} {metric.threshold}"
 
@@ -92,7 +110,7 @@ def _nothing_passes(cands: List[Candidate], metric: MetricSpec, precision: str) 
         if metric.better(c.metric["value"], best.metric["value"]):  # type: ignore[index]
             best = c
     what = f"the forced precision {precision}" if precision != "auto" else "every allowed precision"
-    notes = "; ".join(f"{c.name}: {c.note}" for c in cands if c.note and "unreachable" in c.note)
+    notes = "; ".join(f"{c.name}: {c.note}" for c in cands if c.note and ("unreachable" in c.note or "guard" in c.note))
     return AccuracyError(
         f"{metric.name} misses its threshold with {what}: best {best.metric['value']:.4f} ({best.name}), "  # type: ignore[index]
         f"threshold {metric.threshold}" + (f" ({notes})" if notes else ""),

@@ -30,6 +30,9 @@ class Candidate(BaseModel):
     size_bytes: int = 0
     kept_float: int = 0
     note: str = ""
+    guard: Optional[Dict[str, Any]] = None
+    """The built-in guards on every output (edgekit/device/guard.py): passed, findings naming the
+    output and slice, per-output figures. None for FP32 (the reference itself) or when not run."""
 
 
 class QuantizeResult(BaseModel):
@@ -65,3 +68,5 @@ class QuantizeResult(BaseModel):
     calibration: Dict[str, Any] = Field(default_factory=dict)
     """Method, samples used, seed, and a digest of the calibration feeds."""
     seed: int = 0
+    guard: Dict[str, Any] = Field(default_factory=dict)
+    """The chosen candidate's guard report (see Candidate.guard)."""

@@ -1,0 +1,145 @@
+"""Host side of the promotion guards: run a candidate on the validation set, judge every output with
+the arithmetic the device uses (``edgekit/device/guard.py``), and keep Q/DQ off graph outputs.
+
+A static QDQ model from onnxruntime's quantizer ends in ``Concat -> QuantizeLinear ->
+DequantizeLinear -> output``: one per-tensor step for everything the output concatenates. On a
+detector that is pixel boxes (hundreds) beside sigmoid scores ([0, 1]); a step of ~1.3 rounds every
+score to 0 while cosine stays at 0.9999. ``float_graph_outputs`` removes those pairs, so outputs
+are produced in float from their (separately quantized) inputs; the guards then check each slice,
+and the build reverts the nodes nearest a failing output when they still fail.
+"""
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .device import guard as arithmetic
+
+MOVE_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+"""Ops that only move values: a Q/DQ pair in front of one that feeds an output still quantizes it."""
+
+
+def all_outputs(session: Any, feeds: Sequence[Dict[str, np.ndarray]]) -> List[List[np.ndarray]]:
+    """Every output of ``session`` per feed (sample-major, in the model's output order)."""
+    return [[np.asarray(a) for a in session.run(None, feed)] for feed in feeds]
+
+
+def check_model(model: Any, feeds: Sequence[Dict[str, np.ndarray]], references: List[List[np.ndarray]],
+                names: Sequence[str], level: str, conf: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The guard report of one candidate (a path or serialized model) against FP32 ``references``."""
+    from .quantize.evaluate import make_session
+
+    conf = arithmetic.settings(conf)
+    if not conf["enabled"]:
+        return arithmetic.check_outputs(names, [], [], conf)
+    outputs = all_outputs(make_session(model, level), feeds)
+    return arithmetic.check_outputs(list(names), outputs, references, conf)
+
+
+def summary(report: Dict[str, Any]) -> Dict[str, Any]:
+    """What a candidate records in the manifest: passed, the findings, and per-output figures."""
+    keep = ("output", "axis", "slices", "rel_error", "worst_slice", "collapsed", "score_slices",
+            "argmax_agreement", "rank_agreement", "passed", "findings_omitted")
+    return {"passed": bool(report.get("passed", True)), "findings": list(report.get("findings") or []),
+            "outputs": [{k: o[k] for k in keep if k in o} for o in report.get("outputs") or []]}
+
+
+def describe(report: Optional[Dict[str, Any]], limit: int = 3) -> str:
+    return arithmetic.describe(report or {}, limit)
+
+
+def float_graph_outputs(model: "onnx.ModelProto") -> int:  # type: ignore[name-defined]  # noqa: F821
+    """Remove QuantizeLinear -> DequantizeLinear pairs that sit on a graph output, also through
+    value-moving ops (Reshape, Transpose, ...) in front of it. Edits ``model`` in place; returns how
+    many pairs were removed. Graph inputs keep their quantization: only the producer's side changes."""
+    graph = model.graph
+    removed = 0
+    for out in graph.output:
+        tensor = out.name
+        for _ in range(len(graph.node)):
+            producers = {o: n for n in graph.node for o in n.output}
+            node = producers.get(tensor)
+            if node is None:
+                break
+            if node.op_type == "DequantizeLinear":
+                q = producers.get(node.input[0])
+                src = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
+                if src is None or src not in producers:
+                    break
+                _bypass(graph, node, q, src, tensor)
+                removed += 1
+                continue  # ``tensor`` is now written by the float producer: look at it next
+            if node.op_type in MOVE_OPS and node.input:
+                dq = producers.get(node.input[0])
+                q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+                if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in producers:
+                    node.input[0] = q.input[0]
+                    _drop_unused(graph, [dq, q])
+                    removed += 1
+                tensor = node.input[0]
+                continue
+            break
+    if removed:  # the pairs' scales and zero points are now read by nobody
+        read = {i for n in graph.node for i in n.input}
+        for init in [t for t in graph.initializer if t.name not in read]:
+            graph.initializer.remove(init)
+    return removed
+
+
+def _bypass(graph: Any, dq: Any, q: Any, src: str, tensor: str) -> None:
+    """Make ``src``'s producer write ``tensor`` itself (every reader of ``src`` follows), then drop
+    the pair if nothing else reads it."""
+    for node in graph.node:
+        if node is dq:
+            continue
+        for i, name in enumerate(node.input):
+            if name == src:
+                node.input[i] = tensor
+        for i, name in enumerate(node.output):
+            if name == src:
+                node.output[i] = tensor
+    graph.node.remove(dq)
+    _drop_unused(graph, [q])
+    for vi in [v for v in graph.value_info if v.name in (src, tensor)]:
+        graph.value_info.remove(vi)
+
+
+def _drop_unused(graph: Any, nodes: Sequence[Any]) -> None:
+    outputs = {o.name for o in graph.output}
+    for node in nodes:
+        read = {i for n in graph.node for i in n.input}
+        if node in graph.node and not any(o in read or o in outputs for o in node.output):
+            graph.node.remove(node)
+
+
+def nearest_first(model: "onnx.ModelProto", outputs: Sequence[str], candidates: Sequence[str]) -> List[str]:  # type: ignore[name-defined]  # noqa: F821
+    """``candidates`` (node names) upstream of ``outputs``, nearest the outputs first (ties: later in
+    the graph first): the order in which the guard fallback reverts nodes to float."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    order = {n.name: i for i, n in enumerate(model.graph.node)}
+    dist: Dict[str, int] = {}
+    queue = deque((producers[o], 0) for o in outputs if o in producers)
+    while queue:
+        node, d = queue.popleft()
+        if node.name in dist:
+            continue
+        dist[node.name] = d
+        queue.extend((producers[i], d + 1) for i in node.input if i in producers)
+    wanted = [c for c in candidates if c in dist]
+    return sorted(wanted, key=lambda c: (dist[c], -order.get(c, 0)))
+
+
+def strip_output_qdq(path: Path) -> int:
+    """``float_graph_outputs`` on a model file (rewritten only when something changed)."""
+    import onnx
+
+    from .optimize import save_model
+
+    model = onnx.load(str(path))
+    removed = float_graph_outputs(model)
+    if removed:
+        save_model(model, path)
+    return removed
