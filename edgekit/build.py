@@ -16,7 +16,6 @@ from . import artifact, data
 from .config import ProjectConfig
 from .errors import ConfigError, ExportError, QuantizationError
 from .metrics import MetricSpec
-from .guard import describe as guard_line
 from .targets import TargetProfile
 
 Progress = Callable[[str], None]
@@ -128,6 +127,7 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
           budget_s: float = 300.0, progress: Optional[Progress] = None) -> BuildResult:
     from . import export, optimize
     from .quantize import quantize_for_target
+    from .quantize.choose import guard_refusal
     from .quantize.candidates import file_size
 
     say = progress or (lambda _msg: None)
@@ -194,5 +194,4 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     return BuildResult(model=config.model.name, target=profile.name, bundle=bundle, release_id=manifest["release_id"],
                        precision=q.precision, method=q.method, reason=q.reason, size_bytes=size,
                        fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=time.perf_counter() - t0,
-                       guard=q.guard, guard_refused={c.name: guard_line(c.guard) for c in q.candidates
-                                                     if c.guard and not c.guard.get("passed", True)})
+                       guard=q.guard, guard_refused={c.name: guard_refusal(c) for c in q.candidates if guard_refusal(c)})

@@ -38,7 +38,9 @@ class RunFields(BaseModel):
     metric: Dict[str, Any] = Field(default_factory=dict)
     """The gating metric: name, value, threshold, passed (plus n/min where they exist)."""
     metrics: Dict[str, Any] = Field(default_factory=dict)
-    """Every agreement figure: top1, topK, cosine, psnr_db, max_abs, max_rel."""
+    """Every agreement figure: top1, topK, cosine, psnr_db, max_abs, max_rel (and the task metrics in use)."""
+    guard: Optional[Dict[str, Any]] = None
+    """The built-in guards on the device's outputs: passed, findings naming output and slice, per-output figures."""
     latency: Dict[str, Any] = Field(default_factory=dict)
     power: Optional[Dict[str, Any]] = None
     memory: Dict[str, Any] = Field(default_factory=dict)
@@ -59,6 +61,7 @@ class ValidationResult(RunFields):
     def from_run(cls, device: str, data: Dict[str, Any], path: Path) -> "ValidationResult":
         return cls(device=device, release_id=data.get("release_id"), target=data.get("target"),
                    ok=bool(data.get("ok")), metric=data.get("metric") or {}, metrics=data.get("metrics") or {},
+                   guard=data.get("guard") if isinstance(data.get("guard"), dict) else None,
                    latency=data.get("latency") or {}, power=data.get("power"), memory=data.get("memory") or {},
                    runtime=data.get("runtime") or {}, versions=data.get("versions") or {},
                    device_facts=data.get("device") or {}, result_path=path, error=data.get("error"))

@@ -34,6 +34,10 @@ def _validation_rows(res: Any) -> List[Tuple[str, str]]:
     rows += [(f"also {c.get('name')}", f"{_fmt(c.get('value'))} (threshold {_fmt(c.get('threshold'))}) "
               f"{'pass' if c.get('passed') else 'FAIL'}") for c in m.get("also") or []]
     rows += [(f"  {k}", _fmt(v)) for k, v in sorted(res.metrics.items())]
+    if res.guard is not None:
+        found = res.guard.get("findings") or []
+        rows.append(("guards", "pass" if res.guard.get("passed") else f"FAIL ({len(found)} finding(s))"))
+        rows += [("  guard", str(f.get("message"))) for f in found[:10]]
     rows += [("latency p50 / p90 / p99", f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p90_ms'))} / {_fmt(lat.get('p99_ms'))} ms"),
              ("latency mean / min", f"{_fmt(lat.get('mean_ms'))} / {_fmt(lat.get('min_ms'))} ms"),
              ("first load", _fmt(lat.get("first_load_ms"), " ms")),
@@ -97,9 +101,12 @@ def register(main: click.Group) -> None:
         if not res.ok:
             m = res.metric
             missed = ([m] if not m.get("passed") else []) + [c for c in m.get("also") or [] if not c.get("passed")]
-            raise AccuracyError(f"device '{res.device}': " + "; ".join(
-                f"{c.get('name')} = {_fmt(c.get('value'))} misses the threshold {_fmt(c.get('threshold'))}" for c in missed),
-                hint=f"details in {res.result_path}")
+            what = [f"{c.get('name')} = {_fmt(c.get('value'))} misses the threshold {_fmt(c.get('threshold'))}" for c in missed]
+            if res.guard is not None and not res.guard.get("passed", True):
+                found = res.guard.get("findings") or []
+                what.append(f"guards failed: {found[0].get('message') if found else '?'}"
+                            + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
+            raise AccuracyError(f"device '{res.device}': " + "; ".join(what), hint=f"details in {res.result_path}")
 
     @main.command("doctor")
     @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")

@@ -48,10 +48,20 @@ def choose(cands: List[Candidate], files: Dict[str, Path], wanted: List[str], pr
 
 def _guard_refusals(cands: List[Candidate], metric: MetricSpec) -> str:
     """Name the candidates that met the metric but failed a guard: the reason must say why they lost."""
-    refused = [c for c in cands if c.guard and not c.guard.get("passed", True) and c.metric is not None
-               and metric.passes(c.metric["value"])]
     return "".join(f"; {c.name} met {metric.name} ({c.metric['value']:.4f}) but the guards refused it: "  # type: ignore[index]
-                   f"{describe(c.guard, 2)}" for c in refused)
+                   f"{guard_refusal(c)}" for c in cands if guard_refusal(c) and metric.passes(c.metric["value"]))  # type: ignore[index]
+
+
+def guard_refusal(c: Candidate) -> str:
+    """Why the guards refused candidate ``c`` (empty when they did not)."""
+    if c.passed or c.metric is None:
+        return ""
+    if c.guard and not c.guard.get("passed", True):
+        return describe(c.guard, 2)
+    note = next((p for p in c.note.split("; guard: ")[1:2]), None)  # refused after a guard fallback
+    if note is None and c.note.startswith("guard: "):
+        note = c.note[len("guard: "):]
+    return note or ""
 
 
 def _choose(passing: List[Candidate], cands: List[Candidate], files: Dict[str, Path], wanted: List[str],

@@ -437,12 +437,12 @@ def _guard_fallback(ctx: _Ctx, build: Callable[[Sequence[str]], Path], scorer: S
     kept = [{"node": n, "op_type": ops.get(n, "?"), "reason": "guard: int8 here damaged output "
              + ", ".join(failing) + " (a slice collapsed or diverged from FP32)"} for n in fb.excluded]
     result = {k: v for k, v in fb.metric.items() if k != "guard_findings"}
-    note = ""
     if (done + len(fb.excluded)) * 2 > total:
-        note = (f"the guard fallback left {done + len(fb.excluded)} of {total} quantized nodes float: "
-                "too little int8 left to pay for its Q/DQ")
+        return fb.model_path, result, reports[str(fb.model_path)], kept, (
+            f"{refused}; clearing them left {done + len(fb.excluded)} of {total} quantized nodes float: "
+            "too little int8 left to pay for its Q/DQ"), ""
     repaired = f"guards repaired by keeping {len(fb.excluded)} node(s) float; before: {_guard.describe(report, 2)}"
-    return fb.model_path, result, reports[str(fb.model_path)], kept, note, repaired
+    return fb.model_path, result, reports[str(fb.model_path)], kept, "", repaired
 
 
 def _const_b_notes(ctx: _Ctx, quantized: set, graph: Optional[object] = None) -> List[dict]:
