@@ -83,7 +83,7 @@ def float_graph_outputs(model: "onnx.ModelProto") -> int:  # type: ignore[name-d
                 continue
             break
     if removed:  # the pairs' scales and zero points are now read by nobody
-        read = {i for n in graph.node for i in n.input}
+        read = _reads(graph)
         for init in [t for t in graph.initializer if t.name not in read]:
             graph.initializer.remove(init)
     return removed
@@ -92,7 +92,9 @@ def float_graph_outputs(model: "onnx.ModelProto") -> int:  # type: ignore[name-d
 def _bypass(graph: Any, dq: Any, q: Any, src: str, tensor: str) -> None:
     """Make ``src``'s producer write ``tensor`` itself (every reader of ``src`` follows), then drop
     the pair if nothing else reads it."""
-    for node in graph.node:
+    from .quantize.graph import iter_nodes  # here: edgekit.quantize imports this module
+
+    for node, _depth in iter_nodes(graph):  # If/Loop bodies may read it from the outer scope too
         if node is dq:
             continue
         for i, name in enumerate(node.input):
@@ -110,9 +112,15 @@ def _bypass(graph: Any, dq: Any, q: Any, src: str, tensor: str) -> None:
 def _drop_unused(graph: Any, nodes: Sequence[Any]) -> None:
     outputs = {o.name for o in graph.output}
     for node in nodes:
-        read = {i for n in graph.node for i in n.input}
+        read = _reads(graph)
         if node in graph.node and not any(o in read or o in outputs for o in node.output):
             graph.node.remove(node)
+
+
+def _reads(graph: Any) -> set:
+    """Every tensor name some node reads, subgraph bodies included."""
+    from .quantize.graph import iter_nodes
+    return {i for n, _depth in iter_nodes(graph) for i in n.input}
 
 
 def nearest_first(model: "onnx.ModelProto", outputs: Sequence[str], candidates: Sequence[str]) -> List[str]:  # type: ignore[name-defined]  # noqa: F821
