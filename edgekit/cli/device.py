@@ -24,6 +24,13 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _device_text(value: Any, limit: int = 300) -> str:
+    """Text from the device on one bounded line, with rich's markup escaped (tables render markup)."""
+    from rich.markup import escape
+
+    return escape(" ".join(str(value).split())[:limit])
+
+
 def _validation_rows(res: Any) -> List[Tuple[str, str]]:
     m, lat, rt = res.metric, res.latency, res.runtime
     verdict = "pass" if m.get("passed") else "FAIL"
@@ -37,7 +44,7 @@ def _validation_rows(res: Any) -> List[Tuple[str, str]]:
     if res.guard is not None:
         found = res.guard.get("findings") or []
         rows.append(("guards", "pass" if res.guard.get("passed") else f"FAIL ({len(found)} finding(s))"))
-        rows += [("  guard", str(f.get("message"))) for f in found[:10]]
+        rows += [("  guard", _device_text(f.get("message"))) for f in found[:10] if isinstance(f, dict)]
     rows += [("latency p50 / p90 / p99", f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p90_ms'))} / {_fmt(lat.get('p99_ms'))} ms"),
              ("latency mean / min", f"{_fmt(lat.get('mean_ms'))} / {_fmt(lat.get('min_ms'))} ms"),
              ("first load", _fmt(lat.get("first_load_ms"), " ms")),
@@ -104,7 +111,8 @@ def register(main: click.Group) -> None:
             what = [f"{c.get('name')} = {_fmt(c.get('value'))} misses the threshold {_fmt(c.get('threshold'))}" for c in missed]
             if res.guard is not None and not res.guard.get("passed", True):
                 found = res.guard.get("findings") or []
-                what.append(f"guards failed: {found[0].get('message') if found else '?'}"
+                first = found[0].get("message") if found and isinstance(found[0], dict) else "?"
+                what.append(f"guards failed: {' '.join(str(first).split())[:300]}"
                             + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
             raise AccuracyError(f"device '{res.device}': " + "; ".join(what), hint=f"details in {res.result_path}")
 
