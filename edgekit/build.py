@@ -127,6 +127,7 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
           budget_s: float = 300.0, progress: Optional[Progress] = None) -> BuildResult:
     from . import export, optimize
     from .quantize import quantize_for_target
+    from .guard import resolve as resolve_guard
     from .quantize.choose import guard_refusal
     from .quantize.candidates import file_size
 
@@ -156,7 +157,7 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     metric = MetricSpec.from_config(config.validation)
 
     say(f"quantizing for {profile.name}")
-    guard = config.validation.guard.model_dump(mode="json")
+    guard = resolve_guard(config.validation.guard.model_dump(mode="json"), exported.path, config.validation.mask_input)
     q = quantize_for_target(prepared, work / "quantize", profile, calib, val, metric,
                             precision=precision, budget_s=budget_s, seed=config.seed, progress=say, guard=guard)
 

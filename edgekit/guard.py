@@ -36,7 +36,31 @@ def check_model(model: Any, feeds: Sequence[Dict[str, np.ndarray]], references: 
     if not conf["enabled"]:
         return arithmetic.check_outputs(names, [], [], conf)
     outputs = all_outputs(make_session(model, level), feeds)
-    return arithmetic.check_outputs(list(names), outputs, references, conf)
+    return arithmetic.check_outputs(list(names), outputs, references, conf, feeds)
+
+
+def resolve(conf: Dict[str, Any], model_path: Path, mask_input: Optional[str] = None) -> Dict[str, Any]:
+    """The settings with every output's feature axis decided from the model's declared shapes, so
+    the build and the device slice alike. Axis 1 when it is a fixed dimension smaller than the rest
+    (or the rest is dynamic): [1, 4+C, anchors], [N, C, H, W]; a dynamic axis 1 is a sequence
+    ([batch, sequence, hidden]) and the last axis is used. The user's feature_axis wins."""
+    import onnx
+
+    out = dict(conf)
+    axes = dict(conf.get("feature_axis") or {})
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    for o in graph.output:
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim]
+        if o.name in axes or not dims:
+            continue
+        later = dims[2:]
+        channels_first = (len(dims) >= 3 and dims[1] is not None
+                          and (None in later or dims[1] < int(np.prod([d for d in later if d]))))
+        axes[o.name] = 1 if channels_first else len(dims) - 1
+    out["feature_axis"] = dict(sorted(axes.items()))
+    if mask_input:
+        out["mask_input"] = mask_input
+    return out
 
 
 def summary(report: Dict[str, Any]) -> Dict[str, Any]:

@@ -353,3 +353,40 @@ def test_guard_module_parses_under_python_38() -> None:
     path = Path(G.__file__)
     proc = subprocess.run([str(vermin), "-t=3.8-", "--no-tips", "--violations", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_padding_positions_are_not_compared() -> None:
+    """A transformer's padded tokens carry no meaning: int8 may change them freely (measured on
+    MiniLM-L6: 91% padding, a hidden unit at relative error 1.5 over all tokens, 0.24 over real ones)."""
+    rng = np.random.default_rng(5)
+    ref = [rng.normal(0, 1, (1, 16, 32)) for _ in range(6)]
+    masks = [np.concatenate([np.ones((1, 5), np.int64), np.zeros((1, 11), np.int64)], axis=1) for _ in ref]
+    out = [r.copy() for r in ref]
+    for o in out:
+        o[0, 5:] = rng.normal(0, 3, (11, 32))  # garbage where the mask is 0
+    feeds = [{"attention_mask": m} for m in masks]
+    conf = {"feature_axis": {"h": 2}}
+    assert G.check_outputs(["h"], [[o] for o in out], [[r] for r in ref], conf, feeds)["passed"]
+    assert not G.check_outputs(["h"], [[o] for o in out], [[r] for r in ref], conf)["passed"]
+    for o in out:
+        o[0, 2, 7] += 50.0  # a real token damaged: still found
+    rep = G.check_outputs(["h"], [[o] for o in out], [[r] for r in ref], conf, feeds)
+    assert {(f["check"], f["slice"]) for f in rep["findings"]} >= {("slice_rel_error", 7)}
+
+
+def test_feature_axes_are_resolved_from_declared_shapes(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekit.guard import resolve
+
+    outs = [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "sequence", 384]),
+            helper.make_tensor_value_info("det", TensorProto.FLOAT, [1, 84, 8400]),
+            helper.make_tensor_value_info("seg", TensorProto.FLOAT, [1, 21, "h", "w"]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])]
+    nodes = [helper.make_node("Identity", ["x"], [o.name]) for o in outs]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)], outs)
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    conf = resolve({"feature_axis": {"det": 2}}, tmp_path / "m.onnx", "mask")
+    assert conf["feature_axis"] == {"det": 2, "hidden": 2, "logits": 1, "seg": 1}  # the user's override kept
+    assert conf["mask_input"] == "mask"

@@ -15,7 +15,12 @@ Guards (beside the user's metric, on every output, against the FP32 reference):
 
 The feature axis is axis 1 when the output has rank >= 3 and axis 1 is smaller than the product of
 the later axes ([N, C, anchors], [N, C, H, W]); otherwise the last axis ([N, classes], [N, T, hidden],
-[N, anchors, 4+C]). ``feature_axis = {output = axis}`` overrides it.
+[N, anchors, 4+C]). The build resolves it from the model's declared shapes (a dynamic axis 1 is a
+sequence, so [batch, sequence, hidden] uses the last axis) and records it in the manifest;
+``feature_axis = {output = axis}`` overrides it.
+
+Positions an input mask marks as padding (``mask_input``, e.g. ``attention_mask`` shaped like the
+output's first two axes) are not compared: a transformer's padded tokens carry no meaning.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ DEFAULTS = {
     "min_rank_agreement": 0.5,
     "feature_axis": {},
     "skip": [],
+    "mask_input": "attention_mask",
 }
 """Threshold defaults, each overridable in edgekit.toml's [validation.guard]."""
 REL_FLOOR = 1e-3
@@ -67,15 +73,20 @@ def feature_axis(shape, override=None):
     return rank - 1
 
 
-def _matrices(arrays, axis):
-    """Per-sample arrays -> per-sample [F, positions] float64 matrices (F: the feature axis)."""
+def _matrices(arrays, axis, masks=None):
+    """Per-sample arrays -> per-sample [F, positions] float64 matrices (F: the feature axis), keeping
+    only the positions ``masks`` (per sample, shaped like the first two axes) mark as real."""
     out = []
-    for a in arrays:
+    for i, a in enumerate(arrays):
         a = np.asarray(a, dtype=np.float64)
         if axis is None or a.ndim == 0:
             out.append(a.reshape(1, -1))
-        else:
-            out.append(np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1))
+            continue
+        f = np.moveaxis(a, axis, -1)
+        mask = masks[i] if masks is not None else None
+        if mask is not None and axis >= 2 and np.shape(mask) == a.shape[:2]:
+            f = f.reshape((-1,) + f.shape[2:])[np.asarray(mask).reshape(-1) != 0]
+        out.append(f.reshape(-1, a.shape[axis]).T)
     return out
 
 
@@ -88,12 +99,13 @@ def _where(output, axis, s):
     return "%s slice %d on axis %d" % (output, s, axis) if axis is not None else output
 
 
-def check_output(name, outputs, references, conf=None):
-    """(summary, findings) for one output; ``outputs``/``references`` are per-sample arrays."""
+def check_output(name, outputs, references, conf=None, masks=None):
+    """(summary, findings) for one output; ``outputs``/``references`` are per-sample arrays, ``masks``
+    the per-sample padding masks (or None)."""
     conf = settings(conf)
     shape = np.shape(references[0])
     axis = feature_axis(shape, (conf["feature_axis"] or {}).get(name))
-    outs, refs = _matrices(outputs, axis), _matrices(references, axis)
+    outs, refs = _matrices(outputs, axis, masks), _matrices(references, axis, masks)
     if any(o.shape[0] != r.shape[0] for o, r in zip(outs, refs)) or len(set(r.shape[0] for r in refs)) != 1:
         axis = None  # the feature axis changes size between samples: check the output as a whole
         outs, refs = [np.asarray(o, np.float64).reshape(1, -1) for o in outputs], [np.asarray(r, np.float64).reshape(1, -1) for r in references]
@@ -189,19 +201,22 @@ def _score_checks(name, axis, outs, refs, R, conf, summary):
     return found
 
 
-def check_outputs(names, outputs, references, conf=None):
-    """Every output at once. ``outputs``/``references``: per sample, a list with one array per name.
+def check_outputs(names, outputs, references, conf=None, feeds=None):
+    """Every output at once. ``outputs``/``references``: per sample, a list with one array per name;
+    ``feeds``: the per-sample inputs (for the padding mask).
 
     Returns {"passed", "findings", "outputs"} (a dict safe to write as JSON).
     """
     conf = settings(conf)
+    key = conf.get("mask_input")
+    masks = [f.get(key) for f in feeds] if feeds and key and all(key in f for f in feeds) else None
     if not conf["enabled"]:
         return {"passed": True, "enabled": False, "findings": [], "outputs": []}
     findings, summaries = [], []
     for i, name in enumerate(names):
         if name in (conf["skip"] or []):
             continue
-        summary, found = check_output(name, [o[i] for o in outputs], [r[i] for r in references], conf)
+        summary, found = check_output(name, [o[i] for o in outputs], [r[i] for r in references], conf, masks)
         summaries.append(summary)
         findings += found
     return {"passed": not findings, "enabled": True, "findings": findings, "outputs": summaries,

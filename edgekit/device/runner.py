@@ -613,7 +613,7 @@ def validate(args, result):
     if spec.get("also"):
         metric["also"] = further_checks(spec, result["metrics"])
     if "guard" in manifest:  # the build's guards, again on the device's own outputs
-        result["guard"] = guard_module().check_outputs(out_names, outputs, refs, manifest["guard"])
+        result["guard"] = guard_module().check_outputs(out_names, outputs, refs, manifest["guard"], feeds)
 
     def run_window():
         try:
