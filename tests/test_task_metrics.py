@@ -243,3 +243,18 @@ def test_saturated_sigmoid_scores_top5_one_on_host_and_device(tmp_path: Path) ->
     result = json.loads(out.read_text())
     assert proc.returncode == 0, (proc.stderr, result.get("error"))
     assert result["metric"]["value"] == 1.0 == host["value"] and result["metrics"]["top5"] == 1.0
+
+
+@pytest.mark.parametrize("table, field", [
+    ('[validation.detections]\nlayout = "ssd"', "validation.detections.layout"),
+    ('[validation.sequences]\nblank = "none"', "validation.sequences.blank"),
+    ('[validation.guard]\nmin_range_kept = 2', "validation.guard.min_range_kept"),
+    ('[validation.guard]\nmax_slice_error = 1', "validation.guard.max_slice_error"),
+])
+def test_bad_task_and_guard_settings_are_one_line(tmp_path: Path, table: str, field: str) -> None:
+    cfg = tmp_path / "edgekit.toml"
+    cfg.write_text(SEQ_PROJECT.format(python=sys.executable).replace("[validation.sequences]\nblank = 0", table))
+    res = CliRunner().invoke(main, ["build", "-t", "x86-avx512-vnni", "--config", str(cfg)])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith(f"error: {cfg}:") and field in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) <= 2
