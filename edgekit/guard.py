@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -20,22 +20,44 @@ from .device import guard as arithmetic
 
 MOVE_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 """Ops that only move values: a Q/DQ pair in front of one that feeds an output still quantizes it."""
+StreamPlan = Tuple[Tuple[Tuple[str, str], ...], Tuple[bool, ...]]
+"""(state pairs, per-sample stream starts): MetricSpec.stream_plan."""
 
 
-def all_outputs(session: Any, feeds: Sequence[Dict[str, np.ndarray]]) -> List[List[np.ndarray]]:
-    """Every output of ``session`` per feed (sample-major, in the model's output order)."""
-    return [[np.asarray(a) for a in session.run(None, feed)] for feed in feeds]
+def all_outputs(session: Any, feeds: Sequence[Dict[str, np.ndarray]],
+                stream: Optional[StreamPlan] = None) -> List[List[np.ndarray]]:
+    """Every output of ``session`` per feed (sample-major, in the model's output order). With
+    ``stream`` (MetricSpec.stream_plan) the feeds are chunks of streams whose state inputs carry the
+    previous chunk's state outputs, as the metric's outputs and the device's are computed."""
+    if not stream:
+        return [[np.asarray(a) for a in session.run(None, feed)] for feed in feeds]
+    from .device import runner
+    from .errors import QuantizationError
+
+    pairs, starts = stream
+    try:
+        carry = runner.stream_carry({"state": [{"input": i, "output": o} for i, o in pairs]}, list(starts),
+                                    [o.name for o in session.get_outputs()], len(feeds))
+    except runner.RunnerError as exc:
+        raise QuantizationError(exc.message) from None
+    result: List[List[np.ndarray]] = []
+    prev = None
+    for i, feed in enumerate(feeds):
+        prev = session.run(None, carry(feed, i, prev))
+        result.append([np.asarray(a) for a in prev])
+    return result
 
 
 def check_model(model: Any, feeds: Sequence[Dict[str, np.ndarray]], references: List[List[np.ndarray]],
-                names: Sequence[str], level: str, conf: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                names: Sequence[str], level: str, conf: Optional[Dict[str, Any]] = None,
+                stream: Optional[StreamPlan] = None) -> Dict[str, Any]:
     """The guard report of one candidate (a path or serialized model) against FP32 ``references``."""
     from .quantize.evaluate import make_session
 
     conf = arithmetic.settings(conf)
     if not conf["enabled"]:
         return arithmetic.check_outputs(names, [], [], conf)
-    outputs = all_outputs(make_session(model, level), feeds)
+    outputs = all_outputs(make_session(model, level), feeds, stream)
     return arithmetic.check_outputs(list(names), outputs, references, conf, feeds)
 
 

@@ -22,6 +22,15 @@ class MetricSpec:
     """(metric, threshold) pairs the device run must meet too (edgekit.toml's validation.also)."""
     tasks: Dict[str, Dict[str, Any]] = field(default_factory=dict, hash=False)
     """Settings of the task metrics in use: {"detections": {...}} / {"sequences": {...}}."""
+    stream: Tuple[Tuple[str, str], ...] = ()
+    """(state input, state output) pairs of a streaming model (validation.stream.state)."""
+    starts: Tuple[bool, ...] = ()
+    """Per validation sample: does it start a stream (set by the build once the data is loaded)."""
+
+    @property
+    def stream_plan(self) -> Optional[Tuple[Tuple[Tuple[str, str], ...], Tuple[bool, ...]]]:
+        """(pairs, starts) for running the validation feeds as streams, or None."""
+        return (self.stream, self.starts) if self.stream else None
 
     @property
     def higher_is_better(self) -> bool:
@@ -49,6 +58,8 @@ class MetricSpec:
         if self.also:  # only when set, so that releases without it keep their ids
             out["also"] = dict(self.also)
         out.update(self.tasks)  # only the task metrics in use, for the same reason
+        if self.stream:
+            out["stream"] = {"state": [{"input": i, "output": o} for i, o in self.stream]}
         return out
 
     @classmethod
@@ -61,4 +72,5 @@ class MetricSpec:
                 opts["blank"] = None
         return cls(name=v.metric, threshold=v.threshold, k=v.k, output=v.output,  # type: ignore[attr-defined]
                    pooling=v.pooling, mask_input=v.mask_input,  # type: ignore[attr-defined]
-                   also=tuple(sorted(also.items())), tasks=tasks)
+                   also=tuple(sorted(also.items())), tasks=tasks,
+                   stream=tuple((p.input, p.output) for p in v.stream.state) if getattr(v, "stream", None) else ())

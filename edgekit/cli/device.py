@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from ..errors import AccuracyError, DeviceError
-from .render import echo_json, kv, table
+from .render import echo, echo_json, kv, table
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -72,8 +72,8 @@ def register(main: click.Group) -> None:
     @main.command("validate")
     @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")
     @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
-    @click.option("--inventory", "-i", type=click.Path(path_type=Path), default=None,
-                  help="An Ansible inventory (INI or YAML) adding devices [default: deploy.inventory].")
+    @click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
+                  help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
     @click.option("--duration", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Minimum seconds per timed window.")
     @click.option("--threads", default=None, type=int, help="Intra-op threads (default: the target profile's).")
     @click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1), help="Timed windows; the median is reported.")
@@ -86,12 +86,14 @@ def register(main: click.Group) -> None:
     @click.option("--grid-intensity", default=None, type=float, metavar="G",
                   help="Grid carbon intensity in gCO2e/kWh [481, world average 2023].")
     @click.option("--runs-dir", default=None, type=click.Path(file_okay=False), help="Where run files go [runs/ beside edgekit.toml].")
+    @click.option("--max-result-mb", default=None, type=click.FloatRange(min=0, min_open=True), metavar="MB",
+                  help="Largest result JSON fetched from the device [EDGEKIT_MAX_RESULT_MB, else 32].")
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     def validate_cmd(device: str, config_path: str, inventory: Optional[Path], duration: float, threads: Optional[int], repeat: int,
                      power: Optional[str], power_rate: Optional[float], idle_s: Optional[float],
                      requests_per_s: Optional[float], grid_intensity: Optional[float], runs_dir: Optional[str],
-                     accept_new_host_key: bool, as_json: bool) -> None:
+                     max_result_mb: Optional[float], accept_new_host_key: bool, as_json: bool) -> None:
         """Run the deployed release on a device: accuracy vs reference, latency, power and carbon."""
         from ..config import load
         from ..validate import power_settings, validate_device
@@ -100,7 +102,8 @@ def register(main: click.Group) -> None:
         settings = power_settings(config, sampler=power, rate_hz=power_rate, idle_s=idle_s,
                                   requests_per_s=requests_per_s, grid_g_per_kwh=grid_intensity)
         res = validate_device(config, _device(config, device, inventory), duration=duration, threads=threads, repeat=repeat,
-                              power=settings, accept_new_host_key=accept_new_host_key, runs_dir=runs_dir)
+                              power=settings, accept_new_host_key=accept_new_host_key, runs_dir=runs_dir,
+                              max_result_mb=max_result_mb)
         if as_json:
             echo_json(res)
         else:
@@ -119,8 +122,8 @@ def register(main: click.Group) -> None:
     @main.command("doctor")
     @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")
     @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
-    @click.option("--inventory", "-i", type=click.Path(path_type=Path), default=None,
-                  help="An Ansible inventory (INI or YAML) adding devices [default: deploy.inventory].")
+    @click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
+                  help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--json", "as_json", is_flag=True, help="Print facts and checks as JSON.")
     def doctor_cmd(device: str, config_path: str, inventory: Optional[Path], accept_new_host_key: bool, as_json: bool) -> None:
@@ -150,7 +153,7 @@ def register(main: click.Group) -> None:
         """Write an HTML report (inline plots), a Markdown summary and JSON from run files."""
         from ..report import build_report, load_runs
 
-        records = load_runs([Path(r) for r in runs], Path(runs_dir))
+        records = load_runs([Path(r) for r in runs], Path(runs_dir), warn=lambda line: echo(f"warning: {line}", err=True))
         res = build_report(records, Path(out_dir))
         if as_json:
             echo_json(res)
@@ -163,4 +166,4 @@ def register(main: click.Group) -> None:
               ["device", "target", "metric", "value", "threshold", "passed", "p50 ms", "p99 ms", "mJ/inference"],
               [(r["device"], r["target"], r["metric"], _fmt(r["value"]), _fmt(r["threshold"]),
                 "pass" if r["passed"] else "FAIL", _fmt(r["p50_ms"]), _fmt(r["p99_ms"]), energy(r)) for r in res.summary])
-        click.echo(f"wrote {res.html}\nwrote {res.markdown}\nwrote {res.json_path}")
+        echo(f"wrote {res.html}\nwrote {res.markdown}\nwrote {res.json_path}")

@@ -32,7 +32,7 @@ from .graph import (SUBGRAPH_OPS, activation_matmuls, initializer_names, iter_no
 from .prune import drop_unprofitable_quantization
 from .presets import (QuantPreset, calibration_extra, dynamic_supported, model_family, presets_for,
                       runtime_level_for)
-from .result import Candidate, KeptFloat, QuantizeResult
+from .result import Candidate, KeptFloat, QuantizeResult, quantized_node_count
 from .sensitivity import rank_by_leave_one_out, rank_by_rebuild
 
 SENSITIVITY_SAMPLES = 8
@@ -104,10 +104,10 @@ def quantize_for_target(
     index = metric.output_index([o.name for o in graph.graph.output])
     fp32_level = runtime_level_for("fp32", profile)
     fp32_session = make_session(base, fp32_level)
-    refs = run_outputs(fp32_session, validation, index)
+    refs = run_outputs(fp32_session, validation, index, metric.stream_plan)
     guard_conf = _guard.arithmetic.settings(guard)
     out_names = [o.name for o in graph.graph.output]
-    guard_refs = _guard.all_outputs(fp32_session, validation) if guard_conf["enabled"] else []
+    guard_refs = _guard.all_outputs(fp32_session, validation, metric.stream_plan) if guard_conf["enabled"] else []
     calib = cal.select_samples(calibration, cal.MAX_CALIBRATION_SAMPLES, seed)
     sens_feeds = calib[:SENSITIVITY_SAMPLES]
     arch_ok = profile.arch == _targets.host_arch()
@@ -138,10 +138,10 @@ def quantize_for_target(
             cand = Candidate(name="fp16", precision="fp16", method="fp16", size_bytes=file_size(path))
             try:  # scored on the CPU EP: fp16 rounding is the same arithmetic TensorRT/CUDA do
                 cand.metric = Scorer(metric, validation, refs, index, "basic").score(path)
+                cand.passed = metric.passes(cand.metric["value"])
                 cand.guard = _check(ctx, path, "basic")
-                cand.passed = metric.passes(cand.metric["value"]) and cand.guard["passed"]
-                if not cand.guard["passed"]:
-                    cand.note = f"guard: {_guard.describe(cand.guard)}"
+                if not cand.guard["passed"]:  # met or not, it may not ship: say on what
+                    cand.note = cand.refused = f"guard: {_guard.describe(cand.guard)}"
             except QuantizationError as exc:
                 cand.note = f"not scored on this host: {exc.message}"
             cands.append(cand)
@@ -171,7 +171,7 @@ def quantize_for_target(
         calibration={"method": profile.quantization.calibration_method, "samples": len(calib),
                      "given": len(calibration), "digest": cal.feeds_digest(calib),
                      "used_by_chosen": chosen.method.startswith("static")},
-        seed=seed,
+        seed=seed, fp32_size_bytes=file_size(base),
     )
 
 
@@ -191,7 +191,7 @@ def _int8_variants(ctx: _Ctx):
     for variant in order:
         out = _static(ctx) if variant == "static" else _dynamic(ctx)
         yield out
-        if out[0].passed:
+        if out[0].passed and not out[0].refused:
             return
 
 
@@ -322,10 +322,10 @@ def _static(ctx: _Ctx):
         reverted += more
     notes = [f"presets tried: {', '.join(t[0].name for t in tried)}"] + [x for x in (note, repaired) if x]
     kept += reverted
-    cand = Candidate(name=f"int8-static-{preset.name}", precision="int8",
-                     method="static-qdq" if preset.format == "QDQ" else "static-qoperator", metric=score,
-                     passed=not note and metric.passes(score["value"]) and report["passed"], size_bytes=file_size(path),
-                     kept_float=len(kept), note="; ".join(notes), guard=report)
+    cand = _int8_candidate(Candidate(name=f"int8-static-{preset.name}", precision="int8",
+                                     method="static-qdq" if preset.format == "QDQ" else "static-qoperator", metric=score,
+                                     passed=metric.passes(score["value"]), size_bytes=file_size(path),
+                                     kept_float=len(kept), note="; ".join(notes), guard=report), path, note)
     return cand, path, {"preset": preset.summary(), "kept_float": kept, "latency_pruning": record}, before
 
 
@@ -390,17 +390,32 @@ def _dynamic(ctx: _Ctx):
               "extra_options": {"MatMulConstBOnly": True},
               "transformer_fusion": dict(sorted(fused.items())) if fused else {}}
     kept = _const_b_notes(ctx, {n for n, _ in nodes}, graph) + reverted
-    cand = Candidate(name="int8-dynamic", precision="int8", method="dynamic", metric=score, guard=report,
-                     passed=not note and ctx.metric.passes(score["value"]), size_bytes=file_size(path),
-                     kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused))) if fused
-                                                                      else "", note] if x))
+    cand = _int8_candidate(Candidate(name="int8-dynamic", precision="int8", method="dynamic", metric=score, guard=report,
+                                     passed=ctx.metric.passes(score["value"]), size_bytes=file_size(path),
+                                     kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused)))
+                                                                                      if fused else "", note] if x)),
+                           path, note)
     return cand, path, {"preset": preset, "kept_float": kept, "latency_pruning": record}, score0
+
+
+def _int8_candidate(cand: Candidate, path: Path, note: str) -> Candidate:
+    """Record honestly: ``passed`` is the metric (false when only reverting every node reached it);
+    a fallback note that rules the candidate out (too little int8 left) and a file with no quantized
+    node at all become ``refused``."""
+    cand.quantized_nodes = quantized_node_count(path)
+    if note.startswith("every quantized node had to be reverted"):
+        cand.passed = False  # int8 cannot reach the threshold: only the float model it became does
+    elif note and not note.startswith("unreachable"):
+        cand.refused = note
+    elif cand.quantized_nodes == 0:
+        cand.refused = "no node is quantized (0 QuantizeLinear or int8 nodes): this file is a float model, not int8"
+    return cand
 
 
 def _check(ctx: _Ctx, model: Path, level: str) -> Dict[str, object]:
     """The guard report (summary form) of one candidate on the validation feeds."""
     return _guard.summary(_guard.check_model(model, ctx.validation, ctx.guard_refs, ctx.out_names, level,
-                                             ctx.guard_conf))
+                                             ctx.guard_conf, ctx.metric.stream_plan))
 
 
 def _guard_fallback(ctx: _Ctx, build: Callable[[Sequence[str]], Path], scorer: Scorer, level: str,

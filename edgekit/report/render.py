@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import html
+import re
 from typing import Any, Dict, List, Sequence
+
+from ..cli.render import clean
 
 from ..power.carbon import format_carbon, format_energy_mj, summary_rows
 from .runs import RunRecord, fmt, power_is_estimate, power_unavailable
@@ -26,6 +29,24 @@ th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right} th{background:
 td:first-child,th:first-child{text-align:left} .fail{color:#c62828;font-weight:600} .pass{color:#2e7d32}
 img{max-width:100%;border:1px solid #eee;margin:.4em 0} .muted{color:#777;font-size:.85em}
 """
+
+
+_MD_ACTIVE = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def md_text(value: Any) -> str:
+    """A device-provided string as inert Markdown text: HTML escaped (CI logs render Markdown with
+    inline HTML: no <img onerror>, no <script>), Markdown punctuation backslashed (no links, no
+    table breaks), one line, no control characters."""
+    text = clean(value, newlines=False)
+    return _MD_ACTIVE.sub(r"\\\1", html.escape(text, quote=False))
+
+
+def md_code(value: Any) -> str:
+    """A device name as a code span when it is a plain name; anything else as escaped text (a
+    backtick would close the span, and not every renderer keeps HTML inert inside one)."""
+    text = clean(value, newlines=False)
+    return f"`{text}`" if re.fullmatch(r"[\w.@:+-]+", text) else md_text(text)
 
 
 def _cell(key: str, value: Any) -> str:
@@ -86,12 +107,12 @@ def _power_markdown(latest: Sequence[RunRecord]) -> List[str]:
         if not power:
             continue
         if power_unavailable(power):
-            lines.append(f"- `{r.device}`: power unavailable ({power.get('reason') or 'no reason given'})")
+            lines.append(f"- {md_code(r.device)}: power unavailable ({md_text(power.get('reason') or 'no reason given')})")
             continue
         est = power_is_estimate(power)
         power = dict(power, is_estimate=est)
         kind = "**ESTIMATE**: CPU time x nominal watts, not a measurement" if est else "measured"
-        lines.append(f"- `{r.device}` ({power.get('sampler')}, {kind}): "
+        lines.append(f"- {md_code(r.device)} ({md_text(power.get('sampler'))}, {kind}): "
                      f"{format_energy_mj(power.get('energy_per_inference_mj'))} per inference; {format_carbon(power)}")
     return ["", "**Power** (latest run per device)", ""] + lines if lines else []
 
@@ -160,15 +181,16 @@ def to_markdown(runs: Sequence[RunRecord], latest: Sequence[RunRecord], generate
              "| " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * len(cols)]
     for r in latest:
         row = r.summary()
-        cells = [("✅" if row["passed"] else "❌") if k == "passed" else fmt(row.get(k)) for k, _ in cols]
+        cells = [("✅" if row["passed"] else "❌") if k == "passed" else md_text(fmt(row.get(k))) for k, _ in cols]
         lines.append("| " + " | ".join(cells) + " |")
     errors = [r for r in latest if r.error]
     if errors:
         lines += ["", "**Failures**", ""]
-        lines += [f"- `{r.device}`: {(r.error or {}).get('message')}" for r in errors]
+        lines += [f"- {md_code(r.device)}: {md_text((r.error or {}).get('message'))}" for r in errors]
     guard_rows = _guard_rows(latest)
     if guard_rows:
         lines += ["", "**Guards** (latest run per device)", ""]
-        lines += [f"- `{g['device']}`: " + ("pass" if g["passed"] else f"FAIL: {g['finding']}") for g in guard_rows]
+        lines += [f"- {md_code(g['device'])}: " + ("pass" if g["passed"] else f"FAIL: {md_text(g['finding'])}")
+                  for g in guard_rows]
     lines += _power_markdown(latest)
     return "\n".join(lines) + "\n"

@@ -1,14 +1,16 @@
 """Reading run files (``runs/<UTC time>-<device>.json``) into values the renderers share."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict
 
 from ..errors import ConfigError
-from ..validate import RunFields
+from .schema import RunFields, RunFileError, max_result_bytes, read_result
+
+HOST_BLOCK_ALLOWANCE = 64 * 1024
+"""A stored run is the device's result plus the host's small ``host`` block."""
 
 
 def power_unavailable(power: Dict[str, Any]) -> bool:
@@ -63,17 +65,18 @@ class RunRecord(RunFields):
 
 
 def read_run(path: Path) -> RunRecord:
+    """One run file, checked against the result schema (size, depth, field types) like a fresh result."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = read_result(Path(path), max_result_bytes() + HOST_BLOCK_ALLOWANCE)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read run file: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not a run file (invalid JSON: {exc})") from None
-    if not isinstance(data, dict) or "schema" not in data:
-        raise ConfigError(f"{path}: not a run file written by edgekit validate")
+        raise ConfigError(f"{path}: cannot read run file: {exc.strerror or exc}") from None
+    except RunFileError as exc:
+        raise ConfigError(f"{path}: not a run file written by edgekit validate ({exc})") from None
     host = data.get("host") or {}
-    device = host.get("device") or (data.get("device") or {}).get("hostname") or Path(path).stem
-    return RunRecord(path=Path(path), device=device, device_facts=data.get("device") or {},
+    facts = data.get("device") or {}
+    device = host.get("device") or (facts.get("hostname") if isinstance(facts.get("hostname"), str) else None) \
+        or Path(path).stem
+    return RunRecord(path=Path(path), device=device, device_facts=facts,
                      **{k: v for k, v in data.items() if k in RunRecord.model_fields and k not in ("device", "path")})
 
 
@@ -91,8 +94,22 @@ def find_runs(paths: Sequence[Path] = (), runs_dir: Optional[Path] = None) -> Li
     return found
 
 
-def load_runs(paths: Sequence[Path] = (), runs_dir: Optional[Path] = None) -> List[RunRecord]:
-    runs = [read_run(p) for p in find_runs(paths, runs_dir)]
+def load_runs(paths: Sequence[Path] = (), runs_dir: Optional[Path] = None,
+              warn: Optional[Callable[[str], None]] = None) -> List[RunRecord]:
+    """The run files, in time order. A bad file is skipped, and ``warn`` gets its one line (file and
+    field), so one damaged or hostile run cannot hide every other; when no file is good, the first
+    file's error is raised."""
+    runs: List[RunRecord] = []
+    errors: List[ConfigError] = []
+    for p in find_runs(paths, runs_dir):
+        try:
+            runs.append(read_run(p))
+        except ConfigError as exc:
+            errors.append(exc)
+            if warn is not None:
+                warn(f"skipped {exc.message}")
+    if errors and not runs:
+        raise errors[0]
     return sorted(runs, key=lambda r: (r.started or "", r.path.name))
 
 
