@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from ..errors import AccuracyError, DeviceError
-from .render import echo, echo_json, kv, table
+from .render import clean, echo, echo_json, kv, table
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -25,10 +25,8 @@ def _fmt(value: Any, unit: str = "") -> str:
 
 
 def _device_text(value: Any, limit: int = 300) -> str:
-    """Text from the device on one bounded line, with rich's markup escaped (tables render markup)."""
-    from rich.markup import escape
-
-    return escape(" ".join(str(value).split())[:limit])
+    """Text from the device on one bounded line (table cells are cleaned and never parsed as markup)."""
+    return " ".join(clean(value).split())[:limit]
 
 
 def _validation_rows(res: Any) -> List[Tuple[str, str]]:
