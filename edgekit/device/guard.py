@@ -332,7 +332,7 @@ def detections_score(outputs, references, opts=None):
     recall = matched / float(n_want) if n_want else 1.0
     precision = matched / float(n_got) if n_got else (1.0 if not n_want else 0.0)
     return {"value": float(min(recall, precision)), "recall": float(recall), "precision": float(precision),
-            "n": float(len(outputs)), "fp32_detections": float(n_want), "detections": float(n_got)}
+            "n": len(outputs), "fp32_detections": n_want, "detections": n_got}
 
 
 def decode_sequences(arr, opts=None):
@@ -377,7 +377,7 @@ def sequences_score(outputs, references, opts=None):
             total += 1
             edits += edit_distance(g, w)
             length += len(w)
-    return {"value": equal / float(max(total, 1)), "n": float(total),
+    return {"value": equal / float(max(total, 1)), "n": total,
             "symbol_error_rate": edits / float(max(length, 1))}
 
 
