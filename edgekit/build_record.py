@@ -87,9 +87,9 @@ class TimingMemo:
                  **settings: Any) -> Dict[str, List[float]]:
         key = self.key(models, feed, levels, settings)
         hit = self.previous.get(key)
-        if isinstance(hit, dict) and set(hit.get("rounds", {})) == set(models):
-            self.reused += 1
-            rounds = {name: [float(x) for x in hit["rounds"][name]] for name in models}
+        if isinstance(hit, dict) and isinstance(hit.get("rounds"), dict) and set(models) <= set(hit["rounds"]):
+            self.reused += 1  # the recorded rounds, A/A control entries included
+            rounds = {name: [float(x) for x in v] for name, v in hit["rounds"].items()}
         else:
             self.measured += 1
             rounds = self.measure(models, feed, levels, **settings)
