@@ -136,7 +136,7 @@ class StreamSpec(_Strict):
     of streams; each chunk after a stream's first gets the previous chunk's state output. The first
     chunk's state comes from the data (or the input's ``value``/``constant``)."""
     state: List[StatePair]
-    chunks: Optional[int] = Field(None, ge=1)
+    chunks: Optional[Int] = Field(None, ge=1)
     """Every ``chunks`` consecutive samples form one stream (the last may be shorter)."""
     ids: Optional[str] = None
     """Or: the data file's array (key) giving each sample's stream id; a new id starts a stream."""
@@ -212,9 +212,9 @@ class ValidationSpec(DataSpec):
     metric's direction). ``metric``/``threshold`` still choose the build; these gate validate."""
     stream: Optional[StreamSpec] = None
     """Score (and calibrate) on streams of chunks, carrying state outputs back in (see StreamSpec)."""
-    reference_samples: int = Field(32, ge=1)
+    reference_samples: Int = Field(32, ge=1)
     """At most this many validation samples (whole streams) ship in reference.npz for validate."""
-    reference_max_mb: float = Field(64.0, gt=0)
+    reference_max_mb: Num = Field(64.0, gt=0)
     """And at most this many MB of them (inputs + FP32 outputs); the smaller bound wins."""
     detections: DetectionOptions = Field(default_factory=DetectionOptions)
     sequences: SequenceOptions = Field(default_factory=SequenceOptions)
