@@ -1,5 +1,5 @@
 """The bundle: ``dist/<model>/<target>/`` holding the model, manifest.json, reference.npz,
-runner.py (and power.py beside it).
+runner.py (and power.py, guard.py beside it).
 
 manifest.json lists the sha256 of every other file; the release id is the hash of the manifest
 itself (those file hashes included, ``release_id`` left out), so it covers every deployed file, and
@@ -27,6 +27,8 @@ MANIFEST_LIMIT = 16 << 20
 REFERENCE = "reference.npz"
 RUNNER = "runner.py"
 POWER = "power.py"
+GUARD = "guard.py"
+"""The guards and task metrics the runner imports (edgekit/device/guard.py)."""
 SCHEMA = 1
 DEVICE_DIR = Path(__file__).resolve().parent / "device"
 
@@ -115,7 +117,7 @@ def write_reference(path: Path, feeds: List[Dict[str, np.ndarray]], outputs: Lis
 
 
 def copy_device_files(bundle: Path) -> None:
-    for name in (RUNNER, POWER):
+    for name in (RUNNER, POWER, GUARD):
         src = DEVICE_DIR / name
         if src.exists():
             shutil.copyfile(src, bundle / name)

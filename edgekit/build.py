@@ -34,6 +34,10 @@ class BuildResult(BaseModel):
     fp32_size_bytes: int
     metric: Dict[str, Any]
     seconds: float
+    guard: Dict[str, Any] = {}
+    """The shipped model's guard report: passed, findings (output, slice, check, message)."""
+    guard_refused: Dict[str, str] = {}
+    """Candidates the guards refused: name -> the findings in one line."""
     record: Optional[Path] = None
     """``dist/<model>/<target>.build.json``: host timings and duration, outside the release."""
     timing_note: str = ""
@@ -227,6 +231,8 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     timings of identical models (which keeps rebuilds byte-identical)."""
     from . import export, optimize
     from .quantize import quantize_for_target
+    from .guard import resolve as resolve_guard
+    from .quantize.choose import guard_refusal
     from .quantize.candidates import file_size
     from .quantize.evaluate import measure_latency
 
@@ -261,9 +267,10 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     reference = run_model(exported.path, val, metric.stream_plan)
 
     say(f"quantizing for {profile.name}")
+    guard = resolve_guard(config.validation.guard.model_dump(mode="json"), exported.path, config.validation.mask_input)
     memo = build_record.TimingMemo(measure_latency, build_record.read_timings(bundle), fresh=remeasure)
-    q = quantize_for_target(prepared, work / "quantize", profile, calib, val, metric,
-                            precision=precision, budget_s=budget_s, seed=config.seed, progress=say, measure=memo)
+    q = quantize_for_target(prepared, work / "quantize", profile, calib, val, metric, precision=precision,
+                            budget_s=budget_s, seed=config.seed, progress=say, measure=memo, guard=guard)
 
     say("writing the bundle")
     artifact.clean_dir(bundle)
@@ -291,6 +298,7 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
         "inputs": io["inputs"],
         "outputs": io["outputs"],
         "metric": metric.to_manifest(),
+        "guard": guard,  # the thresholds runner.py validate applies again on the device
         "export": {"source": exported.source, "opset": exported.opset, "max_abs_diff": exported.max_abs_diff},
         # measurements (host latency) vary between builds: they go to the build record, not here
         "quantization": q.model_dump(mode="json", exclude={"model_path": True, "latency_ms": True,
@@ -307,4 +315,5 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     return BuildResult(model=config.model.name, target=profile.name, bundle=bundle, release_id=manifest["release_id"],
                        precision=q.precision, method=q.method, reason=q.reason, size_bytes=size,
                        fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=seconds, record=record,
-                       timing_note=memo.summary())
+                       timing_note=memo.summary(), guard=q.guard,
+                       guard_refused={c.name: guard_refusal(c) for c in q.candidates if guard_refusal(c)})

@@ -21,7 +21,7 @@ from .device.power import DEFAULT_GRID_G_PER_KWH, REGISTRY as POWER_SAMPLERS
 from .errors import ConfigError
 
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
-METRICS = ("top1", "topk", "cosine", "psnr", "max_abs", "max_rel")
+METRICS = ("top1", "topk", "cosine", "psnr", "max_abs", "max_rel", "detections", "sequences")
 
 # Numbers are taken as written: pydantic's lax mode would turn opset = "17" into 17 and a quoted
 # port into an int, hiding a typo; and nan/inf pass every >=/<= check, so a threshold of nan gates
@@ -136,7 +136,7 @@ class StreamSpec(_Strict):
     of streams; each chunk after a stream's first gets the previous chunk's state output. The first
     chunk's state comes from the data (or the input's ``value``/``constant``)."""
     state: List[StatePair]
-    chunks: Optional[int] = Field(None, ge=1)
+    chunks: Optional[Int] = Field(None, ge=1)
     """Every ``chunks`` consecutive samples form one stream (the last may be shorter)."""
     ids: Optional[str] = None
     """Or: the data file's array (key) giving each sample's stream id; a new id starts a stream."""
@@ -155,6 +155,48 @@ class StreamSpec(_Strict):
         return self
 
 
+class DetectionOptions(_Strict):
+    """metric 'detections': the candidate's detections matched against FP32's (edgekit/device/guard.py)."""
+    layout: Literal["yolov8", "anchors-first", "yolov5"] = "yolov8"
+    """yolov8: [batch, 4+C, anchors] (Ultralytics export); anchors-first: [batch, anchors, 4+C];
+    yolov5: [batch, anchors, 5+C] with objectness (score = objectness x class score)."""
+    box: Literal["xywh", "xyxy"] = "xywh"
+    """xywh: centre x, centre y, width, height; xyxy: corners."""
+    score_threshold: Num = Field(0.25, gt=0, le=1)
+    iou: Num = Field(0.5, gt=0, le=1)
+    """A candidate detection matches an FP32 one of the same class at this IoU or more."""
+    nms_iou: Num = Field(0.7, gt=0, le=1)
+    max_detections: Int = Field(300, ge=1)
+
+
+class SequenceOptions(_Strict):
+    """metric 'sequences': greedy-decoded argmax sequences must equal FP32's (CTC-style OCR, ASR)."""
+    blank: Optional[Int] = 0
+    """The CTC blank class, dropped after collapsing repeats (-1 or none: nothing dropped)."""
+    collapse_repeats: bool = True
+    class_axis: Int = -1
+    time_axis: Int = -2
+
+
+class GuardSpec(_Strict):
+    """Built-in guards every candidate must pass on every output, beside the metric (see README)."""
+    enabled: bool = True
+    max_rel_error: Num = Field(0.5, gt=0)
+    """Per output: ||candidate - fp32|| / ||fp32|| at most this."""
+    max_slice_rel_error: Num = Field(0.75, gt=0)
+    """The same per slice along the output's feature axis."""
+    min_range_kept: Num = Field(0.25, ge=0, le=1)
+    """A slice that varies in FP32 must keep at least this share of its range (else it 'collapsed')."""
+    min_argmax_agreement: Num = Field(0.5, ge=0, le=1)
+    min_rank_agreement: Num = Field(0.5, ge=0, le=1)
+    """Outputs that look like scores (slices in [0, 1]): argmax and top-10 agreement with FP32."""
+    feature_axis: Dict[str, Int] = Field(default_factory=dict)
+    """Output name -> the axis whose slices are checked (default: axis 1 for [N, C, anchors]-like
+    outputs, else the last axis)."""
+    skip: List[str] = Field(default_factory=list)
+    """Outputs the guards ignore (e.g. a raw feature map nobody reads)."""
+
+
 class ValidationSpec(DataSpec):
     metric: Literal[METRICS] = "top1"  # type: ignore[valid-type]
     threshold: Num
@@ -170,10 +212,13 @@ class ValidationSpec(DataSpec):
     metric's direction). ``metric``/``threshold`` still choose the build; these gate validate."""
     stream: Optional[StreamSpec] = None
     """Score (and calibrate) on streams of chunks, carrying state outputs back in (see StreamSpec)."""
-    reference_samples: int = Field(32, ge=1)
+    reference_samples: Int = Field(32, ge=1)
     """At most this many validation samples (whole streams) ship in reference.npz for validate."""
-    reference_max_mb: float = Field(64.0, gt=0)
+    reference_max_mb: Num = Field(64.0, gt=0)
     """And at most this many MB of them (inputs + FP32 outputs); the smaller bound wins."""
+    detections: DetectionOptions = Field(default_factory=DetectionOptions)
+    sequences: SequenceOptions = Field(default_factory=SequenceOptions)
+    guard: GuardSpec = Field(default_factory=GuardSpec)
 
 
 class DeviceSpec(_Strict):

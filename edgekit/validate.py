@@ -51,6 +51,7 @@ class ValidationResult(RunFields):
     def from_run(cls, device: str, data: Dict[str, Any], path: Path) -> "ValidationResult":
         return cls(device=device, release_id=data.get("release_id"), target=data.get("target"),
                    ok=bool(data.get("ok")), metric=data.get("metric") or {}, metrics=data.get("metrics") or {},
+                   guard=data.get("guard") if isinstance(data.get("guard"), dict) else None,
                    latency=data.get("latency") or {}, power=data.get("power"), memory=data.get("memory") or {},
                    runtime=data.get("runtime") or {}, versions=data.get("versions") or {},
                    device_facts=data.get("device") or {}, result_path=path, error=data.get("error"))

@@ -50,11 +50,13 @@ def build(target_names: List[str], config_path: Path, out: Optional[Path], preci
     if as_json:
         echo_json(results[0] if len(results) == 1 else results)
         return
-    table("edgekit build", ["target", "precision", "method", "metric", "size", "bundle"],
-          [(r.target, r.precision, r.method, _fmt_metric(r.metric), f"{r.size_bytes / 1e6:.2f} MB "
+    table("edgekit build", ["target", "precision", "method", "metric", "guards", "size", "bundle"],
+          [(r.target, r.precision, r.method, _fmt_metric(r.metric), _fmt_guard(r.guard), f"{r.size_bytes / 1e6:.2f} MB "
             f"({r.size_bytes / max(r.fp32_size_bytes, 1):.0%} of fp32)", str(r.bundle)) for r in results])
     for r in results:
         echo(f"{r.target}: {r.reason}")
+        for name, findings in sorted(r.guard_refused.items()):
+            echo(f"{r.target}: guards refused {name}: {findings}")
         if "reused" in r.timing_note:
             echo(f"{r.target}: {r.timing_note}")
 
@@ -64,6 +66,14 @@ def _fmt_metric(m: dict) -> str:
         return ""
     s = f"{m.get('value', float('nan')):.4f}"
     return s + (f" (min {m['min']:.4f})" if "min" in m else "")
+
+
+def _fmt_guard(g: dict) -> str:
+    if not g:
+        return "-"
+    if g.get("passed", True):
+        return "pass" if g.get("outputs") else "pass (reference)"
+    return f"FAIL ({len(g.get('findings') or [])} finding(s))"
 
 
 def _build_one(run_build, cfg, profile, out_dir, precision, budget, remeasure, quiet):  # type: ignore[no-untyped-def]

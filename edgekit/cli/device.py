@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from ..errors import AccuracyError, DeviceError
-from .render import echo, echo_json, kv, table
+from .render import clean, echo, echo_json, kv, table
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -22,6 +22,11 @@ def _fmt(value: Any, unit: str = "") -> str:
     if isinstance(value, float):
         return f"{value:.4g}{unit}"
     return f"{value}{unit}"
+
+
+def _device_text(value: Any, limit: int = 300) -> str:
+    """Text from the device on one bounded line (table cells are cleaned and never parsed as markup)."""
+    return " ".join(clean(value).split())[:limit]
 
 
 def _validation_rows(res: Any) -> List[Tuple[str, str]]:
@@ -34,6 +39,10 @@ def _validation_rows(res: Any) -> List[Tuple[str, str]]:
     rows += [(f"also {c.get('name')}", f"{_fmt(c.get('value'))} (threshold {_fmt(c.get('threshold'))}) "
               f"{'pass' if c.get('passed') else 'FAIL'}") for c in m.get("also") or []]
     rows += [(f"  {k}", _fmt(v)) for k, v in sorted(res.metrics.items())]
+    if res.guard is not None:
+        found = res.guard.get("findings") or []
+        rows.append(("guards", "pass" if res.guard.get("passed") else f"FAIL ({len(found)} finding(s))"))
+        rows += [("  guard", _device_text(f.get("message"))) for f in found[:10] if isinstance(f, dict)]
     # An emulated board (qemu-user) runs many times slower than the real one: say so on every figure.
     emu = " (emulated, not representative)" if res.device_facts.get("emulated") else ""
     rows += [("latency p50 / p90 / p99", f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p90_ms'))} / {_fmt(lat.get('p99_ms'))} ms{emu}"),
@@ -102,9 +111,13 @@ def register(main: click.Group) -> None:
         if not res.ok:
             m = res.metric
             missed = ([m] if not m.get("passed") else []) + [c for c in m.get("also") or [] if not c.get("passed")]
-            raise AccuracyError(f"device '{res.device}': " + "; ".join(
-                f"{c.get('name')} = {_fmt(c.get('value'))} misses the threshold {_fmt(c.get('threshold'))}" for c in missed),
-                hint=f"details in {res.result_path}")
+            what = [f"{c.get('name')} = {_fmt(c.get('value'))} misses the threshold {_fmt(c.get('threshold'))}" for c in missed]
+            if res.guard is not None and not res.guard.get("passed", True):
+                found = res.guard.get("findings") or []
+                first = found[0].get("message") if found and isinstance(found[0], dict) else "?"
+                what.append(f"guards failed: {' '.join(str(first).split())[:300]}"
+                            + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
+            raise AccuracyError(f"device '{res.device}': " + "; ".join(what), hint=f"details in {res.result_path}")
 
     @main.command("doctor")
     @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")

@@ -49,7 +49,25 @@ class RunnerError(Exception):
 # ----------------------------------------------------------------------------------------------
 # Metrics (pure numpy; also used by the host through edgekit.metrics)
 # ----------------------------------------------------------------------------------------------
-HIGHER_IS_BETTER = {"top1": True, "topk": True, "cosine": True, "psnr": True, "max_abs": False, "max_rel": False}
+HIGHER_IS_BETTER = {"top1": True, "topk": True, "cosine": True, "psnr": True, "max_abs": False, "max_rel": False,
+                    "detections": True, "sequences": True}
+TASK_METRICS = ("detections", "sequences")
+"""Task metrics: their arithmetic lives in guard.py (shipped beside this file) with the guards."""
+
+
+def guard_module():
+    """guard.py: ``edgekit.device.guard`` on the host, the file beside runner.py on the device."""
+    if __package__:
+        return __import__(__package__ + ".guard", fromlist=["guard"])
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    try:
+        import guard
+    except ImportError:
+        raise RunnerError("release", "guard.py is missing beside %s" % os.path.abspath(__file__),
+                          "rebuild and deploy the release with this edgekit version")
+    return guard
 
 
 def _pool(arr, feed, pooling, mask_input):
@@ -60,14 +78,17 @@ def _pool(arr, feed, pooling, mask_input):
     return arr
 
 
-def score(metric, outputs, references, feeds=None, k=5, pooling="none", mask_input="attention_mask"):
+def score(metric, outputs, references, feeds=None, k=5, pooling="none", mask_input="attention_mask", options=None):
     """Compare per-sample outputs with references.
 
     ``outputs`` and ``references`` are lists (one entry per sample) of arrays for the chosen output.
     Returns a dict: ``value`` (the metric), plus ``min`` where a per-sample figure exists.
+    ``options``: the task metric's settings (detections, sequences; see guard.py).
     """
     if len(outputs) != len(references) or not outputs:
         raise RunnerError("metric", "expected as many outputs as references, got %d and %d" % (len(outputs), len(references)))
+    if metric in TASK_METRICS:
+        return guard_module().TASK_METRICS[metric](outputs, references, options)
     feeds = feeds if feeds is not None else [None] * len(outputs)
     if metric in ("top1", "topk"):
         hits = []
@@ -79,7 +100,8 @@ def score(metric, outputs, references, feeds=None, k=5, pooling="none", mask_inp
                 hits.extend((o.argmax(axis=-1) == want).tolist())
             else:
                 kk = min(k, o.shape[-1])
-                top = np.argsort(-o, axis=-1)[:, :kk]
+                # stable on -scores: ties rank in index order, as argmax picks the first maximum
+                top = np.argsort(-o.astype(np.float64), axis=-1, kind="stable")[:, :kk]
                 hits.extend([bool(w in t) for w, t in zip(want, top)])
         return {"value": float(np.mean(hits)), "n": len(hits)}
     if metric == "cosine":
@@ -139,13 +161,14 @@ def further_checks(spec, metrics):
 
 def all_metrics(outputs, references, feeds, spec):
     """Every agreement figure at once, so a report can show more than the gating metric."""
-    names = [(m, metric_key(m, spec.get("k", 5))) for m in ("top1", "topk", "cosine", "psnr", "max_abs", "max_rel")]
+    tasks = [m for m in TASK_METRICS if m == spec.get("name") or m in (spec.get("also") or {})]
+    names = [(m, metric_key(m, spec.get("k", 5))) for m in ["top1", "topk", "cosine", "psnr", "max_abs", "max_rel"] + tasks]
     found = {}
     for metric, key in names:
         try:
             found[key] = score(metric, outputs, references, feeds, k=int(spec.get("k", 5)),
                                pooling=spec.get("pooling", "none"),
-                               mask_input=spec.get("mask_input", "attention_mask"))["value"]
+                               mask_input=spec.get("mask_input", "attention_mask"), options=spec.get(metric))["value"]
         except Exception:  # e.g. cosine on mismatched shapes: that figure is just absent
             found[key] = None
     return found
@@ -720,7 +743,7 @@ def validate(args, result):
     idx = out_names.index(spec["output"]) if spec.get("output") else 0
     got, want = [o[idx] for o in outputs], [r[idx] for r in refs]
     value = score(spec["name"], got, want, feeds, k=spec.get("k", 5), pooling=spec.get("pooling", "none"),
-                  mask_input=spec.get("mask_input", "attention_mask"))
+                  mask_input=spec.get("mask_input", "attention_mask"), options=spec.get(spec["name"]))
     metric = {"name": spec["name"], "threshold": spec["threshold"], "output": out_names[idx]}
     metric.update(value)
     metric["passed"] = bool(passes(spec["name"], value["value"], spec["threshold"]))
@@ -742,6 +765,8 @@ def validate(args, result):
     result["metrics"] = all_metrics(got, want, feeds, spec)
     if spec.get("also"):
         metric["also"] = further_checks(spec, result["metrics"])
+    if "guard" in manifest:  # the build's guards, again on the device's own outputs
+        result["guard"] = guard_module().check_outputs(out_names, outputs, refs, manifest["guard"], feeds)
 
     def run_window():
         try:
@@ -763,7 +788,8 @@ def validate(args, result):
         latency["note"] = EMULATED_NOTE
     result["latency"] = latency
     result["memory"] = {"baseline_rss_mb": base_rss, "peak_rss_mb": rss_mb()}
-    result["ok"] = metric["passed"] and all(c["passed"] for c in metric.get("also", []))
+    result["ok"] = (metric["passed"] and all(c["passed"] for c in metric.get("also", []))
+                    and (result.get("guard") or {}).get("passed", True))
 
 
 def versions():

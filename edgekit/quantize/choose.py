@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import targets as _targets
 from ..errors import AccuracyError, QuantizationError
+from ..guard import describe
 from ..metrics import MetricSpec
 from ..targets import TargetProfile
 from .evaluate import AA_SUFFIX, clearly_faster, measure_latency, noise_floor, p50
@@ -122,6 +123,24 @@ def _record_control(latency: Dict[str, object], rounds: Dict[str, List[float]], 
     return floor
 
 
+GUARD_PREFIX = "guard: "
+"""How a refusal by the built-in guards begins (Candidate.refused and note), so it can be named as such."""
+
+
+def guard_refusal(c: Candidate) -> str:
+    """Why the guards refused candidate ``c``: its findings in one line (empty when they did not)."""
+    if c.metric is None:
+        return ""
+    if c.refused.startswith(GUARD_PREFIX):  # includes a guard fallback that left too little int8
+        return c.refused[len(GUARD_PREFIX):]
+    if c.guard and not c.guard.get("passed", True):
+        return describe(c.guard, 2)
+    note = next((p for p in c.note.split("; " + GUARD_PREFIX)[1:2]), None)  # missed the metric, guards failed too
+    if note is None and c.note.startswith(GUARD_PREFIX):
+        note = c.note[len(GUARD_PREFIX):]
+    return note or ""
+
+
 def _refusals(cands: List[Candidate], what: str, fp32: Optional[Candidate]) -> str:
     """'; X met ... but was refused: why (its measured speed)' for each candidate that met the
     threshold yet may not ship, so the reason never hides a candidate that was good enough."""
@@ -134,7 +153,9 @@ def _refusals(cands: List[Candidate], what: str, fp32: Optional[Candidate]) -> s
             speed = f"; measured {fp32.p50_ms / c.p50_ms:.2f}x FP32 speed here ({c.p50_ms} vs {fp32.p50_ms} ms)"
         elif c.p50_ms:
             speed = f"; measured {c.p50_ms} ms here"
-        parts.append(f"; {c.name} met {what} ({c.metric['value']:.4f}) but was refused: {c.refused}{speed}")  # type: ignore[index]
+        why = (f"the guards refused it: {c.refused[len(GUARD_PREFIX):]}" if c.refused.startswith(GUARD_PREFIX)
+               else f"was refused: {c.refused}")
+        parts.append(f"; {c.name} met {what} ({c.metric['value']:.4f}) but {why}{speed}")  # type: ignore[index]
     return "".join(parts)
 
 
@@ -154,7 +175,7 @@ def _nothing_passes(cands: List[Candidate], metric: MetricSpec, precision: str) 
             f"({c.metric['value']:.4f}) but was refused: {c.refused}",  # type: ignore[index]
             hint="allow the float precisions (--precision auto), or fp32/fp16 directly")
     what = f"the forced precision {precision}" if precision != "auto" else "every allowed precision"
-    notes = "; ".join(f"{c.name}: {c.note}" for c in cands if c.note and "unreachable" in c.note)
+    notes = "; ".join(f"{c.name}: {c.note}" for c in cands if c.note and ("unreachable" in c.note or "guard" in c.note))
     return AccuracyError(
         f"{metric.name} misses its threshold with {what}: best {best.metric['value']:.4f} ({best.name}), "  # type: ignore[index]
         f"threshold {metric.threshold}" + (f" ({notes})" if notes else ""),

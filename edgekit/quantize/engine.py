@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import guard as _guard
 from .. import targets as _targets
 from ..errors import AccuracyError, QuantizationError
 from ..metrics import MetricSpec
@@ -73,6 +74,7 @@ def quantize_for_target(
     seed: int = 0,
     progress: Optional[Callable[[str], None]] = None,
     measure: Optional[Callable[..., Dict[str, List[float]]]] = None,
+    guard: Optional[Dict[str, object]] = None,
 ) -> QuantizeResult:
     """Build the candidates ``profile`` allows and keep the fastest that meets ``metric``.
 
@@ -80,6 +82,8 @@ def quantize_for_target(
     an unknown precision) and AccuracyError when no allowed candidate meets the threshold, or when
     ``budget_s`` runs out before the search ends. ``measure`` replaces host timing
     (``evaluate.measure_latency``'s signature) for latency pruning and the choice; tests inject one.
+    ``guard``: edgekit.toml's [validation.guard] settings; every candidate but FP32 must pass them
+    on every output (see ``edgekit.guard``).
     """
     import onnx
 
@@ -101,6 +105,9 @@ def quantize_for_target(
     fp32_level = runtime_level_for("fp32", profile)
     fp32_session = make_session(base, fp32_level)
     refs = run_outputs(fp32_session, validation, index, metric.stream_plan)
+    guard_conf = _guard.arithmetic.settings(guard)
+    out_names = [o.name for o in graph.graph.output]
+    guard_refs = _guard.all_outputs(fp32_session, validation, metric.stream_plan) if guard_conf["enabled"] else []
     calib = cal.select_samples(calibration, cal.MAX_CALIBRATION_SAMPLES, seed)
     sens_feeds = calib[:SENSITIVITY_SAMPLES]
     arch_ok = profile.arch == _targets.host_arch()
@@ -108,7 +115,8 @@ def quantize_for_target(
     ctx = _Ctx(work_dir=work_dir, profile=profile, metric=metric, deadline=deadline, say=say, base=base,
                host_ok=host_ok, measure=measure, graph=graph, family=family, index=index, large=is_large(base),
                calib=calib, validation=validation, refs=refs, sens_feeds=sens_feeds,
-               sens_refs=run_outputs(fp32_session, sens_feeds, index), caches={})
+               sens_refs=run_outputs(fp32_session, sens_feeds, index), caches={},
+               guard_conf=guard_conf, guard_refs=guard_refs, out_names=out_names)
     del fp32_session
 
     wanted = list(profile.quantization.precisions) if precision == "auto" else [precision]
@@ -131,6 +139,9 @@ def quantize_for_target(
             try:  # scored on the CPU EP: fp16 rounding is the same arithmetic TensorRT/CUDA do
                 cand.metric = Scorer(metric, validation, refs, index, "basic").score(path)
                 cand.passed = metric.passes(cand.metric["value"])
+                cand.guard = _check(ctx, path, "basic")
+                if not cand.guard["passed"]:  # met or not, it may not ship: say on what
+                    cand.note = cand.refused = f"guard: {_guard.describe(cand.guard)}"
             except QuantizationError as exc:
                 cand.note = f"not scored on this host: {exc.message}"
             cands.append(cand)
@@ -156,6 +167,7 @@ def quantize_for_target(
         latency_ms=latency, candidates=cands,
         latency_pruning={n: e["latency_pruning"] for n, e in extras.items() if "latency_pruning" in e}, reason=reason,
         runtime_graph_optimization=runtime_level_for(chosen.method, profile), family=family,
+        guard=dict(chosen.guard or {"passed": True, "findings": [], "outputs": [], "note": "FP32 is the reference"}),
         calibration={"method": profile.quantization.calibration_method, "samples": len(calib),
                      "given": len(calibration), "digest": cal.feeds_digest(calib),
                      "used_by_chosen": chosen.method.startswith("static")},
@@ -296,12 +308,24 @@ def _static(ctx: _Ctx):
 
     path, score, dropped, record = _prune(ctx, note, build_lat, (path, score), still, scorer, level)
     reverted += dropped
-    notes = [f"presets tried: {', '.join(t[0].name for t in tried)}"] + ([note] if note else [])
+    report, repaired = _check(ctx, path, level), ""
+    if not note and metric.passes(score["value"]) and not report["passed"]:
+        done = [k["node"] for k in reverted]
+
+        def build_guard(extra: Sequence[str]) -> Path:
+            return build_static(ctx.base, ctx.work_dir / f"static-{preset.name}-g{len(done) + len(extra)}.onnx", preset,
+                                cache, nodes_to_exclude=list(always) + done + list(extra), large=ctx.large)
+
+        path, score, report, more, note, repaired = _guard_fallback(ctx, build_guard, scorer, level, (path, score), report,
+                                                          [n.name for n in qnodes if n.name not in set(done)],
+                                                          len(qnodes), len(done))
+        reverted += more
+    notes = [f"presets tried: {', '.join(t[0].name for t in tried)}"] + [x for x in (note, repaired) if x]
     kept += reverted
     cand = _int8_candidate(Candidate(name=f"int8-static-{preset.name}", precision="int8",
                                      method="static-qdq" if preset.format == "QDQ" else "static-qoperator", metric=score,
                                      passed=metric.passes(score["value"]), size_bytes=file_size(path),
-                                     kept_float=len(kept), note="; ".join(notes)), path, note)
+                                     kept_float=len(kept), note="; ".join(notes), guard=report), path, note)
     return cand, path, {"preset": preset.summary(), "kept_float": kept, "latency_pruning": record}, before
 
 
@@ -358,12 +382,15 @@ def _dynamic(ctx: _Ctx):
     path, score, dropped, record = _prune(ctx, note, build_lat, (path, score),
                                           [n for n in nodes if n[0] not in set(acc)], scorer, level)
     reverted += dropped
+    report = _check(ctx, path, level)
+    if not report["passed"] and not note:
+        note = f"guard: {_guard.describe(report)}"
     preset = {"method": "dynamic", "activation_type": "QUInt8 (per run)", "weight_type": "QInt8",
               "per_channel": q.per_channel, "reduce_range": reduce_range, "op_types": list(DYNAMIC_OPS),
               "extra_options": {"MatMulConstBOnly": True},
               "transformer_fusion": dict(sorted(fused.items())) if fused else {}}
     kept = _const_b_notes(ctx, {n for n, _ in nodes}, graph) + reverted
-    cand = _int8_candidate(Candidate(name="int8-dynamic", precision="int8", method="dynamic", metric=score,
+    cand = _int8_candidate(Candidate(name="int8-dynamic", precision="int8", method="dynamic", metric=score, guard=report,
                                      passed=ctx.metric.passes(score["value"]), size_bytes=file_size(path),
                                      kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused)))
                                                                                       if fused else "", note] if x)),
@@ -383,6 +410,54 @@ def _int8_candidate(cand: Candidate, path: Path, note: str) -> Candidate:
     elif cand.quantized_nodes == 0:
         cand.refused = "no node is quantized (0 QuantizeLinear or int8 nodes): this file is a float model, not int8"
     return cand
+
+
+def _check(ctx: _Ctx, model: Path, level: str) -> Dict[str, object]:
+    """The guard report (summary form) of one candidate on the validation feeds."""
+    return _guard.summary(_guard.check_model(model, ctx.validation, ctx.guard_refs, ctx.out_names, level,
+                                             ctx.guard_conf, ctx.metric.stream_plan))
+
+
+def _guard_fallback(ctx: _Ctx, build: Callable[[Sequence[str]], Path], scorer: Scorer, level: str,
+                    current: Tuple[Path, Dict[str, float]], report: Dict[str, object], names: List[str],
+                    total: int, done: int):
+    """The metric passes but a guard fails: revert the quantized nodes nearest the failing outputs
+    (shortest passing prefix, as the accuracy fallback does) rather than refusing int8 outright.
+    Returns (path, score, report, kept_float entries, note, what was repaired); a non-empty note
+    means not repaired."""
+    failing = sorted({str(f["output"]) for f in report["findings"]})  # type: ignore[union-attr]
+    order = _guard.nearest_first(ctx.graph, failing, names)
+    reports: Dict[str, Dict[str, object]] = {str(current[0]): report}
+    refused = f"guard: {_guard.describe(report)}"
+    if not order:
+        return current[0], current[1], report, [], refused, ""
+
+    def score(path: Path) -> Dict[str, float]:
+        if str(path) not in reports:
+            reports[str(path)] = _check(ctx, path, level)
+        found = reports[str(path)]["findings"]
+        return {**scorer.score(path), "guard_findings": float(len(found))}  # type: ignore[arg-type]
+
+    ctx.say(f"guard: {len(failing)} output(s) fail; reverting the nodes nearest them")
+    first = (current[0], {**current[1], "guard_findings": float(len(report["findings"]))})  # type: ignore[arg-type]
+    try:
+        fb = revert_until_within_tolerance(build, score, ctx.metric, order, ctx.deadline, first=first, progress=ctx.say,
+                                           accept=lambda s: ctx.metric.passes(s["value"]) and s["guard_findings"] == 0)
+    except AccuracyError as exc:
+        if exc.details.get("budget"):
+            raise
+        return (current[0], current[1], report, [],
+                f"{refused} (still failing with all {len(order)} node(s) upstream reverted)", "")
+    ops = {n.name: n.op_type for n in ctx.graph.graph.node}
+    kept = [{"node": n, "op_type": ops.get(n, "?"), "reason": "guard: int8 here damaged output "
+             + ", ".join(failing) + " (a slice collapsed or diverged from FP32)"} for n in fb.excluded]
+    result = {k: v for k, v in fb.metric.items() if k != "guard_findings"}
+    if (done + len(fb.excluded)) * 2 > total:
+        return fb.model_path, result, reports[str(fb.model_path)], kept, (
+            f"{refused}; clearing them left {done + len(fb.excluded)} of {total} quantized nodes float: "
+            "too little int8 left to pay for its Q/DQ"), ""
+    repaired = f"guards repaired by keeping {len(fb.excluded)} node(s) float; before: {_guard.describe(report, 2)}"
+    return fb.model_path, result, reports[str(fb.model_path)], kept, "", repaired
 
 
 def _const_b_notes(ctx: _Ctx, quantized: set, graph: Optional[object] = None) -> List[dict]:

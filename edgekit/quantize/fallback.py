@@ -38,6 +38,7 @@ def revert_until_within_tolerance(
     deadline: float,
     first: Optional[Tuple[Path, Dict[str, float]]] = None,
     progress: Optional[Callable[[str], None]] = None,
+    accept: Optional[Callable[[Dict[str, float]], bool]] = None,
 ) -> FallbackResult:
     """Smallest prefix of ``ranked`` whose exclusion makes ``metric`` pass.
 
@@ -45,6 +46,7 @@ def revert_until_within_tolerance(
     ``first`` is the already scored full quantization (nothing excluded), if the caller has it.
     Raises AccuracyError when even reverting every ranked node misses the threshold, or when the
     time budget runs out first; the message names the metric, the best value and the threshold.
+    ``accept(score)`` replaces "the metric passes" as the test (the guard fallback adds its guards).
     """
     results: Dict[int, Tuple[Path, Dict[str, float]]] = {}
     builds = 0
@@ -59,7 +61,7 @@ def revert_until_within_tolerance(
             path = build(list(ranked[:k]))
             results[k] = (path, score(path))
             builds += 1
-        return metric.passes(results[k][1]["value"])
+        return accept(results[k][1]) if accept else metric.passes(results[k][1]["value"])
 
     if first is not None:
         results[0] = first

@@ -28,7 +28,7 @@ class Candidate(BaseModel):
     """Whether it met the threshold (a measurement, whatever else is decided about the candidate)."""
     refused: str = ""
     """Why it may not ship even though it met the threshold (too few int8 nodes left to pay for their
-    Q/DQ, no quantized node at all); empty when it may."""
+    Q/DQ, no quantized node at all, a built-in guard failed: "guard: <findings>"); empty when it may."""
     quantized_nodes: Optional[int] = None
     """int8 candidates: nodes that quantize or compute in int8 (QuantizeLinear, QLinear*, ...)."""
     p50_ms: Optional[float] = None
@@ -36,6 +36,9 @@ class Candidate(BaseModel):
     size_bytes: int = 0
     kept_float: int = 0
     note: str = ""
+    guard: Optional[Dict[str, Any]] = None
+    """The built-in guards on every output (edgekit/device/guard.py): passed, findings naming the
+    output and slice, per-output figures. None for FP32 (the reference itself) or when not run."""
 
 
 class QuantizeResult(BaseModel):
@@ -71,6 +74,8 @@ class QuantizeResult(BaseModel):
     calibration: Dict[str, Any] = Field(default_factory=dict)
     """Method, samples used, seed, and a digest of the calibration feeds."""
     seed: int = 0
+    guard: Dict[str, Any] = Field(default_factory=dict)
+    """The chosen candidate's guard report (see Candidate.guard)."""
     fp32_size_bytes: int = 0
     """The FP32 model this build would ship (the same prepared graph), for size ratios."""
 

@@ -15,6 +15,8 @@ SUMMARY_COLUMNS = [("device", "device"), ("target", "target"), ("release_id", "r
                    ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
                    ("first_load_ms", "first load ms"), ("peak_rss_mb", "peak RSS MB")]
 METRIC_KEYS = ("top1", "top5", "cosine", "psnr_db", "max_abs", "max_rel")
+TASK_KEYS = ("detections", "sequences")
+"""Task metrics get a column only when a run computed them."""
 ESTIMATE_HEADING = "Power (ESTIMATE: CPU time x nominal watts, not a measurement)"
 POWER_LABELS = {"above idle": "Energy per inference above idle"}
 """carbon.summary_rows() labels that need more words as a column heading."""
@@ -116,14 +118,45 @@ def _power_markdown(latest: Sequence[RunRecord]) -> List[str]:
     return ["", "**Power** (latest run per device)", ""] + lines if lines else []
 
 
+def _guard_rows(latest: Sequence[RunRecord]) -> List[Dict[str, Any]]:
+    rows = []
+    for r in latest:
+        g = r.guard if isinstance(r.guard, dict) else None
+        if g is None:
+            continue
+        found = [f for f in g.get("findings") or [] if isinstance(f, dict)]
+        for f in found or [{}]:
+            rows.append({"device": r.device, "passed": bool(g.get("passed")), "output": _line(f.get("output")),
+                         "slice": f.get("slice") if isinstance(f.get("slice"), int) else None,
+                         "check": _line(f.get("check")), "finding": _line(f.get("message"))})
+    return rows
+
+
+def _line(value: Any, limit: int = 300) -> Any:
+    """Device text on one bounded line (it is escaped again where it is rendered)."""
+    return None if value is None else " ".join(str(value).split())[:limit]
+
+
+def _guard_section(latest: Sequence[RunRecord]) -> List[str]:
+    """Built-in guards per device: one row per finding (escaped: the text comes from the device)."""
+    rows = _guard_rows(latest)
+    if not rows:
+        return []
+    cols = [("device", "device"), ("passed", "guards"), ("output", "output"), ("slice", "slice"), ("check", "check"),
+            ("finding", "finding")]
+    return ["<h2>Guards (latest run per device)</h2>", _table(cols, rows)]
+
+
 def to_html(runs: Sequence[RunRecord], latest: Sequence[RunRecord], plots: Sequence[tuple], generated: str) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgekit report</title><style>{CSS}</style></head><body>",
              "<h1>edgekit validation report</h1>",
              f"<p class='muted'>generated {html.escape(generated)} from {len(runs)} run(s) on {len(latest)} device(s)</p>",
              "<h2>Fleet (latest run per device)</h2>", _table(SUMMARY_COLUMNS, [r.summary() for r in latest])]
-    metric_cols = [("device", "device")] + [(k, k) for k in METRIC_KEYS]
+    tasks = [k for k in TASK_KEYS if any(r.metrics.get(k) is not None for r in latest)]
+    metric_cols = [("device", "device")] + [(k, k) for k in METRIC_KEYS + tuple(tasks)]
     parts += ["<h2>Agreement with the reference (latest run per device)</h2>",
               _table(metric_cols, [dict(device=r.device, **r.metrics) for r in latest])]
+    parts += _guard_section(latest)
     failed = [r for r in runs if r.error]
     if failed:
         parts.append("<h2>Failures</h2><ul>")
@@ -155,5 +188,10 @@ def to_markdown(runs: Sequence[RunRecord], latest: Sequence[RunRecord], generate
     if errors:
         lines += ["", "**Failures**", ""]
         lines += [f"- {md_code(r.device)}: {md_text((r.error or {}).get('message'))}" for r in errors]
+    guard_rows = _guard_rows(latest)
+    if guard_rows:
+        lines += ["", "**Guards** (latest run per device)", ""]
+        lines += [f"- {md_code(g['device'])}: " + ("pass" if g["passed"] else f"FAIL: {md_text(g['finding'])}")
+                  for g in guard_rows]
     lines += _power_markdown(latest)
     return "\n".join(lines) + "\n"

@@ -47,7 +47,9 @@ class RunRecord(RunFields):
                 "started": self.started, "ok": self.ok, "provider": self.runtime.get("provider"),
                 "runtime": self.runtime.get("name"), "metric": m.get("name"), "value": m.get("value"),
                 "threshold": m.get("threshold"),
-                "passed": m.get("passed") and all(c.get("passed") for c in m.get("also") or []),
+                "passed": (m.get("passed") and all(c.get("passed") for c in m.get("also") or [])
+                           and bool((self.guard or {}).get("passed", True))),
+                "guards": None if self.guard is None else bool(self.guard.get("passed")),
                 "p50_ms": lat.get("p50_ms"),
                 "p90_ms": lat.get("p90_ms"), "p99_ms": lat.get("p99_ms"), "mean_ms": lat.get("mean_ms"),
                 "first_load_ms": lat.get("first_load_ms"), "iterations": lat.get("iterations"),

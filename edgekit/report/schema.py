@@ -139,6 +139,25 @@ class ErrorInfo(_Part):
     hint: Optional[Text] = None
 
 
+class Finding(_Part):
+    """One guard finding (edgekit/device/guard.py): the report prints output, slice, check, message."""
+
+    output: Optional[Text] = None
+    check: Optional[Text] = None
+    slice: Optional[Count] = None
+    axis: Optional[Count] = None
+    value: Optional[Number] = None
+    threshold: Optional[Number] = None
+    message: Text = ""
+
+
+class Guard(_Part):
+    passed: Flag = False
+    enabled: Optional[Flag] = None
+    findings: Annotated[List[Finding], Field(max_length=MAX_POINTS)] = Field(default_factory=list)
+    outputs: Optional[Annotated[List[Dict[str, Any]], Field(max_length=MAX_POINTS)]] = None
+
+
 class Host(_Part):
     device: Optional[Text] = None
 
@@ -153,6 +172,7 @@ class ResultFile(_Part):
     target: Optional[Text] = None
     metric: Metric = Field(default_factory=Metric)
     metrics: Dict[str, Optional[Number]] = Field(default_factory=dict)
+    guard: Optional[Guard] = None
     latency: Latency = Field(default_factory=Latency)
     power: Optional[Power] = None
     memory: Dict[str, Optional[Number]] = Field(default_factory=dict)
@@ -248,7 +268,9 @@ class RunFields(BaseModel):
     metric: Dict[str, Any] = Field(default_factory=dict)
     """The gating metric: name, value, threshold, passed (plus n/min where they exist)."""
     metrics: Dict[str, Any] = Field(default_factory=dict)
-    """Every agreement figure: top1, topK, cosine, psnr_db, max_abs, max_rel."""
+    """Every agreement figure: top1, topK, cosine, psnr_db, max_abs, max_rel (and the task metrics in use)."""
+    guard: Optional[Dict[str, Any]] = None
+    """The built-in guards on the device's outputs: passed, findings naming output and slice, per-output figures."""
     latency: Dict[str, Any] = Field(default_factory=dict)
     power: Optional[Dict[str, Any]] = None
     memory: Dict[str, Any] = Field(default_factory=dict)
