@@ -207,9 +207,12 @@ def test_one_bad_run_file_is_skipped_by_report(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 def _peak_rss_mb(args: List[str], env: Dict[str, str]) -> tuple:
     """Run the CLI in a fresh interpreter; its exit code, stderr and its own peak RSS (MB)."""
-    code = ("import resource, sys\nfrom edgekit.cli import main\n"
+    # ru_maxrss would not do: Linux carries the parent's RSS at fork across exec into it (the pytest
+    # process, over 1 GB late in the suite). Reset the high-water mark first, then read VmHWM.
+    code = ("import re, sys\nopen('/proc/self/clear_refs', 'w').write('5')\nfrom edgekit.cli import main\n"
             "try:\n    main(sys.argv[1:], prog_name='edgekit')\nexcept SystemExit as e:\n    rc = e.code\n"
-            "sys.stderr.write('\\nPEAK %d RC %s\\n' % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rc))\n")
+            "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+            "sys.stderr.write('\\nPEAK %d RC %s\\n' % (hwm, rc))\n")
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=600)
     m = re.search(r"PEAK (\d+) RC (\S+)", proc.stderr)
     assert m, proc.stderr[-2000:]
