@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from pydantic import BaseModel
@@ -66,15 +66,23 @@ def _check_feeds_match_model(model_path: Path, feeds: List[Dict[str, np.ndarray]
 def run_model(model_path: Path, feeds: List[Dict[str, np.ndarray]]) -> List[List[np.ndarray]]:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    from .quantize.presets import DISABLED_OPTIMIZERS
+
+    # the session the device opens (runtime.disabled_optimizers), so kept-float nodes stay float here too
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
     names = [i.name for i in sess.get_inputs()]
     return [sess.run(None, {n: f[n] for n in names}) for f in feeds]
 
 
-def _manifest_runtime(profile: TargetProfile, name: str, graph_optimization: str) -> Dict[str, Any]:
-    return {"name": name, "providers": profile.runtime.providers if name == "onnxruntime" else ["cpu"],
-            "provider_options": profile.runtime.provider_options if name == "onnxruntime" else {},
-            "graph_optimization": graph_optimization, "intra_op_threads": profile.intra_op_threads}
+def _manifest_runtime(profile: TargetProfile, name: str, graph_optimization: str,
+                      disabled_optimizers: Sequence[str] = ()) -> Dict[str, Any]:
+    runtime = {"name": name, "providers": profile.runtime.providers if name == "onnxruntime" else ["cpu"],
+               "provider_options": profile.runtime.provider_options if name == "onnxruntime" else {},
+               "graph_optimization": graph_optimization, "intra_op_threads": profile.intra_op_threads}
+    if disabled_optimizers:
+        runtime["disabled_optimizers"] = list(disabled_optimizers)
+    return runtime
 
 
 def _bundle_tflite(config: ProjectConfig, profile: TargetProfile, model: Path, bundle: Path,
@@ -176,7 +184,7 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
         "target_profile": profile.model_dump(mode="json"),
         "artifact": "model.onnx",
         # the level the chosen model was measured at: int8 fusions need "extended"/"all"
-        "runtime": _manifest_runtime(profile, "onnxruntime", q.runtime_graph_optimization),
+        "runtime": _manifest_runtime(profile, "onnxruntime", q.runtime_graph_optimization, q.disabled_optimizers),
         "inputs": io["inputs"],
         "outputs": io["outputs"],
         "metric": metric.to_manifest(),
