@@ -39,7 +39,8 @@ METRIC = MetricSpec("cosine", 0.99)
 
 
 def _search(fake: Fake, timing=None, deadline: Optional[float] = None):
-    first = (fake.build([]), fake.score(fake.build([])))
+    path0 = fake.build([])
+    first = (path0, fake.score(path0))
     return search_float_set(fake.build, fake.score, METRIC, RANKED, NODES, [[n] for n in NODES],
                             deadline if deadline is not None else time.monotonic() + 60, first, timing=timing)
 
