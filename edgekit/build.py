@@ -33,6 +33,8 @@ class BuildResult(BaseModel):
     fp32_size_bytes: int
     metric: Dict[str, Any]
     seconds: float
+    calibration: str = ""
+    """How many calibration samples were used and why (e.g. the max_samples cap)."""
 
 
 def _io_specs(model_path: Path) -> Dict[str, List[Dict[str, Any]]]:
@@ -159,8 +161,11 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     metric = MetricSpec.from_config(config.validation)
 
     say(f"quantizing for {profile.name}")
+    # An explicit [calibration] max_samples is also the quantizer's cap (it otherwise caps at its default).
+    cap = config.calibration.max_samples if "max_samples" in config.calibration.model_fields_set else None
     q = quantize_for_target(prepared, work / "quantize", profile, calib, val, metric,
-                            precision=precision, budget_s=budget_s, seed=config.seed, progress=say)
+                            precision=precision, budget_s=budget_s, seed=config.seed, progress=say,
+                            calibration_cap=cap)
 
     say("writing the bundle")
     artifact.clean_dir(bundle)
@@ -194,4 +199,5 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     })
     return BuildResult(model=config.model.name, target=profile.name, bundle=bundle, release_id=manifest["release_id"],
                        precision=q.precision, method=q.method, reason=q.reason, size_bytes=size,
-                       fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=time.perf_counter() - t0)
+                       fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=time.perf_counter() - t0,
+                       calibration=str(q.calibration.get("note", "")))

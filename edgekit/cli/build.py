@@ -45,6 +45,8 @@ def build(target_names: List[str], config_path: Path, out: Optional[Path], preci
             f"({r.size_bytes / max(r.fp32_size_bytes, 1):.0%} of fp32)", str(r.bundle)) for r in results])
     for r in results:
         click.echo(f"{r.target}: {r.reason}")
+        if r.calibration:
+            click.echo(f"{r.target}: {r.calibration}")
 
 
 def _fmt_metric(m: dict) -> str:

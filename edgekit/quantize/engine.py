@@ -73,6 +73,7 @@ def quantize_for_target(
     seed: int = 0,
     progress: Optional[Callable[[str], None]] = None,
     measure: Optional[Callable[..., Dict[str, List[float]]]] = None,
+    calibration_cap: Optional[int] = None,
 ) -> QuantizeResult:
     """Build the candidates ``profile`` allows and keep the fastest that meets ``metric``.
 
@@ -80,6 +81,7 @@ def quantize_for_target(
     an unknown precision) and AccuracyError when no allowed candidate meets the threshold, or when
     ``budget_s`` runs out before the search ends. ``measure`` replaces host timing
     (``evaluate.measure_latency``'s signature) for latency pruning and the choice; tests inject one.
+    ``calibration_cap`` (``[calibration] max_samples``) replaces the default cap on calibration samples.
     """
     import onnx
 
@@ -101,7 +103,10 @@ def quantize_for_target(
     fp32_level = runtime_level_for("fp32", profile)
     fp32_session = make_session(base, fp32_level)
     refs = run_outputs(fp32_session, validation, index)
-    calib = cal.select_samples(calibration, cal.MAX_CALIBRATION_SAMPLES, seed)
+    cap = int(calibration_cap) if calibration_cap else cal.MAX_CALIBRATION_SAMPLES
+    calib = cal.select_samples(calibration, cap, seed)
+    cal_note = cal.describe_selection(len(calib), len(calibration), cap, calibration_cap is not None)
+    say(cal_note)
     sens_feeds = calib[:SENSITIVITY_SAMPLES]
     arch_ok = profile.arch == _targets.host_arch()
     host_ok = arch_ok and not profile.is_gpu and set(profile.isa_features) <= _targets.host_cpu_flags()
@@ -159,7 +164,7 @@ def quantize_for_target(
         runtime_graph_optimization=runtime_level_for(chosen.method, profile), family=family,
         disabled_optimizers=list(DISABLED_OPTIMIZERS) if chosen.precision == "int8" else [],
         calibration={"method": profile.quantization.calibration_method, "samples": len(calib),
-                     "given": len(calibration), "digest": cal.feeds_digest(calib),
+                     "given": len(calibration), "cap": cap, "note": cal_note, "digest": cal.feeds_digest(calib),
                      "used_by_chosen": chosen.method.startswith("static")},
         seed=seed,
     )
