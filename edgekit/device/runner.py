@@ -20,7 +20,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -352,7 +351,8 @@ def disabled_optimizers(runtime):
     comes from a bundle, so it is checked, not trusted)."""
     names = runtime.get("disabled_optimizers") or []
     if (not isinstance(names, list) or len(names) > 32
-            or not all(isinstance(n, str) and re.match(r"^[A-Za-z0-9_]{1,64}$", n) for n in names)):
+            or not all(isinstance(n, str) and 0 < len(n) <= 64 and n.isascii() and n.replace("_", "a").isalnum()
+                       for n in names)):
         raise RunnerError("release", "runtime.disabled_optimizers must be a list of up to 32 optimizer names",
                           "rebuild the bundle with edgekit build")
     return list(names)
