@@ -30,6 +30,9 @@ class Candidate(BaseModel):
     size_bytes: int = 0
     kept_float: int = 0
     note: str = ""
+    scored_at: str = ""
+    """The onnxruntime level ``metric`` was computed at when it is not the runtime level: 'basic'
+    (exact int8 arithmetic) for static int8 on a host whose int8 kernels are not the target's."""
 
 
 class QuantizeResult(BaseModel):
