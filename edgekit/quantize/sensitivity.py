@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -42,13 +42,15 @@ class _Revert:
       tensor passes straight through (an Identity keeps every name valid).
     """
 
-    def __init__(self, qdq, fp32, op_types, names) -> None:
-        self.qdq, self.fp32, self.op_types = qdq, fp32, set(op_types)
+    def __init__(self, qdq: "onnx.ModelProto", fp32: "onnx.ModelProto", op_types: Optional[Sequence[str]],  # type: ignore[name-defined]  # noqa: F821
+                 names: Sequence[str]) -> None:
+        self.qdq, self.fp32 = qdq, fp32
+        self.op_types = set(op_types) if op_types else None  # None: every op counts as quantized
         self.wanted = set(names)
         self.exact = True
         self.why = ""
 
-    def build(self):
+    def build(self) -> "onnx.ModelProto":  # type: ignore[name-defined]  # noqa: F821
         import onnx
         from onnx import helper
 
@@ -57,7 +59,6 @@ class _Revert:
         g = model.graph
         fnodes = {n.name: n for n in self.fp32.graph.node}
         finits = {i.name: i for i in self.fp32.graph.initializer}
-        fprod = {o: n for n in self.fp32.graph.node for o in n.output}
         fcons = _consumers(self.fp32.graph)
         qinits = {i.name for i in g.initializer}
         added = []
@@ -109,9 +110,12 @@ class _Revert:
         self.exact = False
         self.why = self.why or why
 
-    def _quantized(self, node) -> bool:
-        return (node is not None and node.name not in self.wanted and node.op_type in self.op_types
-                and not node.name.endswith("__edgekit_float"))
+    def _quantized(self, node: Any) -> bool:
+        if node is None or node.name in self.wanted or node.name.endswith("__edgekit_float"):
+            return False
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            return False
+        return self.op_types is None or node.op_type in self.op_types
 
     def _drop_unneeded_qdq(self, g) -> None:
         from onnx import helper
@@ -216,7 +220,7 @@ def _toposort(g) -> None:
     g.node.extend(nodes[i] for i in order)
 
 
-def revert_in_memory(qdq, fp32, op_types: Sequence[str], names: Sequence[str]):
+def revert_in_memory(qdq: Any, fp32: Any, op_types: Optional[Sequence[str]], names: Sequence[str]) -> Tuple[Any, bool, str]:
     """(model, exact, why): ``qdq`` rewritten as the build that excludes ``names`` would be.
     ``exact`` is False when some node's structure is not one this rewrite knows (the caller then
     ranks by real builds)."""
@@ -244,7 +248,7 @@ def rank_by_leave_one_out(
     deadline: float,
     group_size: int = 1,
     progress: Optional[Callable[[str], None]] = None,
-    op_types: Sequence[str] = (),
+    op_types: Optional[Sequence[str]] = None,
     build: Optional[Callable[[Sequence[str]], Path]] = None,
     record: Optional[Dict[str, object]] = None,
 ) -> List[Tuple[str, float]]:
