@@ -133,3 +133,28 @@ def test_depthwise_blocks_pair_a_depthwise_conv_with_its_pointwise_conv(tmp_path
     assert depthwise_blocks(model, names) == [["stem/Conv"], ["b0.dw/Conv", "b0.pw/Conv"],
                                               ["b1.dw/Conv", "b1.pw/Conv"], ["b2.dw/Conv", "b2.pw/Conv"],
                                               ["gap"], ["fc/Gemm"]]
+
+
+def test_the_all_float_set_never_wins_the_timing() -> None:
+    """The input-side prefix ends up reverting everything here (n7 is harmful too); all float is
+    fastest on a host where int8 does not pay, but that is the FP32 candidate's case, not an int8
+    float set."""
+    harm = dict(HARM, n7=0.02)
+    fake = Fake(harm)
+    ranked = [("n6", 0.02), ("n7", 0.02)] + [r for r in RANKED if r[0] not in ("n6", "n7")]
+
+    def timing(models: Dict[str, Path]) -> Dict[str, List[float]]:
+        out = {}
+        for k, p in models.items():
+            floats = len(Path(p).stem.split("-")) - 1
+            out[k] = [10.0 - floats] * 9  # more float, faster
+        out["fp32"] = [1.5] * 9
+        return out
+
+    path0 = fake.build([])
+    res = search_float_set(fake.build, fake.score, METRIC, ranked, NODES, [[n] for n in NODES],
+                           time.monotonic() + 60, (path0, fake.score(path0)), timing=timing)
+    tried = {s["strategy"]: s for s in res.record["strategies"]}
+    assert tried["input side"]["float_nodes"] == len(NODES)
+    assert res.strategy != "input side" and len(res.excluded) < len(NODES)
+    assert res.faster_than_fp32 is False
