@@ -59,10 +59,21 @@ def test_without_timing_the_fewest_float_nodes_win_and_every_strategy_is_recorde
     tried = {s["strategy"]: s for s in res.record["strategies"]}
     assert list(tried) == ["ranked prefix", "gain above noise", "blocks by gain", "input side", "output side"]
     assert tried["gain above noise"]["float_nodes"] == 5  # n6, n0..n3 beat the 0.002 noise floor
-    assert tried["input side"]["float_nodes"] == 7  # n0..n6
-    assert tried["output side"]["float_nodes"] == 6  # n7..n2: n6 and two of n0..n3 float
+    # untimed, a later prefix search only looks for fewer than 3 float nodes: one build each
+    for label in ("input side", "output side"):
+        assert not tried[label]["passed"] and tried[label]["note"] == "no passing set with fewer than 3 float nodes"
+    assert frozenset(NODES[:2]) in fake.built and frozenset(NODES[:7]) not in fake.built
     assert res.record["noise_floor"] == 0.002
     assert len(set(fake.built)) == len(fake.built)  # no float set is built twice
+
+
+def test_timed_searches_explore_bigger_sets_too() -> None:
+    fake = Fake(HARM)
+    res = _search(fake, lambda models: {k: [1.0] * 9 for k in list(models) + ["fp32"]})
+    tried = {s["strategy"]: s for s in res.record["strategies"]}
+    assert tried["input side"]["float_nodes"] == 7  # n0..n6
+    assert tried["output side"]["float_nodes"] == 6  # n7..n2: n6 and two of n0..n3 float
+    assert res.strategy == "ranked prefix"  # equal timings: the default pick (fewest float nodes) stays
 
 
 def test_on_a_matching_host_a_bigger_but_faster_float_set_wins() -> None:

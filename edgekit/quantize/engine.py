@@ -217,7 +217,8 @@ def _fallback(ctx: _Ctx, build: Callable[[Sequence[str]], Path], scorer: Scorer,
 
     try:
         fb = search_float_set(build, scorer.score, ctx.metric, pairs, names, depthwise_blocks(ctx.graph, names),
-                              ctx.deadline, first, timing=timing, progress=ctx.say, ranked_only=ranked_only)
+                              ctx.deadline, first, timing=timing if ctx.host_ok else None, progress=ctx.say,
+                              ranked_only=ranked_only)
     except AccuracyError as exc:
         if exc.details.get("budget"):
             raise

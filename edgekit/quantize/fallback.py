@@ -210,7 +210,8 @@ def search_float_set(
     ``revert_until_within_tolerance``): the shortest passing prefix of the ranking; only the nodes
     whose own gain beats the noise floor; blocks (depthwise + pointwise) ranked by summed gain;
     graph-order prefixes from the input side and from the output side (``ranked_only``: the first
-    two). Without timing the passing
+    two). Without timing a later prefix search only looks below the best size found (one build
+    when it cannot beat it), and the passing
     set with the fewest float nodes wins (ties: the better metric, then the order above). Raises
     AccuracyError when no strategy passes, or when the budget runs out (never a partial search).
     """
@@ -234,6 +235,12 @@ def search_float_set(
 
     def shortest_prefix(order: Sequence[str]) -> Optional[List[str]]:
         n = len(order)
+        if timing is None and found:
+            # Untimed, the fewest float nodes win: only a prefix shorter than the best so far can,
+            # and (reverting more only helps) it exists only if the longest such prefix passes.
+            n = min(n, min(len(g) for _, g in found) - 1)
+            if n <= 0 or not passes(order[:n]):
+                return None
         lo, hi, k = 0, None, 1
         while k <= n:
             if passes(order[:k]):
@@ -276,8 +283,11 @@ def search_float_set(
                             record=record)
     for label, run in strategies:
         say(f"fallback: {label}")
+        bound = min((len(g) for _, g in found), default=0) if timing is None else 0
         got = run()
         entry: Dict[str, Any] = {"strategy": label, "passed": got is not None}
+        if got is None and bound:
+            entry["note"] = f"no passing set with fewer than {bound} float nodes"
         if got is not None:
             entry.update(float_nodes=len(got), value=round(evaluate(got)[1]["value"], 6))
             if all(set(got) != set(g) for _, g in found):
