@@ -4,15 +4,16 @@ Each stage is its own module; this one only wires them together and returns a Bu
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from pydantic import BaseModel
 
-from . import artifact, data
+from . import artifact, build_record, data
 from .config import ProjectConfig
 from .errors import ConfigError, ExportError, QuantizationError
 from .metrics import MetricSpec
@@ -35,6 +36,14 @@ class BuildResult(BaseModel):
     seconds: float
     calibration: str = ""
     """How many calibration samples were used and why (e.g. the max_samples cap)."""
+    guard: Dict[str, Any] = {}
+    """The shipped model's guard report: passed, findings (output, slice, check, message)."""
+    guard_refused: Dict[str, str] = {}
+    """Candidates the guards refused: name -> the findings in one line."""
+    record: Optional[Path] = None
+    """``dist/<model>/<target>.build.json``: host timings and duration, outside the release."""
+    timing_note: str = ""
+    """Whether the timing comparisons were measured or reused from the previous build record."""
 
 
 def _io_specs(model_path: Path) -> Dict[str, List[Dict[str, Any]]]:
@@ -52,10 +61,15 @@ def _io_specs(model_path: Path) -> Dict[str, List[Dict[str, Any]]]:
             "outputs": [spec(v) for v in model.graph.output]}
 
 
-def _check_feeds_match_model(model_path: Path, feeds: List[Dict[str, np.ndarray]], source: str) -> None:
+def _check_feeds_match_model(model_path: Path, feeds: List[Dict[str, np.ndarray]], source: str,
+                             config: Optional[ProjectConfig] = None) -> None:
     """Catch calibration data that disagrees with the model (not only with [[inputs]])."""
-    specs = _io_specs(model_path)["inputs"]
+    io = _io_specs(model_path)
+    specs = io["inputs"]
+    declared = {i.name: i for i in (config.inputs if config else [])}
     for s in specs:
+        if s["name"] in declared:
+            _check_declared_input(declared[s["name"]], s, config)
         arr = feeds[0].get(s["name"])
         if arr is None:
             raise QuantizationError(f"{source}: the model's input '{s['name']}' has no data (have: {', '.join(feeds[0])})")
@@ -63,24 +77,84 @@ def _check_feeds_match_model(model_path: Path, feeds: List[Dict[str, np.ndarray]
         if len(s["shape"]) != arr.ndim or any(arr.shape[i] != d for i, d in fixed) or arr.dtype.name != s["dtype"]:
             raise QuantizationError(f"{source}: input '{s['name']}' expects {s['shape']} {s['dtype']}, "
                                     f"got {list(arr.shape)} {arr.dtype.name}")
+    stream = config.validation.stream if config else None
+    outs = [o["name"] for o in io["outputs"]]
+    for i, pair in enumerate(stream.state if stream else []):
+        if pair.output not in outs:
+            raise ConfigError(f"{config.path}: field 'validation.stream.state.{i}.output': '{pair.output}' is not an "  # type: ignore[union-attr]
+                              f"output of the model (outputs: {', '.join(outs)})")
 
 
-def run_model(model_path: Path, feeds: List[Dict[str, np.ndarray]]) -> List[List[np.ndarray]]:
+def _check_declared_input(spec: Any, model: Dict[str, Any], config: Any) -> None:
+    """[[inputs]] against the model's own declaration: rank and fixed sizes, and a batch axis that
+    the model keeps symbolic. The message gives the declaration that would fit."""
+    dims = model["shape"]
+    b = spec.batch
+    fixed_ok = len(dims) == len(spec.shape) and all(
+        not isinstance(d, int) or d == w or (i == b and d == 1) for i, (d, w) in enumerate(zip(dims, spec.shape)))
+    # a feed holds one sample along the batch axis, so the model must take a batch of one there
+    if fixed_ok and (b is None or not isinstance(dims[b], int) or dims[b] == 1):
+        if spec.dtype != model["dtype"]:
+            raise ConfigError(f"{config.path}: field 'inputs' ('{spec.name}'): edgekit.toml declares dtype "
+                              f"{spec.dtype}, but the model takes {model['dtype']}: declare dtype = \"{model['dtype']}\"")
+        return
+    symbolic = [i for i, d in enumerate(dims) if not isinstance(d, int)]
+    shape = [d if isinstance(d, int) else 1 for d in dims]
+    default = 0 if dims else "none"
+    batch = symbolic[0] if symbolic else (spec.batch if spec.batch is not None and spec.batch < len(dims) else default)
+    fix = f"shape = {shape}" + (f", batch_axis = {batch}" if batch != default else "")
+    shown = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+    rule = ("each input's samples lie on its batch_axis (axis 0 unless batch_axis says otherwise; "
+            "\"none\" for an input without one)")
+    raise ConfigError(f"{config.path}: field 'inputs' ('{spec.name}'): edgekit.toml declares shape {spec.shape} "
+                      f"(batch_axis = {spec.batch_axis}), but the model declares {shown}; {rule}: declare {fix}")
+
+
+def _carried_feeds(model_path: Path, feeds: List[Dict[str, np.ndarray]], pairs: List[Tuple[str, str]],
+                   starts: List[bool]) -> List[Dict[str, np.ndarray]]:
+    """Calibration chunks with the FP32 model's own carried state in each state input, so the
+    calibrated state ranges are those of a running stream rather than of the initial state."""
     import onnxruntime as ort
 
+    from .device import runner
+
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    out_names = [o.name for o in sess.get_outputs()]
+    carry = runner.stream_carry({"state": [{"input": i, "output": o} for i, o in pairs]}, starts, out_names, len(feeds))
+    fed, prev = [], None
+    for i, feed in enumerate(feeds):
+        f = carry(feed, i, prev)
+        prev = sess.run(None, f)
+        fed.append(f)
+    return fed
+
+
+def run_model(model_path: Path, feeds: List[Dict[str, np.ndarray]],
+              stream: Optional[Tuple[Any, Any]] = None) -> List[List[np.ndarray]]:
+    import onnxruntime as ort
+
+    from .device import runner
     from .quantize.presets import DISABLED_OPTIMIZERS
 
     # the session the device opens (runtime.disabled_optimizers), so kept-float nodes stay float here too
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"],
                                 disabled_optimizers=list(DISABLED_OPTIMIZERS))
     names = [i.name for i in sess.get_inputs()]
-    return [sess.run(None, {n: f[n] for n in names}) for f in feeds]
+    pairs, starts = stream if stream else ((), ())
+    carry = runner.stream_carry({"state": [{"input": i, "output": o} for i, o in pairs]}, list(starts),
+                                [o.name for o in sess.get_outputs()], len(feeds))
+    outs: List[List[np.ndarray]] = []
+    for i, f in enumerate(feeds):
+        outs.append(sess.run(None, carry({n: f[n] for n in names}, i, outs[-1] if outs else None)))
+    return outs
 
 
-def _manifest_runtime(profile: TargetProfile, name: str, graph_optimization: str,
+def _manifest_runtime(profile: TargetProfile, name: str, graph_optimization: str, precision: str,
                       disabled_optimizers: Sequence[str] = ()) -> Dict[str, Any]:
+    from .quantize.presets import provider_options_for
+
     runtime = {"name": name, "providers": profile.runtime.providers if name == "onnxruntime" else ["cpu"],
-               "provider_options": profile.runtime.provider_options if name == "onnxruntime" else {},
+               "provider_options": provider_options_for(profile, precision) if name == "onnxruntime" else {},
                "graph_optimization": graph_optimization, "intra_op_threads": profile.intra_op_threads}
     if disabled_optimizers:
         runtime["disabled_optimizers"] = list(disabled_optimizers)
@@ -89,7 +163,7 @@ def _manifest_runtime(profile: TargetProfile, name: str, graph_optimization: str
 
 def _bundle_tflite(config: ProjectConfig, profile: TargetProfile, model: Path, bundle: Path,
                    val: List[Dict[str, np.ndarray]], labels: Optional[np.ndarray], t0: float,
-                   say: Progress) -> BuildResult:
+                   say: Progress, starts: Optional[List[bool]] = None) -> BuildResult:
     """A converted .tflite model ships as it is; its reference outputs come from the real LiteRT
     interpreter on this host, so the device check catches runtime or delegate divergence."""
     from .device import runner
@@ -100,40 +174,76 @@ def _bundle_tflite(config: ProjectConfig, profile: TargetProfile, model: Path, b
     say("computing reference outputs with LiteRT on this host")
     try:
         run, info, _ = runner.open_tflite(str(model.parent), specs, profile.intra_op_threads or None)
-        reference = [run(f) for f in val]
+        metric = MetricSpec.from_config(config.validation)
+        carry = runner.stream_carry(metric.to_manifest().get("stream"), starts, [str(o["name"]) for o in io["outputs"]],
+                                    len(val))
+        reference = runner.run_feeds(run, val, carry)
     except runner.RunnerError as exc:
         raise ExportError(f"{model}: {exc.message}") from None
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"{config.path}: validation samples do not fit {model.name}'s inputs ({exc})") from None
-    metric = MetricSpec.from_config(config.validation)
     say("writing the bundle")
     artifact.clean_dir(bundle)
     shutil.copyfile(model, bundle / "model.tflite")
     out_names = [str(o["name"]) for o in io["outputs"]]
-    artifact.write_reference(bundle / artifact.REFERENCE, val, reference, out_names, labels)
+    shipped = _write_reference_subset(config, bundle, val, reference, out_names, labels, starts)
     artifact.copy_device_files(bundle)
     size = (bundle / "model.tflite").stat().st_size
     quantized = bool(info.get("quantized_io"))
     reason = "a converted .tflite model ships as it is (its converter chose the precision); the device is checked against LiteRT's outputs on this host"
     manifest = artifact.write_manifest(bundle, {
         "model": config.model.name, "target": profile.name, "target_profile": profile.model_dump(mode="json"),
-        "artifact": "model.tflite", "runtime": _manifest_runtime(profile, "tflite", "basic"),
+        "artifact": "model.tflite", "runtime": _manifest_runtime(profile, "tflite", "basic", "as-converted"),
         "inputs": io["inputs"], "outputs": io["outputs"], "metric": metric.to_manifest(),
         "export": {"source": "tflite", "opset": None, "max_abs_diff": None},
         "quantization": {"precision": "int8" if quantized else "as-converted", "method": "tflite-passthrough",
                          "reason": reason},
         "build_metrics": {"size_bytes": size, "fp32_size_bytes": size, "host_metric": {}},
+        "reference": shipped,
     })
+    seconds = time.perf_counter() - t0
+    record = build_record.write(bundle, manifest["release_id"], seconds, {}, None)
     return BuildResult(model=config.model.name, target=profile.name, bundle=bundle, release_id=manifest["release_id"],
                        precision="int8" if quantized else "as-converted", method="tflite-passthrough", reason=reason,
-                       size_bytes=size, fp32_size_bytes=size, metric={}, seconds=time.perf_counter() - t0)
+                       size_bytes=size, fp32_size_bytes=size, metric={}, seconds=seconds, record=record)
+
+
+def _write_reference_subset(config: ProjectConfig, bundle: Path, val: List[Dict[str, np.ndarray]],
+                            reference: List[List[np.ndarray]], out_names: List[str], labels: Optional[np.ndarray],
+                            starts: Optional[List[bool]]) -> Dict[str, Any]:
+    """reference.npz gets a bounded, deterministic subset of the validation set (whole streams), so a
+    bundle stays small beside its model; the build's own metric still covers every sample."""
+    v = config.validation
+    idx = artifact.reference_subset(val, reference, v.reference_samples, v.reference_max_mb, starts)
+    sub_starts = None if starts is None else [starts[i] for i in idx]
+    artifact.write_reference(bundle / artifact.REFERENCE, [val[i] for i in idx], [reference[i] for i in idx], out_names,
+                             None if labels is None else np.asarray(labels)[idx], sub_starts)
+    shipped: Dict[str, Any] = {"samples": len(idx), "of": len(val), "max_samples": v.reference_samples,
+                               "max_mb": v.reference_max_mb, "bytes": (bundle / artifact.REFERENCE).stat().st_size}
+    model = bundle / "model.onnx"
+    if len(idx) < len(val) and model.is_file():
+        # The threshold was met on the whole set; on a subset a rate such as top-1 is coarse (one miss
+        # in 32 is 3%), so the host's own score of the shipped file on these samples is recorded: the
+        # device must reproduce it where the subset alone misses the threshold (see runner.validate).
+        metric = MetricSpec.from_config(v)
+        k = metric.output_index(out_names)
+        stream = (metric.stream, tuple(sub_starts or ())) if metric.stream else None
+        mine = run_model(model, [val[i] for i in idx], stream)
+        shipped["host_value"] = metric.score([m[k] for m in mine], [reference[i][k] for i in idx],
+                                             [val[i] for i in idx])["value"]
+    return shipped
 
 
 def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precision: str = "auto",
-          budget_s: float = 300.0, progress: Optional[Progress] = None) -> BuildResult:
+          budget_s: float = 300.0, progress: Optional[Progress] = None, remeasure: bool = False) -> BuildResult:
+    """``remeasure``: time every comparison afresh instead of reusing the previous build record's
+    timings of identical models (which keeps rebuilds byte-identical)."""
     from . import export, optimize
     from .quantize import quantize_for_target
+    from .guard import resolve as resolve_guard
+    from .quantize.choose import guard_refusal
     from .quantize.candidates import file_size
+    from .quantize.evaluate import measure_latency
 
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -142,62 +252,84 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     artifact.clean_dir(work)
 
     say("loading calibration and validation data")
-    calib, _ = data.load_samples(config.calibration, config, "calibration")
-    val, labels = data.load_samples(config.validation, config, "validation")
+    calib, _, calib_starts = data.load_stream_samples(config.calibration, config, "calibration")
+    val, labels, starts = data.load_stream_samples(config.validation, config, "validation")
     if not val:
         raise ConfigError(f"{config.path}: field 'validation': no samples")
 
     say(f"exporting {config.model.source} model '{config.model.name}' to ONNX")
     exported = export.export(config, work, check_feed=val[0])
     if exported.source == "tflite":
-        return _bundle_tflite(config, profile, exported.path, bundle, val, labels, t0, say)
-    _check_feeds_match_model(exported.path, calib, str(config.resolve(config.calibration.data or config.calibration.text)))
+        return _bundle_tflite(config, profile, exported.path, bundle, val, labels, t0, say, starts)
+    _check_feeds_match_model(exported.path, calib, str(config.resolve(config.calibration.data or config.calibration.text)),
+                             config)
+    metric = MetricSpec.from_config(config.validation)
+    if metric.stream:
+        metric = dataclasses.replace(metric, starts=tuple(starts or ()))
+        say("carrying FP32 stream state through the calibration chunks")
+        calib = _carried_feeds(exported.path, calib, list(metric.stream), list(calib_starts or ()))
 
     say(f"optimizing the graph ({profile.graph_optimization})")
     prepared = optimize.prepare(exported.path, work / "model.prepared.onnx", profile)
 
     say("computing FP32 reference outputs")
-    reference = run_model(exported.path, val)
-    metric = MetricSpec.from_config(config.validation)
+    reference = run_model(exported.path, val, metric.stream_plan)
 
     say(f"quantizing for {profile.name}")
+    guard = resolve_guard(config.validation.guard.model_dump(mode="json"), exported.path, config.validation.mask_input)
+    memo = build_record.TimingMemo(measure_latency, build_record.read_timings(bundle), fresh=remeasure)
     # An explicit [calibration] max_samples is also the quantizer's cap (it otherwise caps at its default).
     cap = config.calibration.max_samples if "max_samples" in config.calibration.model_fields_set else None
-    q = quantize_for_target(prepared, work / "quantize", profile, calib, val, metric,
-                            precision=precision, budget_s=budget_s, seed=config.seed, progress=say,
+    q = quantize_for_target(prepared, work / "quantize", profile, calib, val, metric, precision=precision,
+                            budget_s=budget_s, seed=config.seed, progress=say, measure=memo, guard=guard,
                             calibration_cap=cap)
 
     say("writing the bundle")
     artifact.clean_dir(bundle)
     optimize.copy_model(q.model_path, bundle / "model.onnx")  # keeps external data of >2 GB models
     io = _io_specs(exported.path)
-    artifact.write_reference(bundle / artifact.REFERENCE, val, reference, [o["name"] for o in io["outputs"]], labels)
+    shipped = _write_reference_subset(config, bundle, val, reference, [o["name"] for o in io["outputs"]], labels, starts)
     artifact.copy_device_files(bundle)
     out_idx = metric.output_index([o["name"] for o in io["outputs"]])
     host_metric: Dict[str, Any] = {"int8_vs_fp32" if q.precision == "int8" else f"{q.precision}_vs_fp32": q.metric_after}
     if labels is not None:
-        chosen = run_model(bundle / "model.onnx", val)
+        chosen = run_model(bundle / "model.onnx", val, metric.stream_plan)
         host_metric["task_accuracy"] = {
             "fp32": float(np.mean([np.argmax(r[out_idx]) == l for r, l in zip(reference, labels)])),
             q.precision: float(np.mean([np.argmax(c[out_idx]) == l for c, l in zip(chosen, labels)])),
         }
     size = file_size(bundle / "model.onnx")  # external data (models over 2 GB) included
-    fp32_size = file_size(exported.path)
+    fp32_size = q.fp32_size_bytes or file_size(exported.path)  # like for like: the FP32 file this build would ship
     manifest = artifact.write_manifest(bundle, {
         "model": config.model.name,
         "target": profile.name,
         "target_profile": profile.model_dump(mode="json"),
         "artifact": "model.onnx",
         # the level the chosen model was measured at: int8 fusions need "extended"/"all"
-        "runtime": _manifest_runtime(profile, "onnxruntime", q.runtime_graph_optimization, q.disabled_optimizers),
+        "runtime": _manifest_runtime(profile, "onnxruntime", q.runtime_graph_optimization, q.precision,
+                                     q.disabled_optimizers),
         "inputs": io["inputs"],
         "outputs": io["outputs"],
         "metric": metric.to_manifest(),
+        "guard": guard,  # the thresholds runner.py validate applies again on the device
         "export": {"source": exported.source, "opset": exported.opset, "max_abs_diff": exported.max_abs_diff},
-        "quantization": q.model_dump(mode="json", exclude={"model_path"}),
+        # measurements (host latency) vary between builds: they go to the build record, not here
+        "quantization": q.model_dump(mode="json", exclude={"model_path": True, "latency_ms": True,
+                                                           "latency_pruning": True,
+                                                           "candidates": {"__all__": {"p50_ms"}},
+                                                           "fallback_search": {"__all__": {"p50_ms", "aa_noise_floor"}}}),
         "build_metrics": {"size_bytes": size, "fp32_size_bytes": fp32_size, "host_metric": host_metric},
+        "reference": shipped,
     })
+    seconds = time.perf_counter() - t0
+    record = build_record.write(bundle, manifest["release_id"], seconds, {
+        "latency_ms": q.latency_ms, "latency_pruning": q.latency_pruning,
+        "candidates_p50_ms": {c.name: c.p50_ms for c in q.candidates},
+        "fallback_search_p50_ms": {n: {k: rec[k] for k in ("p50_ms", "aa_noise_floor") if k in rec}
+                                   for n, rec in q.fallback_search.items()},
+    }, memo)
     return BuildResult(model=config.model.name, target=profile.name, bundle=bundle, release_id=manifest["release_id"],
                        precision=q.precision, method=q.method, reason=q.reason, size_bytes=size,
-                       fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=time.perf_counter() - t0,
-                       calibration=str(q.calibration.get("note", "")))
+                       fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=seconds, record=record,
+                       timing_note=memo.summary(), guard=q.guard, calibration=str(q.calibration.get("note", "")),
+                       guard_refused={c.name: guard_refusal(c) for c in q.candidates if guard_refusal(c)})

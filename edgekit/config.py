@@ -7,20 +7,28 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Union
+from typing import Annotated, Dict, List, Literal, Optional, Union
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator,
+                      model_validator)
 
 from .device.power import DEFAULT_GRID_G_PER_KWH, REGISTRY as POWER_SAMPLERS
 from .errors import ConfigError
 
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
-METRICS = ("top1", "topk", "cosine", "psnr", "max_abs", "max_rel")
+METRICS = ("top1", "topk", "cosine", "psnr", "max_abs", "max_rel", "detections", "sequences")
+
+# Numbers are taken as written: pydantic's lax mode would turn opset = "17" into 17 and a quoted
+# port into an int, hiding a typo; and nan/inf pass every >=/<= check, so a threshold of nan gates
+# nothing. Floats still accept integers (threshold = 1).
+Int = Annotated[int, Strict()]
+Num = Annotated[float, Strict(), AllowInfNan(False)]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 
 
 class _Strict(BaseModel):
@@ -35,8 +43,8 @@ class ModelSpec(_Strict):
     path: Optional[Path] = None
     """hf: the model directory; onnx: the .onnx file; tflite: a converted .tflite file (shipped as is)."""
     task: str = "feature-extraction"
-    opset: int = Field(17, ge=11, le=21)
-    export_tolerance: float = Field(1e-3, gt=0)
+    opset: Int = Field(17, ge=11, le=21)
+    export_tolerance: Num = Field(1e-3, gt=0)
     """Max abs difference allowed between framework outputs and the exported ONNX model."""
 
     @model_validator(mode="after")
@@ -51,17 +59,53 @@ class ModelSpec(_Strict):
 
 class InputSpec(_Strict):
     name: str
-    shape: List[int]
+    shape: List[Int]
+    """One sample's shape as the model takes it, batch axis included (size 1); ``[]`` for a scalar."""
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
     dynamic_axes: Dict[int, str] = Field(default_factory=dict)
     """Axis index -> symbolic name, e.g. {0 = "batch", 1 = "sequence"}."""
+    batch_axis: Union[int, Literal["none"], None] = None
+    """The axis that holds samples, in the model and in data files (default 0; ``"none"`` for an input
+    without one, such as a sample rate; a scalar has none)."""
+    constant: bool = False
+    """The data file holds one sample of this input, fed with every sample (an initial state)."""
+    value: Optional[Union[float, int, bool, List[object]]] = None
+    """A value given here instead of in the data files, fed with every sample (e.g. ``sr = 16000``)."""
 
     @field_validator("shape")
     @classmethod
     def _positive(cls, v: List[int]) -> List[int]:
-        if not v or any(d <= 0 for d in v):
-            raise ValueError("expected a list of positive dimensions")
+        if any(d <= 0 for d in v):
+            raise ValueError("expected a list of positive dimensions ([] for a scalar)")
         return v
+
+    @model_validator(mode="after")
+    def _batch_axis(self) -> "InputSpec":
+        if self.batch_axis is None:
+            self.batch_axis = 0 if self.shape else "none"
+        if isinstance(self.batch_axis, int) and not self.shape:
+            raise ValueError("a scalar (shape = []) has no batch axis: leave batch_axis out or set it to \"none\"")
+        if isinstance(self.batch_axis, int) and not 0 <= self.batch_axis < len(self.shape):
+            raise ValueError(f"batch_axis {self.batch_axis} is not an axis of shape {self.shape}: use 0.."
+                             f"{len(self.shape) - 1}, or \"none\" for an input without a batch axis")
+        if self.constant and self.value is not None:
+            raise ValueError("give either constant = true (one sample in the data files) or value, not both")
+        if self.value is not None:
+            import numpy as np  # only for the shape check of an inline value
+
+            try:
+                got = list(np.asarray(self.value, dtype=self.dtype).shape)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"value is not a {self.dtype} array: {exc}") from None
+            if got != list(self.shape):
+                raise ValueError(f"value has shape {got}, but shape = {self.shape} (the value is one sample, "
+                                 "fed with every sample)")
+        return self
+
+    @property
+    def batch(self) -> Optional[int]:
+        """The batch axis, or None for an input without one."""
+        return self.batch_axis if isinstance(self.batch_axis, int) else None
 
 
 class DataSpec(_Strict):
@@ -71,7 +115,7 @@ class DataSpec(_Strict):
     """A file of lines, tokenized with the tokenizer in the Hugging Face model directory."""
     labels: Optional[str] = None
     """Key in the .npz holding integer labels (reports task accuracy beside agreement)."""
-    max_samples: int = Field(256, ge=1)
+    max_samples: Int = Field(256, ge=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
@@ -80,29 +124,113 @@ class DataSpec(_Strict):
         return self
 
 
+class StatePair(_Strict):
+    input: str
+    """The state input fed at every chunk of a stream."""
+    output: str
+    """The model output that becomes ``input`` at the next chunk of the same stream."""
+
+
+class StreamSpec(_Strict):
+    """Stateful streaming models (voice activity, keyword spotting): samples are consecutive chunks
+    of streams; each chunk after a stream's first gets the previous chunk's state output. The first
+    chunk's state comes from the data (or the input's ``value``/``constant``)."""
+    state: List[StatePair]
+    chunks: Optional[Int] = Field(None, ge=1)
+    """Every ``chunks`` consecutive samples form one stream (the last may be shorter)."""
+    ids: Optional[str] = None
+    """Or: the data file's array (key) giving each sample's stream id; a new id starts a stream."""
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _one_grouping(self) -> "StreamSpec":
+        if (self.chunks is None) == (self.ids is None):
+            raise ValueError("give exactly one of 'chunks' (samples per stream) or 'ids' (an array of stream ids)")
+        if not self.state:
+            raise ValueError("'state' needs at least one {input = ..., output = ...} pair")
+        return self
+
+
+class DetectionOptions(_Strict):
+    """metric 'detections': the candidate's detections matched against FP32's (edgekit/device/guard.py)."""
+    layout: Literal["yolov8", "anchors-first", "yolov5"] = "yolov8"
+    """yolov8: [batch, 4+C, anchors] (Ultralytics export); anchors-first: [batch, anchors, 4+C];
+    yolov5: [batch, anchors, 5+C] with objectness (score = objectness x class score)."""
+    box: Literal["xywh", "xyxy"] = "xywh"
+    """xywh: centre x, centre y, width, height; xyxy: corners."""
+    score_threshold: Num = Field(0.25, gt=0, le=1)
+    iou: Num = Field(0.5, gt=0, le=1)
+    """A candidate detection matches an FP32 one of the same class at this IoU or more."""
+    nms_iou: Num = Field(0.7, gt=0, le=1)
+    max_detections: Int = Field(300, ge=1)
+
+
+class SequenceOptions(_Strict):
+    """metric 'sequences': greedy-decoded argmax sequences must equal FP32's (CTC-style OCR, ASR)."""
+    blank: Optional[Int] = 0
+    """The CTC blank class, dropped after collapsing repeats (-1 or none: nothing dropped)."""
+    collapse_repeats: bool = True
+    class_axis: Int = -1
+    time_axis: Int = -2
+
+
+class GuardSpec(_Strict):
+    """Built-in guards every candidate must pass on every output, beside the metric (see README)."""
+    enabled: bool = True
+    max_rel_error: Num = Field(0.5, gt=0)
+    """Per output: ||candidate - fp32|| / ||fp32|| at most this."""
+    max_slice_rel_error: Num = Field(0.75, gt=0)
+    """The same per slice along the output's feature axis."""
+    min_range_kept: Num = Field(0.25, ge=0, le=1)
+    """A slice that varies in FP32 must keep at least this share of its range (else it 'collapsed')."""
+    min_argmax_agreement: Num = Field(0.5, ge=0, le=1)
+    min_rank_agreement: Num = Field(0.5, ge=0, le=1)
+    """Outputs that look like scores (slices in [0, 1]): argmax and top-10 agreement with FP32."""
+    feature_axis: Dict[str, Int] = Field(default_factory=dict)
+    """Output name -> the axis whose slices are checked (default: axis 1 for [N, C, anchors]-like
+    outputs, else the last axis)."""
+    skip: List[str] = Field(default_factory=list)
+    """Outputs the guards ignore (e.g. a raw feature map nobody reads)."""
+
+
 class ValidationSpec(DataSpec):
     metric: Literal[METRICS] = "top1"  # type: ignore[valid-type]
-    threshold: float
+    threshold: Num
     """top1/topk/cosine: at least this; psnr: at least this many dB; max_abs/max_rel: at most this."""
-    k: int = Field(5, ge=1)
+    k: Int = Field(5, ge=1)
     output: Optional[str] = None
     """Which model output the metric reads (default: the first)."""
     pooling: Literal["none", "mean"] = "none"
     """cosine on token embeddings: 'mean' pools over the attention mask first (sentence embeddings)."""
     mask_input: str = "attention_mask"
-    also: Dict[Literal[METRICS], float] = Field(default_factory=dict)  # type: ignore[valid-type]
+    also: Dict[Literal[METRICS], Num] = Field(default_factory=dict)  # type: ignore[valid-type]
     """Further metrics the device run must meet too, e.g. {psnr = 30, max_abs = 0.05} (each in its
     metric's direction). ``metric``/``threshold`` still choose the build; these gate validate."""
+    stream: Optional[StreamSpec] = None
+    """Score (and calibrate) on streams of chunks, carrying state outputs back in (see StreamSpec)."""
+    reference_samples: Int = Field(32, ge=1)
+    """At most this many validation samples (whole streams) ship in reference.npz for validate."""
+    reference_max_mb: Num = Field(64.0, gt=0)
+    """And at most this many MB of them (inputs + FP32 outputs); the smaller bound wins."""
+    detections: DetectionOptions = Field(default_factory=DetectionOptions)
+    sequences: SequenceOptions = Field(default_factory=SequenceOptions)
+    guard: GuardSpec = Field(default_factory=GuardSpec)
 
 
 class DeviceSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(pattern=r"^[^\s\x00-\x1f\x7f-][^\s\x00-\x1f\x7f]*$", max_length=255)
+    """Any name an Ansible inventory gives (unicode, IPv6, ...) but blanks and control characters;
+    file names use edgekit.transport.inventory.safe_filename(name)."""
     target: str
     transport: Literal["local", "ssh"] = "local"
     path: str = "~/edgekit"
     """The device directory that holds releases/ and current."""
     host: Optional[str] = None
-    port: Optional[int] = None
+    port: Optional[Port] = None
     user: Optional[str] = None
     identity_file: Optional[str] = None
     python: str = "python3"
@@ -117,8 +245,8 @@ class DeviceSpec(_Strict):
 
 
 class DeploySpec(_Strict):
-    keep_releases: int = Field(3, ge=1)
-    max_parallel: int = Field(8, ge=1)
+    keep_releases: Int = Field(3, ge=1)
+    max_parallel: Int = Field(8, ge=1)
     known_hosts: Optional[Path] = None
     inventory: Optional[Path] = None
 
@@ -129,12 +257,12 @@ class PowerSpec(_Strict):
     sampler: str = "auto"
     """'auto': the target profile's sensor, else the labelled CPU-time estimate; 'none': no sampling;
     or a sampler name (edgekit doctor lists what the device has)."""
-    rate_hz: float = Field(10.0, ge=1, le=100)
-    idle_s: float = Field(2.0, ge=0, le=60)
+    rate_hz: Num = Field(10.0, ge=1, le=100)
+    idle_s: Num = Field(2.0, ge=0, le=60)
     """Seconds of idle baseline before the window (0: no baseline, so no energy above idle)."""
-    requests_per_s: float = Field(1.0, gt=0)
+    requests_per_s: Num = Field(1.0, gt=0)
     """The request rate the carbon-per-day figure assumes."""
-    grid_g_per_kwh: float = Field(DEFAULT_GRID_G_PER_KWH, ge=0, le=2000)
+    grid_g_per_kwh: Num = Field(DEFAULT_GRID_G_PER_KWH, ge=0, le=2000)
     """Grid carbon intensity, gCO2e/kWh (default: the 2023 world average, Ember)."""
 
     @field_validator("sampler")
@@ -156,7 +284,10 @@ class ProjectConfig(_Strict):
     power: PowerSpec = Field(default_factory=PowerSpec)
     targets: List[str] = Field(default_factory=list)
     """Targets the release flow builds (``edgekit build --all``)."""
-    seed: int = 0
+    targets_dir: Optional[Path] = None
+    """A folder of the project's own target profiles (default: ``targets/`` beside this file, when
+    it exists); they merge over the built-in ones."""
+    seed: Int = 0
 
     path: Path = Field(Path("edgekit.toml"), exclude=True)
     """Where this config was read from (set by ``load``)."""
@@ -172,6 +303,16 @@ class ProjectConfig(_Strict):
             return package_path(str(p)[4:])
         p = Path(p).expanduser()
         return p if p.is_absolute() else (self.root / p)
+
+    def target_dirs(self) -> List[Path]:
+        """The project's own target-profile folders, for ``targets.resolve(..., project_dirs=...)``."""
+        if self.targets_dir is not None:
+            folder = self.resolve(self.targets_dir)
+            if folder is None or not folder.is_dir():
+                raise ConfigError(f"{self.path}: field 'targets_dir': {folder} is not a directory")
+            return [folder]
+        default = self.root / "targets"
+        return [default] if default.is_dir() else []
 
     def device(self, name: str) -> DeviceSpec:
         for d in self.devices:
@@ -206,6 +347,9 @@ def first_error(exc: ValidationError, label: str = "field") -> str:
     if err["type"] == "missing":
         return f"missing {label} '{where}'"
     msg = re.sub(r"^Value error, ", "", err["msg"])
+    given = err.get("input")
+    if isinstance(given, (str, int, float)) and len(repr(given)) <= 60:
+        msg += f" (got {given!r}{', a string' if isinstance(given, str) else ''})"
     return f"{label} '{where}': {msg}"
 
 
@@ -217,6 +361,10 @@ def load(path: Union[Path, str] = "edgekit.toml") -> ProjectConfig:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); TOML files must be UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         cfg = ProjectConfig.model_validate(data)
     except ValidationError as exc:
@@ -225,4 +373,14 @@ def load(path: Union[Path, str] = "edgekit.toml") -> ProjectConfig:
     names = [i.name for i in cfg.inputs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: field 'inputs': input names must be unique, got {names}")
+    seen = set()
+    for i, d in enumerate(cfg.devices):
+        if d.name in seen:  # the first would silently win every --device lookup
+            raise ConfigError(f"{path}: field 'devices.{i}.name': device name '{d.name}' is used twice; names must be unique")
+        seen.add(d.name)
+    stream = cfg.validation.stream
+    for i, pair in enumerate(stream.state if stream else []):
+        if pair.input not in names:
+            raise ConfigError(f"{path}: field 'validation.stream.state.{i}.input': '{pair.input}' is not one of "
+                              f"the [[inputs]] ({', '.join(names)})")
     return cfg

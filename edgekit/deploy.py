@@ -4,14 +4,18 @@ The device directory holds::
 
     releases/<id>/          one immutable directory per release (id = the bundle's content address)
     releases/<id>.partial/  an upload in progress (or left by a killed deploy; the next one resumes it)
-    releases/.lock/owner    who is deploying right now (mkdir is atomic, so the directory is the lock)
+    releases/.lock/         who is deploying right now (see deploy_lock.py)
     current -> releases/<id>
     history                 "<time> deploy <id>" and "<time> rollback <from> <to>" lines
 
 A deploy never touches ``current`` until the new release is complete and every file's sha256 matches
 the manifest *on the device*; the switch is a new symlink renamed over the old one (rename(2) is
 atomic), so a cut connection, a full disk, a corrupted upload or a killed process all leave the
-previous release current and intact.
+previous release current and intact. The history line is written *before* the switch: a crash
+between the two leaves a line for a switch that never happened, which every reader drops
+(:func:`reconcile`) and the next deploy rewrites. A complete release directory is never changed: a
+bundle with the same id but another manifest is refused. After any failure, deploy reads ``current``
+back and says which release the device really runs.
 
 Written once over the transport: ``run`` (every argument quoted by the transport), ``put`` and the
 small set of file operations of the Transport interface (SFTP requests over SSH, so
@@ -19,33 +23,22 @@ a deploy spawns at most two remote shells: one to hash and measure, one to verif
 """
 from __future__ import annotations
 
-import json
 import os
-import re
-import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple, cast
+from typing import Callable, Dict, List, Optional, Set, Tuple, cast
 
 from . import artifact
-from .errors import DeployError, DeviceError
+from .deploy_lock import LOCK, OWNER_LIMIT, PARTIAL_OWNER, DeviceLock, os_text, parse_owner
+from .device_layout import (PARTIAL, Device, describe, history_line, plain_name, previous_release,  # noqa: F401
+                            recency, reconcile, release_of, release_stack)
+from .errors import DeployError, DeviceError, EdgekitError
 from .transport import Transport
 
-LOCK = "releases/.lock"
-PARTIAL = ".partial"
-HISTORY_LINES = 1000
-LOCK_POLL_S = 0.2
+DAMAGED = ".damaged-"
 DEFAULT_LOCK_TIMEOUT_S = 60.0
-STALE_LOCK_S = 3600.0
-"""A lock older than this is broken even when its owner cannot be checked (taken from another host)."""
-ORPHAN_LOCK_S = 5.0
-"""A lock directory without an owner file for this long was left between mkdir and the write."""
-
-_held_owners: Set[str] = set()  # locks this process holds right now (see _is_stale)
-_held_guard = threading.Lock()
 
 
 @dataclass
@@ -98,235 +91,6 @@ class DeviceStatus:
     partial: List[str] = field(default_factory=list)
 
 
-# One remote shell does the on-device work: copy files within the device, report free space, hash.
-# Arguments arrive as $1.. (quoted by the transport); the script is a constant. Hashing prefers the
-# device's Python (hashlib is OpenSSL's, with the CPU's SHA instructions: 2-5x coreutils' sha256sum
-# on x86 and ARMv8 boards, which makes an unchanged redeploy of a big model fast); sha256sum is the
-# fallback where that interpreter is missing.
-SH_COPY_DF_HASH = (
-    'py=$1; code=$2; dir=$3; n=$4; shift 4; '
-    'while [ "$n" -gt 0 ]; do cp -- "$1" "$2" || exit 1; shift 2; n=$((n-2)); done; '
-    'df -Pk "$dir" 2>/dev/null | tail -n 1; echo "@@sha256"; '
-    '[ $# -eq 0 ] && exit 0; '
-    '"$py" -I -S -c "$code" "$@" 2>/dev/null || sha256sum -- "$@" 2>/dev/null; true')
-PY_SHA256 = ("import hashlib,sys\nfor n in sys.argv[1:]:\n try:\n  h=hashlib.sha256()\n"
-             "  with open(n,'rb') as f:\n   for b in iter(lambda:f.read(1<<20),b''):h.update(b)\n"
-             "  e=n.replace('\\\\','\\\\\\\\').replace('\\n','\\\\n')\n"  # sha256sum's escaping
-             "  print(('\\\\' if e!=n else '')+h.hexdigest()+'  '+e)\n except OSError:pass\n")
-
-
-class Device:
-    """The release layout of one device, over a transport."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.t = transport
-        self.fs = transport
-        self.name = transport.name
-        self.python = transport.python
-
-    # -- lock -----------------------------------------------------------------------------------
-    def lock(self, timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> str:
-        owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
-                            "time": round(time.time(), 3)}, sort_keys=True)
-        self.fs.makedirs("releases")
-        deadline = time.monotonic() + timeout
-        orphan_since: Optional[float] = None
-        while True:
-            try:
-                self.fs.mkdir(LOCK)
-                with _held_guard:
-                    _held_owners.add(owner)
-                self.fs.write_bytes(f"{LOCK}/owner", owner.encode())
-                return owner
-            except FileExistsError:
-                pass
-            held = self._read(f"{LOCK}/owner")
-            # No owner yet: its deploy is between mkdir and the write, or died right there.
-            orphan_since = (orphan_since or time.monotonic()) if not held else None
-            stale = _is_stale(held) if held else time.monotonic() - (orphan_since or 0) > ORPHAN_LOCK_S
-            if stale and self._break(held):
-                continue
-            if time.monotonic() >= deadline:
-                raise DeployError(
-                    f"device '{self.name}': another deploy holds the lock {self.t.path(LOCK)} ({_describe_owner(held)})",
-                    hint="wait for it to finish (--lock-timeout), or remove that directory if no deploy is running",
-                    kind="locked")
-            time.sleep(LOCK_POLL_S)
-
-    def _break(self, held: str) -> bool:
-        """Break a stale lock. The rename makes sure only one of several waiting deploys breaks it;
-        the owner check after it catches the case where the lock changed hands meanwhile."""
-        aside = f"releases/.lock-stale-{uuid.uuid4().hex[:8]}"
-        try:
-            self.fs.rename(LOCK, aside)
-        except OSError:
-            return False
-        if self._read(f"{aside}/owner") not in (held, ""):
-            # Someone else's fresh lock: put it back (left aside, untouched, if yet another deploy
-            # locked meanwhile; that needs three deploys racing over a stale lock).
-            try:
-                if not self.fs.exists(LOCK):
-                    self.fs.rename(aside, LOCK)
-            except OSError:
-                pass
-            return False
-        self.fs.rmtree(aside)
-        return True
-
-    def unlock(self, owner: str) -> None:
-        with _held_guard:
-            _held_owners.discard(owner)
-        if self._read(f"{LOCK}/owner") == owner:
-            self.fs.rmtree(LOCK)
-
-    # -- reading the layout ---------------------------------------------------------------------
-    def _read(self, path: str) -> str:
-        try:
-            return self.fs.read_bytes(path).decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
-
-    def inspect(self) -> Tuple[Optional[str], List[str], List[str]]:
-        """(current id, entries of releases/ without dot-names, history lines)."""
-        link = self.fs.readlink("current") or ""
-        current = link.rsplit("/", 1)[-1] if link.startswith("releases/") else None
-        try:
-            dirs = [d for d in self.fs.listdir("releases") if not d.startswith(".")]
-        except FileNotFoundError:
-            dirs = []
-        return current, dirs, self._read("history").splitlines()
-
-    def manifest(self, release: str) -> Dict[str, object]:
-        try:
-            return dict(json.loads(self._read(f"releases/{release}/{artifact.MANIFEST}") or "{}"))
-        except ValueError:
-            return {}
-
-    def on_device(self, paths: Sequence[str], copies: Sequence[Tuple[str, str]] = ()) -> Tuple[Optional[int], Dict[str, str]]:
-        """In one remote shell: copy ``copies`` (src, dst) on the device, then return (free bytes in
-        releases/, {path: sha256} of the ``paths`` that exist)."""
-        flat = [p for pair in copies for p in pair]
-        res = self.t.run(["sh", "-c", SH_COPY_DF_HASH, "edgekit", self.python, PY_SHA256, "releases",
-                          str(len(flat)), *flat, *paths], timeout=900)
-        if not res.ok:
-            raise DeployError(f"device '{self.name}': copying/hashing files failed: {res.stderr.strip()[-300:]}")
-        df, _, sums = res.stdout.partition("@@sha256\n")
-        try:
-            free: Optional[int] = int(df.split()[3]) * 1024
-        except (IndexError, ValueError):
-            free = None
-        found: Dict[str, str] = {}
-        for line in sums.splitlines():
-            if line.startswith("\\"):  # sha256sum escapes names holding '\' or newlines
-                found[re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), line[67:])] = line[1:65]
-            elif len(line) > 66:
-                found[line[66:]] = line[:64]
-        return free, found
-
-    def free_bytes(self) -> Optional[int]:
-        """Free space in releases/ without a remote shell, where the transport can tell."""
-        return self.t.free_bytes("releases")
-
-    def switch(self, release: Optional[str], history: List[str], line: str) -> None:
-        """Point ``current`` at ``release`` (a new link renamed over the old one: atomic), or drop
-        it when None; then log ``line`` (history is rewritten via rename, so it is never torn)."""
-        if release is None:
-            self.fs.rmtree("current")
-        else:
-            self.point(f"releases/{release}")
-        text = "\n".join((history + [line])[-HISTORY_LINES:]) + "\n"
-        self.fs.write_bytes(".history.tmp", text.encode())
-        self.fs.rename(".history.tmp", "history")
-
-    def point(self, target: str) -> None:
-        tmp = f".current-{uuid.uuid4().hex[:8]}"
-        self.fs.symlink(target, tmp)
-        try:
-            self.fs.rename(tmp, "current")
-        except BaseException:
-            self.fs.rmtree(tmp)
-            raise
-
-    def remove(self, paths: Sequence[str]) -> None:
-        for p in paths:
-            self.fs.rmtree(p)
-
-
-def _describe_owner(owner: str) -> str:
-    try:
-        o = json.loads(owner)
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(o["time"])))
-        return f"held by pid {o['pid']} on {o['host']} since {since}"
-    except (ValueError, KeyError, TypeError):
-        return "owner unknown"
-
-
-def _is_stale(owner: str) -> bool:
-    """Stale when its deploy is gone: checked directly for a lock taken from this host (a dead pid,
-    or this very process no longer holding it after a lost connection); by age otherwise."""
-    try:
-        o = json.loads(owner)
-        host, pid, started = o["host"], int(o["pid"]), float(o["time"])
-    except (ValueError, KeyError, TypeError):
-        return False
-    if host == socket.gethostname():
-        if pid == os.getpid():
-            with _held_guard:
-                return owner not in _held_owners
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-    return time.time() - started > STALE_LOCK_S
-
-
-def release_stack(history: Sequence[str], current: Optional[str]) -> List[str]:
-    """Replay the history into the stack of activations (oldest first); its top is current."""
-    stack: List[str] = []
-    for line in history:
-        parts = line.split()
-        if len(parts) == 3 and parts[1] == "deploy":
-            if not stack or stack[-1] != parts[2]:
-                stack.append(parts[2])
-        elif len(parts) == 4 and parts[1] == "rollback":
-            if stack and stack[-1] == parts[2]:
-                stack.pop()
-            if parts[3] != "-" and (not stack or stack[-1] != parts[3]):
-                stack.append(parts[3])
-    if current and (not stack or stack[-1] != current):
-        stack.append(current)  # trust the symlink: a crash may have fallen between switch and log
-    return stack
-
-
-def previous_release(history: Sequence[str], current: Optional[str], existing: Sequence[str]) -> Optional[str]:
-    """What a rollback returns to: the latest activation before current that is still on the device."""
-    for rid in reversed(release_stack(history, current)):
-        if rid != current and rid in existing:
-            return rid
-    return None
-
-
-def recency(history: Sequence[str], releases: Sequence[str]) -> List[str]:
-    """Releases, most recently made current first; never-activated ones last."""
-    last: Dict[str, int] = {}
-    for i, line in enumerate(history):
-        parts = line.split()
-        if len(parts) >= 3:  # "deploy <id>" or "rollback <from> <to>": credit what became current
-            last[parts[-1]] = i
-    return sorted(releases, key=lambda r: -last.get(r, -1))
-
-
-def _describe(transport: Transport) -> str:
-    return transport.describe()
-
-
-def _line(action: str, *ids: Optional[str]) -> str:
-    return " ".join([str(int(time.time())), action, *[i or "-" for i in ids]])
-
-
 # ----------------------------------------------------------------------------------------------
 # deploy / rollback / status over a transport
 # ----------------------------------------------------------------------------------------------
@@ -339,34 +103,56 @@ def verified_files(bundle: Path) -> Tuple[Dict[str, object], Dict[str, str]]:
     return manifest, expected
 
 
+@dataclass
+class _Progress:
+    before: Optional[str] = None
+    """``current`` when the deploy looked (under the lock)."""
+    inspected: bool = False
+    switch_requested: bool = False
+
+
 def deploy(transport: Transport, bundle: Path, *, keep_releases: int = 3, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
-           verified: Optional[Tuple[Dict[str, object], Dict[str, str]]] = None) -> DeployResult:
+           verified: Optional[Tuple[Dict[str, object], Dict[str, str]]] = None,
+           lock_stale_s: Optional[float] = None) -> DeployResult:
     """Make ``bundle`` the current release on the device behind ``transport``.
 
     ``verified`` is :func:`verified_files`' answer when the caller already checked the bundle (a
-    fleet checks it once, not once per device)."""
+    fleet checks it once, not once per device). A failure raises DeployError saying which release
+    is current on the device (read back), with a DeployResult in ``details["result"]`` whose
+    ``switched`` is True when the switch happened, or may have (then the caller rolls back)."""
     t0 = time.perf_counter()
     manifest, expected = verified or verified_files(bundle)
-    rid = str(manifest["release_id"])
+    # Checked again even when the caller verified the bundle: the id becomes a path on the device.
+    rid = artifact.check_release_id(manifest.get("release_id"), f"{bundle}: field 'release_id'")
     dev = Device(transport)
     sent_before = transport.bytes_sent
-    owner = dev.lock(lock_timeout)
+    progress = _Progress()
+    lock = DeviceLock(transport, lock_timeout, stale_s=lock_stale_s)
+    held = False
     try:
+        lock.acquire()
+        held = True
         current, dirs, history = dev.inspect()
+        progress.before, progress.inspected = current, True
         final, partial = f"releases/{rid}", f"releases/{rid}{PARTIAL}"
         probe = [f"{d}/{n}" for d in (final, partial) if os.path.basename(d) in dirs for n in sorted(expected)]
         free, sums = dev.free_bytes(), {}  # spares a remote shell when there is nothing to hash
         if probe or free is None:
             free, sums = dev.on_device(probe)
         intact = rid in dirs and all(sums.get(f"{final}/{n}") == h for n, h in expected.items())
+        if rid in dirs and not intact:
+            _same_release_or_refuse(dev, rid, sums, expected)
         uploaded = reused = 0
         if not intact:
             have = {n for n, h in expected.items() if sums.get(f"{partial}/{n}") == h}
-            uploaded, reused = _upload(dev, bundle, expected, partial, have, current, free)
-            if rid in dirs:  # a release dir failing its checksums is replaced, never trusted
+            uploaded, reused = _upload(dev, lock, bundle, expected, partial, have, current, free)
+            lock.check()
+            # The owner mark stays until the rename: a .partial is never without it (see
+            # DeviceLock.claim); then the release keeps the bundle's files only.
+            if rid in dirs:  # our release with a damaged file: swapped for the fresh, verified copy
                 if current == rid:  # keep current on a complete release while the dirs swap
                     dev.point(partial)
-                aside = f"releases/.damaged-{rid}-{uuid.uuid4().hex[:6]}"
+                aside = f"releases/{DAMAGED}{rid}-{uuid.uuid4().hex[:6]}"
                 dev.fs.rename(final, aside)
                 dev.fs.rename(partial, final)
                 if current == rid:
@@ -374,38 +160,104 @@ def deploy(transport: Transport, bundle: Path, *, keep_releases: int = 3, lock_t
                 dev.remove([aside])
             else:
                 dev.fs.rename(partial, final)
+            dev.fs.rmtree(f"{final}/{PARTIAL_OWNER}")
         switched = current != rid
         if switched:
-            history = history + [_line("deploy", rid)]
-            dev.switch(rid, history[:-1], history[-1])
+            lock.check()
+            progress.switch_requested = True
+            line = history_line("deploy", rid)
+            dev.switch(rid, history, line)
+            history = history + [line]
+        elif history != dev.raw_history:
+            _try(lambda: dev.write_history(history))  # a switch that never happened: drop its line
         releases = sorted({d for d in dirs if not d.endswith(PARTIAL)} | {rid})
         previous = current if switched else previous_release(history, rid, releases)
-        stale = [d for d in dirs if d.endswith(PARTIAL) and d != f"{rid}{PARTIAL}"]
-        pruned = _prune(dev, keep_releases, history, releases, stale, rid, previous)
-    except (DeviceError, OSError) as exc:
-        msg = exc.message if isinstance(exc, DeviceError) else str(exc)
-        details = dict(exc.details) if isinstance(exc, DeviceError) else {}
-        raise DeployError(f"deploy of release {rid} to '{transport.name}' failed: {msg}; the previous release "
-                          "stays current", hint=getattr(exc, "hint", None), **details) from None
+        stale = [d for d in dirs if d.endswith(PARTIAL) and d != f"{rid}{PARTIAL}" and lock.abandoned(f"releases/{d}")]
+        leftovers = [d for d in dev.other if d.startswith(DAMAGED) or lock.leftover(d)]
+        pruned = _prune(dev, keep_releases, history, releases, stale + leftovers, rid, previous)
+        dev.remove(dev.switch_leftovers())
+    except (EdgekitError, OSError) as exc:
+        raise _failed(dev, rid, str(manifest["target"]), exc, progress, t0, sent_before) from None
     finally:
-        try:
-            dev.unlock(owner)
-        except (DeviceError, OSError):
-            pass  # connection gone: the next deploy finds the lock stale (this process holds no such lock)
+        if held:
+            _try(lock.release)  # connection gone: this process no longer holds it, so the next deploy breaks it
     return DeployResult(
         device=transport.name, release_id=rid, target=str(manifest["target"]), previous=previous,
         uploaded_bytes=transport.bytes_sent - sent_before, uploaded_files=uploaded,
         reused_files=reused, skipped=intact and not switched, switched=switched, pruned=pruned,
-        seconds=round(time.perf_counter() - t0, 3), transport=_describe(transport))
+        seconds=round(time.perf_counter() - t0, 3), transport=describe(transport))
 
 
-def _upload(dev: Device, bundle: Path, expected: Dict[str, str], partial: str, have: Set[str],
+def _try(action: Callable[[], object]) -> None:
+    """Best-effort cleanup after the real outcome is decided (a lost link must not hide it)."""
+    try:
+        action()
+    except (DeviceError, OSError):
+        pass
+
+
+def _same_release_or_refuse(dev: Device, rid: str, sums: Dict[str, str], expected: Dict[str, str]) -> None:
+    """A complete release is immutable. With our manifest.json it is our release and a damaged file
+    is restored (through a fresh copy swapped in, never in place); with another one, it is refused:
+    the id covers the files the manifest lists, so the same id can hide other manifest fields."""
+    there = sums.get(f"releases/{rid}/{artifact.MANIFEST}")
+    if there != expected[artifact.MANIFEST]:
+        raise DeployError(
+            f"device '{dev.name}': release {rid} on the device holds another manifest.json (sha256 "
+            f"{(there or 'missing')[:12]} there, {expected[artifact.MANIFEST][:12]} in the bundle): a complete "
+            "release is never changed in place", kind="release_conflict",
+            hint="deploy the bundle that release came from; if that release is damaged and not current, remove "
+                 f"{dev.t.path('releases', rid)} on the device first")
+
+
+def _failed(dev: Device, rid: str, target: str, exc: BaseException, progress: _Progress, t0: float,
+            sent_before: int) -> DeployError:
+    """The DeployError for a failed deploy, saying what the device really runs now (read back)."""
+    msg = exc.message if isinstance(exc, EdgekitError) else os_text(cast(OSError, exc))
+    details = dict(exc.details) if isinstance(exc, EdgekitError) else {}
+    try:
+        link = dev.fs.readlink("current")
+        now, why = release_of(link), ""
+        shown = now or (f"'{_printable(link)}'" if link else "")
+    except (EdgekitError, OSError) as err:
+        link = now = None
+        why = err.message if isinstance(err, EdgekitError) else os_text(err)
+        shown = ""
+    before = progress.before
+    if why and progress.switch_requested:
+        state = f"current could not be read back ({why}): it is {before or 'no release'} or {rid}"
+        switched = True  # maybe: whoever rolls back must
+    elif why or not progress.switch_requested or (now == before and link is not None or not link and not before):
+        state = "the previous release stays current" + (f" ({shown})" if shown else ": none, as before")
+        switched = False
+    elif now == rid:
+        state = f"release {rid} is current: the switch took place before the failure"
+        switched = True
+    else:
+        state = f"current is {shown or 'none'}"
+        switched = True
+    result = DeployResult(device=dev.name, release_id=rid, target=target, previous=before,
+                          uploaded_bytes=dev.t.bytes_sent - sent_before, uploaded_files=0, reused_files=0,
+                          skipped=False, switched=switched, seconds=round(time.perf_counter() - t0, 3),
+                          transport=describe(dev.t))
+    details.update(result=result, current=now, previous=before)
+    return DeployError(f"deploy of release {rid} to '{dev.name}' failed: {msg}; {state}",
+                       hint=exc.hint if isinstance(exc, EdgekitError) else None, **details)
+
+
+def _printable(value: str, limit: int = 120) -> str:
+    return "".join(c for c in value[:limit] if c.isprintable())
+
+
+def _upload(dev: Device, lock: DeviceLock, bundle: Path, expected: Dict[str, str], partial: str, have: Set[str],
             current: Optional[str], free: Optional[int]) -> Tuple[int, int]:
     """Fill ``partial`` until every file matches ``expected``; returns (files sent, files reused)."""
     names = sorted(expected)
     copies: List[Tuple[str, str]] = []  # unchanged since the current release: copied on the device
     if current:
-        by_hash = {str(h): str(n) for n, h in dict(dev.manifest(current).get("files") or {}).items()}
+        listed = dev.manifest(current).get("files")
+        by_hash = {str(h): str(n) for n, h in (listed.items() if isinstance(listed, dict) else ())
+                   if plain_name(n)}  # the device's manifest names paths too: only plain ones
         copies = [(f"releases/{current}/{by_hash[expected[n]]}", f"{partial}/{n}") for n in names
                   if n not in have and n != artifact.MANIFEST and expected[n] in by_hash]
     copied = {dst for _, dst in copies}
@@ -413,9 +265,10 @@ def _upload(dev: Device, bundle: Path, expected: Dict[str, str], partial: str, h
     need = sum((bundle / n).stat().st_size for n in names if n not in have)  # sent or copied: space either way
     if free is not None and need > free:
         raise DeployError(f"device '{dev.name}': not enough space in {dev.t.path('releases')}: the release needs "
-                          f"{need / 1e6:.1f} MB, {free / 1e6:.1f} MB free; the previous release stays current",
+                          f"{need / 1e6:.1f} MB, {free / 1e6:.1f} MB free",
                           hint="free space on the device, or lower deploy.keep_releases", kind="no_space")
-    for d in sorted({os.path.dirname(f"{partial}/{n}") for n in names}):
+    lock.claim(partial)
+    for d in sorted({os.path.dirname(f"{partial}/{n}") for n in names} - {partial}):
         dev.fs.makedirs(d)
     try:
         _put(dev, [(bundle / n, dev.t.path(partial, n)) for n in to_send])
@@ -426,8 +279,8 @@ def _upload(dev: Device, bundle: Path, expected: Dict[str, str], partial: str, h
         dev.remove([partial])  # a full disk needs the space back more than a resumable upload
         left = dev.on_device([])[0]
         if exc.details.get("no_space") or (left is not None and left < max(need, 1 << 20)):
-            raise DeployError(f"device '{dev.name}': no space left on the device while uploading ({exc.message}); "
-                              f"the previous release stays current", hint="free space on the device, or lower "
+            raise DeployError(f"device '{dev.name}': no space left on the device while uploading ({exc.message})",
+                              hint="free space on the device, or lower "
                               "deploy.keep_releases", kind="no_space") from None
         raise
     bad = [n for n in names if got.get(f"{partial}/{n}") != expected[n]]
@@ -441,8 +294,8 @@ def _upload(dev: Device, bundle: Path, expected: Dict[str, str], partial: str, h
         dev.remove([partial])
         detail = ", ".join(f"{n} (expected {expected[n][:12]}, got {(got.get(f'{partial}/{n}') or 'missing')[:12]})"
                            for n in bad)
-        raise DeployError(f"device '{dev.name}': checksum mismatch on the device after upload: {detail}; the "
-                          "previous release stays current", kind="checksum_mismatch", files=bad,
+        raise DeployError(f"device '{dev.name}': checksum mismatch on the device after upload: {detail}",
+                          kind="checksum_mismatch", files=bad,
                           hint="retry the deploy; if it repeats, check the device's storage and the network")
     return len(to_send), len(names) - len(to_send)
 
@@ -454,7 +307,7 @@ def _put(dev: Device, pairs: List[Tuple[Path, str]]) -> None:
 def _prune(dev: Device, keep: int, history: List[str], releases: List[str], stale: List[str], current: str,
            previous: Optional[str]) -> List[str]:
     """Keep the ``keep`` most recently activated releases, and current and previous always; drop
-    stale .partial dirs, which nobody is writing: we hold the lock."""
+    ``stale`` entries (abandoned .partial dirs and lock leftovers, chosen by the caller)."""
     ordered = recency(history, releases)
     keep_set = set(ordered[:keep]) | {current} | ({previous} if previous else set())
     doomed = [d for d in ordered if d not in keep_set]
@@ -463,16 +316,22 @@ def _prune(dev: Device, keep: int, history: List[str], releases: List[str], stal
 
 
 def rollback(transport: Transport, *, to: Optional[str] = None, allow_none: bool = False,
-             lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> RollbackResult:
+             lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S, lock_stale_s: Optional[float] = None) -> RollbackResult:
     """Switch ``current`` back to the previous release (or to ``to``), after checking its files.
 
     ``allow_none`` (a failed canary's first deploy) removes ``current`` when there is no previous
     release, restoring the device to how it was before.
     """
     t0 = time.perf_counter()
+    if to is not None:
+        artifact.check_release_id(to, "rollback target")
     dev = Device(transport)
-    owner = dev.lock(lock_timeout)
+    lock = DeviceLock(transport, lock_timeout, stale_s=lock_stale_s)
+    held = False
+    current: Optional[str] = None
     try:
+        lock.acquire()
+        held = True
         current, dirs, history = dev.inspect()
         existing = [d for d in dirs if not d.endswith(PARTIAL)]
         target = to if to is not None else previous_release(history, current, existing)
@@ -481,41 +340,50 @@ def rollback(transport: Transport, *, to: Optional[str] = None, allow_none: bool
         if target is not None:
             if target not in existing:
                 raise DeployError(f"device '{dev.name}': release {target} is not on the device")
-            files = dict(dev.manifest(target).get("files") or {})
+            listed = dev.manifest(target).get("files")
+            files = {str(n): h for n, h in (listed.items() if isinstance(listed, dict) else ()) if plain_name(n)}
             _, sums = dev.on_device([f"releases/{target}/{n}" for n in sorted(files)])
-            if not files or any(sums.get(f"releases/{target}/{n}") != h for n, h in files.items()):
+            if not files or len(files) != len(listed or ()) or \
+                    any(sums.get(f"releases/{target}/{n}") != h for n, h in files.items()):
                 raise DeployError(f"device '{dev.name}': release {target} fails its checksums; not switching to it")
         if target != current:
-            dev.switch(target, history, _line("rollback", current, target))
-    finally:
+            lock.check()
+            dev.switch(target, history, history_line("rollback", current, target))
+    except OSError as exc:
         try:
-            dev.unlock(owner)
-        except (DeviceError, OSError):
-            pass
+            now = release_of(dev.fs.readlink("current")) or "none"
+        except (EdgekitError, OSError):
+            now = "unknown (cannot read it back)"
+        raise DeployError(f"rollback on '{dev.name}' failed: {os_text(exc)}; current is {now}") from None
+    finally:
+        if held:
+            _try(lock.release)
     return RollbackResult(dev.name, current, target, round(time.perf_counter() - t0, 3))
 
 
+def _text(value: object) -> Optional[str]:
+    return None if value is None else str(value)
+
+
 def status(transport: Transport) -> DeviceStatus:
+    """What the device runs; read-only (a history line for a switch that never happened is
+    dropped from what it shows; the next deploy drops it from the file)."""
     dev = Device(transport)
     if not dev.fs.exists(""):
-        return DeviceStatus(dev.name, _describe(transport), None, None, [])
+        return DeviceStatus(dev.name, describe(transport), None, None, [])
     current, dirs, history = dev.inspect()
     existing = [d for d in dirs if not d.endswith(PARTIAL)]
     previous = previous_release(history, current, existing)
     infos = []
     for rid in recency(history, existing):
         m = dev.manifest(rid)
-        quant = m.get("quantization")
-        infos.append(ReleaseInfo(rid, rid == current, rid == previous, cast(Optional[str], m.get("target")),
-                                 cast(Optional[str], m.get("model")),
-                                 quant.get("precision") if isinstance(quant, dict) else None,
-                                 len(cast(dict, m.get("files") or {}))))
-    held = dev._read(f"{LOCK}/owner")
+        quant, files = m.get("quantization"), m.get("files")
+        infos.append(ReleaseInfo(rid, rid == current, rid == previous, _text(m.get("target")), _text(m.get("model")),
+                                 _text(quant.get("precision")) if isinstance(quant, dict) else None,
+                                 len(files) if isinstance(files, dict) else 0))
+    held = dev._read(f"{LOCK}/owner", OWNER_LIMIT)
     lock: Optional[Dict[str, object]] = None
     if held or dev.fs.exists(LOCK):
-        try:
-            lock = dict(json.loads(held))
-        except ValueError:
-            lock = {"raw": held}
-    return DeviceStatus(dev.name, _describe(transport), current, previous, infos, lock,
+        lock = parse_owner(held) or {"raw": held}
+    return DeviceStatus(dev.name, describe(transport), current, previous, infos, lock,
                         [d for d in dirs if d.endswith(PARTIAL)])

@@ -259,7 +259,7 @@ def evaluate(profile: TargetProfile, facts: Dict[str, Any], python: str = "pytho
 def doctor_device(config: ProjectConfig, device: Union[str, DeviceSpec], *, transport: Optional[Transport] = None,
                   accept_new_host_key: bool = False) -> DoctorReport:
     spec = config.device(device) if isinstance(device, str) else device
-    profile = resolve(spec.target)
+    profile = resolve(spec.target, project_dirs=config.target_dirs())
     own = transport is None
     conn = transport or connect(spec, config, accept_new_host_key=accept_new_host_key)
     try:

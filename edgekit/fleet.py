@@ -29,15 +29,17 @@ object with ``.ok`` (edgekit.validate.validate_device by default)."""
 # ----------------------------------------------------------------------------------------------
 # Which devices
 # ----------------------------------------------------------------------------------------------
-def all_devices(config: ProjectConfig, inventory: Union[Path, str, None] = None) -> List[DeviceSpec]:
-    """edgekit.toml's devices, then the inventory's (``--inventory`` or deploy.inventory)."""
+def all_devices(config: ProjectConfig, inventory: Union[Path, str, Sequence[Union[Path, str]], None] = None) -> List[DeviceSpec]:
+    """edgekit.toml's devices, then the inventory's (``--inventory``, repeatable, or deploy.inventory)."""
     devices = list(config.devices)
-    source = config.resolve(inventory) if inventory is not None else config.resolve(config.deploy.inventory)
-    if source is not None:
+    given = [inventory] if isinstance(inventory, (Path, str)) else list(inventory or [])
+    sources = [cast(Path, config.resolve(p)) for p in given or [config.deploy.inventory] if p is not None]
+    if sources:
         from .transport.inventory import load_inventory
 
+        source = ", ".join(map(str, sources))
         names = {d.name for d in devices}
-        for d in load_inventory(source).devices():
+        for d in load_inventory(sources).devices():
             if d.name in names:
                 raise ConfigError(f"device '{d.name}' is defined both in {config.path} and in {source}",
                                   hint="keep one definition (the inventory's, or edgekit.toml's)")
@@ -46,7 +48,7 @@ def all_devices(config: ProjectConfig, inventory: Union[Path, str, None] = None)
 
 
 def select_devices(config: ProjectConfig, *, device: Optional[str] = None, group: Optional[str] = None,
-                   inventory: Union[Path, str, None] = None) -> List[DeviceSpec]:
+                   inventory: Union[Path, str, Sequence[Union[Path, str]], None] = None) -> List[DeviceSpec]:
     if (device is None) == (group is None):
         raise ConfigError("give exactly one of --device NAME or --group NAME")
     devices = all_devices(config, inventory)
@@ -55,7 +57,8 @@ def select_devices(config: ProjectConfig, *, device: Optional[str] = None, group
             if d.name == device:
                 return [d]
         known = ", ".join(d.name for d in devices) or "none"
-        where = f"{config.path}" + (f" or {inventory}" if inventory else "")
+        given = [inventory] if isinstance(inventory, (Path, str)) else list(inventory or [])
+        where = f"{config.path}" + "".join(f" or {p}" for p in given)
         raise ConfigError(f"{where}: no device named '{device}' (devices: {known})")
     chosen = [d for d in devices if group == "all" or group in d.groups]
     if not chosen:
@@ -71,7 +74,7 @@ def bundle_for(config: ProjectConfig, device: DeviceSpec, dist: Union[Path, str,
 
     name = target or device.target
     if _profiles is None or name not in _profiles:  # a fleet resolves each target name once
-        resolved = resolve(name).name
+        resolved = resolve(name, project_dirs=config.target_dirs()).name
         if _profiles is not None:
             _profiles[name] = resolved
     profile_name = _profiles[name] if _profiles is not None else resolved
@@ -188,6 +191,11 @@ def deploy_fleet(config: ProjectConfig, devices: Sequence[DeviceSpec], *, dist: 
         except Exception as exc:  # one device's surprise must not lose the other devices' outcomes
             out.ok, out.state = False, "failed"
             out.error = exc.message if isinstance(exc, EdgekitError) else f"unexpected {type(exc).__name__}: {exc}"
+            if out.deploy is None and isinstance(exc, EdgekitError):
+                # A deploy that failed after (or maybe after) its switch still says so: the rollback
+                # below depends on it (a canary that switched is always rolled back).
+                failed = exc.details.get("result")
+                out.deploy = failed if isinstance(failed, DeployResult) else None
             if check is not None and phase == "canary" and out.deploy is not None:
                 out.validation_ok = False
         out.seconds = round(time.perf_counter() - start, 3)
@@ -231,7 +239,8 @@ def deploy_fleet(config: ProjectConfig, devices: Sequence[DeviceSpec], *, dist: 
         raise FleetError(f"deploy failed on {len(failed)} of {len(devices)} device(s): {', '.join(failed)}"
                          + (f"; {skipped} not attempted" if skipped else "")
                          + (f" ({result.stopped})" if result.stopped else ""), result,
-                         hint="the failed devices keep their previous release; see the table (or --json) per device")
+                         hint="each failed device's error says which release it runs now (read back from the device); "
+                              "see the table (or --json) per device")
     return result
 
 
@@ -249,7 +258,7 @@ def _roll_back(config: ProjectConfig, canaries: Sequence[DeviceSpec], result: Fl
     for d in canaries:
         o = result.results[d.name]
         if o.deploy is None or not o.deploy.switched:
-            continue  # not changed by this rollout: nothing to undo
+            continue  # not changed by this rollout (read back from the device): nothing to undo
         try:
             rb = rollback_device(config, d, to=o.deploy.previous, allow_none=True,
                                  accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout)

@@ -2,8 +2,8 @@
 host and device score the same way; this module binds it to the config."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -20,6 +20,17 @@ class MetricSpec:
     mask_input: str = "attention_mask"
     also: Tuple[Tuple[str, float], ...] = ()
     """(metric, threshold) pairs the device run must meet too (edgekit.toml's validation.also)."""
+    tasks: Dict[str, Dict[str, Any]] = field(default_factory=dict, hash=False)
+    """Settings of the task metrics in use: {"detections": {...}} / {"sequences": {...}}."""
+    stream: Tuple[Tuple[str, str], ...] = ()
+    """(state input, state output) pairs of a streaming model (validation.stream.state)."""
+    starts: Tuple[bool, ...] = ()
+    """Per validation sample: does it start a stream (set by the build once the data is loaded)."""
+
+    @property
+    def stream_plan(self) -> Optional[Tuple[Tuple[Tuple[str, str], ...], Tuple[bool, ...]]]:
+        """(pairs, starts) for running the validation feeds as streams, or None."""
+        return (self.stream, self.starts) if self.stream else None
 
     @property
     def higher_is_better(self) -> bool:
@@ -32,7 +43,7 @@ class MetricSpec:
               feeds: Optional[List[Dict[str, np.ndarray]]] = None) -> Dict[str, float]:
         """Per-sample arrays of the chosen output vs the FP32 references; returns {'value', ...}."""
         return _runner.score(self.name, outputs, references, feeds, k=self.k,
-                             pooling=self.pooling, mask_input=self.mask_input)
+                             pooling=self.pooling, mask_input=self.mask_input, options=self.tasks.get(self.name))
 
     def passes(self, value: float) -> bool:
         return _runner.passes(self.name, value, self.threshold)
@@ -46,10 +57,20 @@ class MetricSpec:
                                   "pooling": self.pooling, "mask_input": self.mask_input}
         if self.also:  # only when set, so that releases without it keep their ids
             out["also"] = dict(self.also)
+        out.update(self.tasks)  # only the task metrics in use, for the same reason
+        if self.stream:
+            out["stream"] = {"state": [{"input": i, "output": o} for i, o in self.stream]}
         return out
 
     @classmethod
     def from_config(cls, v: "object") -> "MetricSpec":
+        also = dict(getattr(v, "also", {}) or {})
+        tasks = {m: getattr(v, m).model_dump(mode="json") for m in _runner.TASK_METRICS
+                 if (m == v.metric or m in also) and getattr(v, m, None) is not None}  # type: ignore[attr-defined]
+        for opts in tasks.values():  # blank = -1 means none, as the runner reads it
+            if opts.get("blank") == -1:
+                opts["blank"] = None
         return cls(name=v.metric, threshold=v.threshold, k=v.k, output=v.output,  # type: ignore[attr-defined]
                    pooling=v.pooling, mask_input=v.mask_input,  # type: ignore[attr-defined]
-                   also=tuple(sorted(dict(getattr(v, "also", {}) or {}).items())))
+                   also=tuple(sorted(also.items())), tasks=tasks,
+                   stream=tuple((p.input, p.output) for p in v.stream.state) if getattr(v, "stream", None) else ())

@@ -1,6 +1,10 @@
-"""Target profiles: one TOML data file per board in ``targets/``, checked by one schema.
+"""Target profiles: one TOML data file per board, checked by one schema.
 
-Adding a target means adding a file; ``tests/test_targets.py`` loads every file.
+The built-in profiles are package data (``edgekit/profiles/*.toml``, so a wheel carries them). A
+project adds its own boards as ``targets/<name>.toml`` beside its ``edgekit.toml`` (or in the folder
+its ``targets_dir`` names); those merge over the built-ins under the same schema, a project file
+with a built-in's name replacing it (and ``edgekit targets list`` saying so).
+Adding a target means adding a file; ``tests/test_targets.py`` loads every built-in file.
 """
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,8 +24,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .config import first_error
 from .errors import TargetError
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
-"""Where the profiles live: ``targets/`` at the project root (overridable with EDGEKIT_TARGETS_DIR)."""
+TARGETS_DIR = Path(__file__).resolve().parent / "profiles"
+"""Where the built-in profiles live: package data (overridable with EDGEKIT_TARGETS_DIR)."""
+PROJECT_TARGETS = "targets"
+"""The folder beside a project's edgekit.toml whose ``*.toml`` profiles merge over the built-ins."""
+HOST_FLAGS_ENV = "EDGEKIT_HOST_CPU_FLAGS"
+"""Replaces this host's CPU flags (space- or comma-separated, as /proc/cpuinfo names them; empty:
+none), so tests and cross-builds can take the "host matches the target" and "host does not match"
+paths on any machine. Where timing then runs, it still runs on this CPU: the override decides which
+path is taken, not what the clock reads."""
+HOST_ARCH_ENV = "EDGEKIT_HOST_ARCH"
+"""Replaces this host's architecture (x86_64, aarch64), with the same purpose."""
 
 QuantType = Literal["QUInt8", "QInt8"]
 FAMILY_ALIASES: Dict[str, str] = {"rpi": "raspberry-pi", "pi": "raspberry-pi", "nvidia-jetson": "jetson"}
@@ -97,7 +110,22 @@ class TargetProfile(_Strict):
 
 
 def targets_dir() -> Path:
+    """The built-in profiles' folder."""
     return Path(os.environ.get("EDGEKIT_TARGETS_DIR", str(TARGETS_DIR)))
+
+
+class Entry(NamedTuple):
+    profile: TargetProfile
+    path: Path
+    """The file it was read from."""
+    replaces: Optional[Path] = None
+    """The built-in (or earlier project) file of the same name this one overrides."""
+
+    @property
+    def origin(self) -> str:
+        if self.path.parent == targets_dir():
+            return "built-in"
+        return f"{self.path}" + (" (overrides the built-in)" if self.replaces is not None else "")
 
 
 def load_profile(path: Path) -> TargetProfile:
@@ -105,6 +133,8 @@ def load_profile(path: Path) -> TargetProfile:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"{path}: malformed TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TargetError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:
         raise TargetError(f"{path}: cannot read target profile: {exc.strerror}") from None
     try:
@@ -116,16 +146,31 @@ def load_profile(path: Path) -> TargetProfile:
     return profile
 
 
-def load_all(directory: Optional[Path] = None) -> Dict[str, TargetProfile]:
+def catalog(directory: Optional[Path] = None, project_dirs: Sequence[Path] = ()) -> Dict[str, Entry]:
+    """Every profile with the file it came from: the built-ins (``directory``), then each project
+    folder in order, a later file replacing an earlier one of the same name."""
     directory = directory or targets_dir()
     files = sorted(directory.glob("*.toml"))
     if not files:
         raise TargetError(f"{directory}: no target profiles (*.toml) found")
-    return {p.stem: load_profile(p) for p in files}
+    entries = {p.stem: Entry(load_profile(p), p) for p in files}
+    for folder in project_dirs:
+        for p in sorted(Path(folder).glob("*.toml")):
+            old = entries.get(p.stem)
+            entries[p.stem] = Entry(load_profile(p), p, old.path if old else None)
+    return entries
+
+
+def load_all(directory: Optional[Path] = None, project_dirs: Sequence[Path] = ()) -> Dict[str, TargetProfile]:
+    return {name: e.profile for name, e in catalog(directory, project_dirs).items()}
 
 
 def host_cpu_flags() -> set:
-    """The CPU flags of this machine, as /proc/cpuinfo spells them (empty where unknown)."""
+    """The CPU flags of this machine, as /proc/cpuinfo spells them (empty where unknown);
+    ``EDGEKIT_HOST_CPU_FLAGS`` replaces them."""
+    override = os.environ.get(HOST_FLAGS_ENV)
+    if override is not None:
+        return set(override.replace(",", " ").split())
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -138,18 +183,20 @@ def host_cpu_flags() -> set:
 
 
 def host_arch() -> str:
-    m = platform.machine().lower()
+    m = (os.environ.get(HOST_ARCH_ENV) or platform.machine()).lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
 
 
-def resolve(name: str, directory: Optional[Path] = None, host_flags: Optional[set] = None) -> TargetProfile:
+def resolve(name: str, directory: Optional[Path] = None, host_flags: Optional[set] = None,
+            project_dirs: Sequence[Path] = ()) -> TargetProfile:
     """A full profile name, or a family name (``jetson``, ``rpi``, ``x86``) resolved to its default.
 
     ``x86`` picks the profile whose ISA features this host has, richest first; when the host has
     none of them (no AVX2, or not an x86 host) it falls back to ``X86_FALLBACK`` (``x86-avx2``).
     ``host_flags`` replaces this host's CPU flags (``host_cpu_flags()``), for tests and cross-builds.
+    ``project_dirs``: a project's own profile folders (``ProjectConfig.target_dirs()``).
     """
-    profiles = load_all(directory)
+    profiles = load_all(directory, project_dirs)
     if name in profiles:
         return profiles[name]
     family = FAMILY_ALIASES.get(name, name)

@@ -8,45 +8,37 @@ AccuracyError's exit code).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import posixpath
 import sys
+import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, ValidationError
 
 from . import __version__
 from .config import DeviceSpec, PowerSpec, ProjectConfig, first_error
 from .errors import ConfigError, DeviceError
+from .report.schema import RunFields, RunFileError, max_result_bytes, read_result
 from .transport import Transport, connect
+
+__all__ = ["RunFields", "ValidationResult", "validate_device", "power_settings", "runner_argv", "runs_directory"]
 
 RUNNER_EXIT_METRIC = 3
 """runner.py's exit status when the metric missed its threshold (a result, not a failure)."""
-
-
-class RunFields(BaseModel):
-    """What one validation run reports; ``ValidationResult`` and the report's ``RunRecord`` share it."""
-
-    device: str
-    release_id: Optional[str] = None
-    target: Optional[str] = None
-    ok: bool = False
-    metric: Dict[str, Any] = Field(default_factory=dict)
-    """The gating metric: name, value, threshold, passed (plus n/min where they exist)."""
-    metrics: Dict[str, Any] = Field(default_factory=dict)
-    """Every agreement figure: top1, topK, cosine, psnr_db, max_abs, max_rel."""
-    latency: Dict[str, Any] = Field(default_factory=dict)
-    power: Optional[Dict[str, Any]] = None
-    memory: Dict[str, Any] = Field(default_factory=dict)
-    runtime: Dict[str, Any] = Field(default_factory=dict)
-    """Which runtime and execution provider really ran (``provider``, ``node_providers``)."""
-    versions: Dict[str, Any] = Field(default_factory=dict)
-    device_facts: Dict[str, Any] = Field(default_factory=dict)
-    error: Optional[Dict[str, Any]] = None
+OUTPUT_LIMIT = 64 * 1024
+"""Of the runner's stdout and of its stderr the host keeps the first and the last this many bytes."""
+BOUNDED = (Path(__file__).parent / "device" / "bounded.py").read_text(encoding="utf-8")
+"""The device-side wrapper that cuts the runner's output there (see edgekit/device/bounded.py)."""
+SIZE_OF = ("import os,stat,sys\ntry:\n st=os.lstat(sys.argv[1])\nexcept OSError:\n print(-1)\nelse:\n"
+           " print(st.st_size if stat.S_ISREG(st.st_mode) else -2)")
+"""Size of the result file, -1 when missing, -2 when not a regular file (a link to /dev/zero)."""
 
 
 class ValidationResult(RunFields):
@@ -59,6 +51,7 @@ class ValidationResult(RunFields):
     def from_run(cls, device: str, data: Dict[str, Any], path: Path) -> "ValidationResult":
         return cls(device=device, release_id=data.get("release_id"), target=data.get("target"),
                    ok=bool(data.get("ok")), metric=data.get("metric") or {}, metrics=data.get("metrics") or {},
+                   guard=data.get("guard") if isinstance(data.get("guard"), dict) else None,
                    latency=data.get("latency") or {}, power=data.get("power"), memory=data.get("memory") or {},
                    runtime=data.get("runtime") or {}, versions=data.get("versions") or {},
                    device_facts=data.get("device") or {}, result_path=path, error=data.get("error"))
@@ -71,7 +64,9 @@ def runs_directory(config: ProjectConfig, runs_dir: Union[Path, str, None] = Non
 
 def run_file_name(device: str, when: Optional[datetime] = None) -> str:
     when = when or datetime.now(timezone.utc)
-    return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{device}.json"
+    from .transport.inventory import safe_filename
+
+    return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{safe_filename(device)}.json"
 
 
 def device_python(spec: DeviceSpec) -> str:
@@ -136,17 +131,78 @@ def _tail(text: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+def _fetch_result(conn: Transport, spec: DeviceSpec, remote_out: str, proc: Any, limit: int) -> Dict[str, Any]:
+    """The runner's result, checked (size first, on the device; then JSON, depth, schema)."""
+    def no_result() -> DeviceError:
+        return DeviceError(f"device '{spec.name}': the runner wrote no result (exit {proc.returncode}): "
+                           f"{_tail(proc.stderr or proc.stdout)}",
+                           hint=f"check the interpreter '{device_python(spec)}' with: edgekit doctor --device {spec.name}")
+
+    probe = conn.run([device_python(spec), "-c", SIZE_OF, remote_out], timeout=60, cwd="/")
+    size = _int(probe.stdout) if probe.ok else None
+    if size == -2:
+        raise DeviceError(f"device '{spec.name}': the runner's result {remote_out} is not a regular file; not fetched")
+    if size is None or size < 0:
+        raise no_result()
+    if size > limit:
+        raise DeviceError(f"device '{spec.name}': the runner's result is {size / 1e6:.1f} MB, over the "
+                          f"{limit / 1e6:g} MB limit; not fetched",
+                          hint="raise the limit with --max-result-mb or EDGEKIT_MAX_RESULT_MB if the release is trusted")
+    # Fetched into a private temporary directory, removed whatever happens: runs/ only ever gets a checked file.
+    with tempfile.TemporaryDirectory(prefix=".edgekit-fetch-") as tmp:
+        local = Path(tmp) / "result.json"
+        try:
+            conn.get(remote_out, local)
+        except (DeviceError, OSError):
+            raise no_result() from None
+        try:
+            return read_result(local, limit)  # the size again: the device may have lied
+        except RunFileError as exc:
+            raise DeviceError(f"device '{spec.name}': the runner's result is not a valid result file: {exc}",
+                              hint="the release's runner.py is not the one edgekit ships; redeploy it") from None
+
+
+def _int(text: str) -> Optional[int]:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def _store_run(folder: Path, device: str, data: Dict[str, Any]) -> Path:
+    """Write ``runs/<time>-<device>.json`` atomically: a temporary file, flushed, renamed into place.
+    A failure at any point leaves no file, never an empty or half-written one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".run-", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        local = _unique(folder / run_file_name(device))
+        os.replace(tmp, local)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return local
+
+
 def validate_device(config: ProjectConfig, device: Union[str, DeviceSpec], *, duration: float = 2.0,
                     threads: Optional[int] = None, repeat: int = 1, power: Union[str, PowerSpec, None] = None,
                     transport: Optional[Transport] = None, accept_new_host_key: bool = False,
                     runs_dir: Union[Path, str, None] = None, warmup: Optional[int] = None,
-                    runner_args: Optional[List[str]] = None, timeout: Optional[float] = None) -> ValidationResult:
+                    runner_args: Optional[List[str]] = None, timeout: Optional[float] = None,
+                    max_result_mb: Optional[float] = None) -> ValidationResult:
     """Run the current release's runner on ``device`` and return its result.
 
     ``power``: a sampler name ('none' turns sampling off) with the rest from edgekit.toml's [power],
     or whole settings (:func:`power_settings`); None uses [power] as it is (sampler 'auto' unless
     the file says otherwise).
     ``runner_args`` passes further runner flags (``--sysfs-root``...).
+    ``max_result_mb`` bounds the result JSON fetched from the device (default ``$EDGEKIT_MAX_RESULT_MB``,
+    else 32 MB); a larger or malformed one is refused and nothing is stored.
     Raises DeviceError when nothing is deployed or the runner failed; the run is kept in runs/ either way
     when the runner wrote a result.
     """
@@ -168,28 +224,20 @@ def validate_device(config: ProjectConfig, device: Union[str, DeviceSpec], *, du
                            warmup=warmup, power=settings, extra=runner_args)
         # First runs on Jetson build TensorRT engines (minutes); power adds idle time around the window.
         limit = timeout if timeout is not None else 600.0 + repeat * duration * 3 + settings.idle_s
-        proc = conn.run(argv, timeout=limit, cwd="/")
-        folder = runs_directory(config, runs_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        local = _unique(folder / run_file_name(spec.name))
+        # The runner is a bundle's code: its output is cut to head and tail on the device itself.
+        wrapped = [device_python(spec), "-c", BOUNDED, str(OUTPUT_LIMIT), repr(float(limit)), "--", *argv]
+        proc = conn.run(wrapped, timeout=limit + 30, cwd="/")
         try:
-            conn.get(remote_out, local)
-        except Exception:
-            raise DeviceError(f"device '{spec.name}': the runner wrote no result (exit {proc.returncode}): {_tail(proc.stderr or proc.stdout)}",
-                              hint=f"check the interpreter '{device_python(spec)}' with: edgekit doctor --device {spec.name}") from None
+            data = _fetch_result(conn, spec, remote_out, proc, max_result_bytes(max_result_mb))
         finally:
             conn.run(["rm", "-f", remote_out], timeout=60, cwd="/")
     finally:
         if own:
             conn.close()
-    try:
-        data = json.loads(local.read_text())
-    except ValueError as exc:
-        raise DeviceError(f"device '{spec.name}': the runner's result {local} is not valid JSON ({exc})") from None
     data["host"] = {"device": spec.name, "device_target": spec.target, "transport": spec.transport,
                     "python": device_python(spec), "edgekit_version": __version__, "runner_exit": proc.returncode,
                     "collected": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    local.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    local = _store_run(runs_directory(config, runs_dir), spec.name, data)
     result = ValidationResult.from_run(spec.name, data, local)
     if result.error:
         raise DeviceError(f"device '{spec.name}': {result.error.get('message', 'runner failed')}",

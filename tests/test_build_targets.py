@@ -72,16 +72,17 @@ def test_every_target_builds_the_digits_sample(name: str, digits_project: Path, 
         assert "ran slower here" in result.reason or "ran faster than" in result.reason, result.reason
 
     # Whatever shipped, every static preset of the profile was tried, and the int8 candidate kept is
-    # the profile's primary, ISA-aware one (an alternative type pair must clearly beat it, which on
-    # digits none does), and it passed.
-    qp = profile.quantization
+    # one of them (the profile's primary unless an alternative type pair scored better: with the
+    # output produced in float, x86-avx2's u8u8 reaches top-1 agreement 1.0 against u8s8-rr's
+    # 0.9975), and it passed.
     presets = presets_for(profile, "cnn")
     int8 = [c for c in q["candidates"] if c["precision"] == "int8"]
-    assert [c["name"] for c in int8] == [f"int8-static-{presets[0].name}"]
+    assert len(int8) == 1 and int8[0]["name"] in [f"int8-static-{p.name}" for p in presets]
     assert int8[0]["passed"] is True
     assert f"presets tried: {', '.join(p.name for p in presets)}" in int8[0]["note"]
-    want = {"format": qp.format, "activation_type": qp.activation_type, "weight_type": qp.weight_type,
-            "per_channel": qp.per_channel, "reduce_range": qp.reduce_range}
+    kept = next(p for p in presets if int8[0]["name"] == f"int8-static-{p.name}")
+    want = {"format": kept.format, "activation_type": kept.activation_type, "weight_type": kept.weight_type,
+            "per_channel": kept.per_channel, "reduce_range": kept.reduce_range}
     if result.precision == "int8":
         assert q["method"] == "static-qdq"
         assert {k: q["preset"][k] for k in want} == want

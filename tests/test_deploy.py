@@ -126,28 +126,34 @@ def test_device_path_with_spaces_and_shell_metacharacters(tmp_path: Path, one_de
 
 
 def test_a_held_lock_makes_a_second_deploy_wait_then_fail_clearly(tmp_path: Path, one_device: Dict[str, object]) -> None:
+    from edgekit.deploy_lock import new_owner
+
     b1 = make_bundle(tmp_path, 1)
     _, t = open_device(tmp_path, one_device)
     with t:
         D.deploy(t, b1)
         lock = device_dir(t) / "releases" / ".lock"
         lock.mkdir()
-        # a live process (pid 1) on this host: never stale
-        (lock / "owner").write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "token": "x", "time": time.time()}))
+        # a live process (pid 1) on this machine: never broken
+        (lock / "owner").write_text(json.dumps(dict(new_owner(), pid=1, start=None)))
         start = time.monotonic()
-        with pytest.raises(DeployError, match=r"another deploy holds the lock .*held by pid 1 on") as err:
+        with pytest.raises(DeployError, match=r"another deploy holds the lock .*held by pid 1 on .*this machine") as err:
             D.deploy(t, make_bundle(tmp_path, 2), lock_timeout=0.5)
         assert 0.4 < time.monotonic() - start < 5 and "--lock-timeout" in (err.value.hint or "")
         assert D.status(t).lock["pid"] == 1  # type: ignore[index]
 
-        # a dead pid on this host, or a lock from another host older than an hour: broken
-        (lock / "owner").write_text(json.dumps({"host": socket.gethostname(), "pid": 2 ** 22 + 7, "token": "y",
-                                                "time": time.time()}))
+        # a dead pid on this machine (same machine-id, boot and PID namespace): broken at once
+        (lock / "owner").write_text(json.dumps(dict(new_owner(), pid=2 ** 22 + 7)))
         assert D.deploy(t, make_bundle(tmp_path, 2), lock_timeout=0).switched
+        # an old-style owner (host name and pid only) proves nothing: broken only once its heartbeat
+        # has stood still for the stale time, however old its timestamp
         lock.mkdir()
-        (lock / "owner").write_text(json.dumps({"host": "elsewhere", "pid": 5, "token": "z", "time": time.time() - 7200}))
-        assert D.deploy(t, b1, lock_timeout=0).switched
-        assert not lock.exists()
+        (lock / "owner").write_text(json.dumps({"host": socket.gethostname(), "pid": 2 ** 22 + 7, "token": "z",
+                                                "time": time.time() - 7200}))
+        with pytest.raises(DeployError, match="another deploy holds the lock"):
+            D.deploy(t, b1, lock_timeout=0.3, lock_stale_s=30)
+        assert D.deploy(t, b1, lock_timeout=5, lock_stale_s=0.5).switched
+        assert not lock.exists() and not [d for d in os.listdir(lock.parent) if d.startswith(".lock")]
 
 
 def test_concurrent_deploys_to_one_device_serialize(tmp_path: Path, one_device: Dict[str, object]) -> None:

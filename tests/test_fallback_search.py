@@ -10,7 +10,8 @@ import pytest
 
 from edgekit.errors import AccuracyError
 from edgekit.metrics import MetricSpec
-from edgekit.quantize.fallback import depthwise_blocks, noise_floor, search_float_set
+from edgekit.quantize.evaluate import AA_SUFFIX
+from edgekit.quantize.fallback import aa_spread, depthwise_blocks, faster_than_fp32, noise_floor, search_float_set
 
 NODES = [f"n{i}" for i in range(8)]  # graph order, input side first
 
@@ -169,3 +170,40 @@ def test_the_all_float_set_never_wins_the_timing() -> None:
     assert tried["input side"]["float_nodes"] == len(NODES)
     assert res.strategy != "input side" and len(res.excluded) < len(NODES)
     assert res.faster_than_fp32 is False
+
+
+def _rounds(ms: float, spread: float = 0.0) -> List[float]:
+    return [ms * (1 + (spread if r % 2 else -spread)) for r in range(10)]
+
+
+def test_faster_than_fp32_must_beat_the_a_a_control_spread() -> None:
+    """The picked set runs 6% faster than FP32 in every round. With FP32's A/A twin agreeing within
+    1% that is a real difference; with the twin 20% off, 6% is inside this host's noise."""
+    for twin_spread, expected in ((0.005, True), (0.1, False)):
+        def timing(models: Dict[str, Path], s: float = twin_spread) -> Dict[str, List[float]]:
+            out = {k: _rounds(0.94) for k in models}
+            out["fp32"] = _rounds(1.0)
+            out["fp32" + AA_SUFFIX] = _rounds(1.0, s)
+            return out
+
+        res = _search(Fake(HARM), timing)
+        assert res.faster_than_fp32 is expected, twin_spread
+        assert res.record["aa_noise_floor"] == pytest.approx(noise_of(twin_spread), abs=1e-3)
+
+
+def noise_of(spread: float) -> float:
+    return aa_spread({"fp32": _rounds(1.0), "fp32" + AA_SUFFIX: _rounds(1.0, spread)})
+
+
+def test_one_float_set_against_fp32() -> None:
+    """The guard fallback's test for a mostly-float result: None where the host cannot time the target."""
+    assert faster_than_fp32(None, "guarded", Path("g.onnx")) is None
+    seen: List[List[str]] = []
+
+    def timing(models: Dict[str, Path]) -> Dict[str, List[float]]:
+        seen.append(sorted(models))
+        return {"guarded": _rounds(0.8), "fp32": _rounds(1.0), "fp32" + AA_SUFFIX: _rounds(1.0, 0.01)}
+
+    assert faster_than_fp32(timing, "guarded", Path("g.onnx")) is True and seen == [["guarded"]]
+    slow = lambda models: {"guarded": _rounds(1.1), "fp32": _rounds(1.0)}  # noqa: E731
+    assert faster_than_fp32(slow, "guarded", Path("g.onnx")) is False

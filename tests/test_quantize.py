@@ -102,23 +102,40 @@ def test_quantize_cnn_for_arm(cnn_model: Path, tmp_path: Path) -> None:
 
 
 def _stable(result: QuantizeResult) -> dict:
-    """The result minus measurements (latencies vary; everything else must not)."""
-    data = result.model_dump(mode="json", exclude={"model_path", "latency_ms"})
+    """The result minus measurements (what the build keeps out of the manifest)."""
+    data = result.model_dump(mode="json", exclude={"model_path", "latency_ms", "latency_pruning"})
     for c in data["candidates"]:
         c.pop("p50_ms")
     return data
 
 
-def test_reproducible_bytes_and_recipe(tmp_path: Path) -> None:
-    """Same inputs and seed -> same recipe and identical model bytes, including after fallback."""
-    profile = targets.load_all()["x86-avx512-vnni"]  # not this host's ISA: no timing in the choice
+@pytest.mark.parametrize("host", ["matches", "differs"])
+def test_reproducible_bytes_and_recipe(tmp_path: Path, host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same inputs and seed -> same recipe and identical model bytes, including after fallback, also
+    where this host's CPU matches the target so that timing takes part (pruning and the choice): the
+    second run answers its timing comparisons from the first run's record, as a rebuild does."""
+    from edgekit.build_record import TimingMemo
+    from edgekit.quantize.evaluate import measure_latency
+
+    profile = targets.load_all()["x86-avx512-vnni"]
+    flags = set(profile.isa_features) | {"avx2", "fma"} if host == "matches" else {"avx2", "fma"}
+    monkeypatch.setenv(targets.HOST_FLAGS_ENV, " ".join(sorted(flags)))
+    monkeypatch.setenv(targets.HOST_ARCH_ENV, "x86_64")
     model = optimize.prepare(tm.mlp(tmp_path / "mlp.onnx", hot_scale=1000.0), tmp_path / "prep.onnx", profile)
     calib, val = tm.feeds(40, (1, 16), 1), tm.feeds(24, (1, 16), 2)
-    runs = [quantize_for_target(model, tmp_path / f"w{i}", profile, calib, val, MetricSpec("cosine", 0.99), seed=3)
-            for i in range(2)]
+    memos = [TimingMemo(measure_latency)]
+    runs = [quantize_for_target(model, tmp_path / "w0", profile, calib, val, MetricSpec("cosine", 0.99), seed=3,
+                                measure=memos[0])]
+    memos.append(TimingMemo(measure_latency, previous=memos[0].used))
+    runs.append(quantize_for_target(model, tmp_path / "w1", profile, calib, val, MetricSpec("cosine", 0.99), seed=3,
+                                    measure=memos[1]))
     assert runs[0].model_path.read_bytes() == runs[1].model_path.read_bytes()
     assert _stable(runs[0]) == _stable(runs[1])
-    assert runs[0].kept_float  # the fallback ran, and still reproduced
+    assert any(c.kept_float for c in runs[0].candidates)  # the fallback ran, and still reproduced
+    assert runs[0].latency_ms["host_matches_target"] is (host == "matches")
+    # timing ran in the first run (the x86 host can run the model) and was reused, never re-measured, in the second
+    assert memos[0].measured >= 1 and memos[0].reused == 0
+    assert memos[1].measured == 0 and memos[1].reused == memos[0].measured
 
 
 def test_bad_calibration_sample_names_the_input(cnn_model: Path, tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ class CostModel:
         self.calls: List[List[str]] = []
 
     def __call__(self, models: Dict[str, object], feed, levels, threads: int, rounds: int = 12, per_round: int = 3,
-                 deadline=None) -> Dict[str, List[float]]:
+                 deadline=None, **_: object) -> Dict[str, List[float]]:
         self.calls.append(sorted(models))
         out = {}
         for name, path in models.items():

@@ -45,7 +45,8 @@ def test_runner_imports_only_stdlib_numpy_and_runtimes() -> None:
     roots = {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     roots |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     allowed = {"__future__", "argparse", "json", "math", "os", "platform", "shutil", "sys", "tempfile", "time",
-               "traceback", "resource", "numpy", "onnxruntime", "tflite_runtime", "ai_edge_litert", "power"}
+               "traceback", "resource", "struct", "zipfile", "numpy", "onnxruntime", "tflite_runtime", "ai_edge_litert", "power",
+               "guard"}
     assert roots <= allowed, roots - allowed
 
 

@@ -223,3 +223,86 @@ def test_cli_targets_show_unknown_is_one_clear_line() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unknown target 'jetsn'")
     assert "Traceback" not in result.output and "x86-avx2" in lines[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# A project's own targets: targets/<name>.toml beside edgekit.toml, or the folder targets_dir names
+# ----------------------------------------------------------------------------------------------
+ORANGE = ('name = "orange-pi-5"\nfamily = "rockchip"\ndescription = "RK3588S, 4x A76 + 4x A55"\n'
+          'arch = "aarch64"\ncpu = "cortex-a76"\nisa_features = ["asimd", "asimddp"]\n'
+          '[quantization]\ntype_candidates = [["QInt8", "QInt8"]]\n')
+
+
+def _project(tmp_path: Path, extra: str = "") -> Path:
+    (tmp_path / "edgekit.toml").write_text(
+        'targets = ["orange-pi-5"]\n' + extra + '[model]\nname = "m"\nsource = "onnx"\npath = "m.onnx"\n'
+        '[[inputs]]\nname = "x"\nshape = [1, 4]\n[calibration]\ndata = "c.npz"\n'
+        '[validation]\ndata = "v.npz"\nmetric = "cosine"\nthreshold = 0.99\n')
+    return tmp_path / "edgekit.toml"
+
+
+def test_project_targets_merge_over_the_builtins(tmp_path: Path) -> None:
+    import json
+
+    from edgekit import config
+
+    cfg_path = _project(tmp_path)
+    _write(tmp_path, "orange-pi-5", ORANGE)
+    _write(tmp_path, "raspberry-pi-5", ORANGE.replace("orange-pi-5", "raspberry-pi-5").replace("rockchip", "raspberry-pi"))
+    dirs = config.load(cfg_path).target_dirs()
+    assert dirs == [tmp_path / "targets"]
+    assert targets.resolve("orange-pi-5", project_dirs=dirs).cpu == "cortex-a76"
+    # the project's file replaces the built-in of the same name, and says so
+    entries = targets.catalog(project_dirs=dirs)
+    assert entries["raspberry-pi-5"].replaces == targets.targets_dir() / "raspberry-pi-5.toml"
+    assert entries["raspberry-pi-5"].profile.description.startswith("RK3588S")
+    assert entries["x86-avx2"].origin == "built-in"
+
+    listed = _invoke("targets", "list", "--config", str(cfg_path), "--json")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert set(rows) == set(EXPECTED) | {"orange-pi-5"}
+    assert rows["orange-pi-5"]["source"] == str(tmp_path / "targets" / "orange-pi-5.toml")
+    assert rows["raspberry-pi-5"]["source"].endswith("raspberry-pi-5.toml (overrides the built-in)")
+    assert rows["jetson-nano"]["source"] == "built-in"
+    table = _invoke("targets", "list", "--config", str(cfg_path))
+    assert table.exit_code == 0 and "overrides the built-in" in table.stdout
+    shown = _invoke("targets", "show", "orange-pi-5", "--config", str(cfg_path))
+    assert shown.exit_code == 0 and "orange-pi-5.toml" in shown.stdout
+    # without the project file, only the built-ins are known
+    assert _invoke("targets", "show", "orange-pi-5").exit_code == 3
+
+
+def test_targets_dir_setting_and_its_errors(tmp_path: Path) -> None:
+    from edgekit import config
+    from edgekit.errors import ConfigError
+
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    (boards / "orange-pi-5.toml").write_text(ORANGE)
+    cfg = config.load(_project(tmp_path, 'targets_dir = "boards"\n'))
+    assert targets.resolve("orange-pi-5", project_dirs=cfg.target_dirs()).name == "orange-pi-5"
+
+    missing = config.load(_project(tmp_path, 'targets_dir = "nowhere"\n'))
+    with pytest.raises(ConfigError, match="targets_dir"):
+        missing.target_dirs()
+    (boards / "orange-pi-5.toml").write_text(ORANGE + "bogus = 1\n")
+    result = _invoke("targets", "list", "--config", str(_project(tmp_path, 'targets_dir = "boards"\n')))
+    assert result.exit_code == 3 and "orange-pi-5.toml" in result.stderr and "bogus" in result.stderr
+
+
+def test_a_project_target_builds(digits_project: Path, tmp_path: Path) -> None:
+    """`edgekit build --target <project target>` resolves it from the project, notes an override."""
+    import json
+    import shutil
+
+    project = tmp_path / "digits"
+    shutil.copytree(digits_project, project, ignore=shutil.ignore_patterns("dist", ".device", "runs"))
+    _write(project, "orange-pi-5", ORANGE)
+    _write(project, "raspberry-pi-4", ORANGE.replace("orange-pi-5", "raspberry-pi-4").replace("rockchip", "raspberry-pi"))
+    result = _invoke("build", "--config", str(project / "edgekit.toml"), "--target", "orange-pi-5",
+                     "--target", "raspberry-pi-4")
+    assert result.exit_code == 0, result.output
+    assert "raspberry-pi-4.toml, which overrides the built-in profile" in result.stderr
+    manifest = json.loads((project / "dist" / "digits" / "orange-pi-5" / "manifest.json").read_text())
+    assert manifest["target"] == "orange-pi-5" and manifest["target_profile"]["cpu"] == "cortex-a76"

@@ -9,18 +9,26 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import traceback
-from pathlib import Path
 from typing import Any, Optional
 
 import click
 
 from .. import __version__
 from ..errors import EdgekitError
+from .debuglog import write_debug_log
+from .render import clean
 
 EXIT_UNEXPECTED = 70
-DEBUG_LOG = Path(os.environ.get("EDGEKIT_DEBUG_LOG", os.path.join(tempfile.gettempdir(), "edgekit-debug.log")))
+
+
+MAX_LINE = 2000
+"""An error line quoting a device's output is cut here: one line, not a screenful."""
+
+
+def _line(text: object) -> str:
+    line = clean(text, newlines=False)
+    return line if len(line) <= MAX_LINE else line[:MAX_LINE] + f"... ({len(line) - MAX_LINE} more characters)"
 
 
 class EdgekitGroup(click.Group):
@@ -31,9 +39,10 @@ class EdgekitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgekitError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            # Messages and hints quote devices, bundles and files: cleaned, and kept to one line each.
+            click.echo(f"error: {_line(exc.message)}", err=True)
             if exc.hint:
-                click.echo(f"hint: {exc.hint}", err=True)
+                click.echo(f"hint: {_line(exc.hint)}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -44,12 +53,9 @@ class EdgekitGroup(click.Group):
             click.echo("interrupted", err=True)
             ctx.exit(130)
         except Exception as exc:  # the promise: never a bare traceback
-            try:
-                DEBUG_LOG.write_text(traceback.format_exc())
-                where = f"; details in {DEBUG_LOG}"
-            except OSError:
-                where = ""
-            click.echo(f"error: unexpected {type(exc).__name__}: {exc}{where}", err=True)
+            log_path = write_debug_log(traceback.format_exc())
+            where = f"; details in {log_path}" if log_path else ""
+            click.echo(f"error: unexpected {type(exc).__name__}: {_line(exc)}{where}", err=True)
             ctx.exit(EXIT_UNEXPECTED)
 
 
@@ -65,7 +71,16 @@ def main(verbose: bool) -> None:
       edgekit deploy --device local
       edgekit validate --device local
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_CleanFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
+
+
+class _CleanFormatter(logging.Formatter):
+    """Log lines quote device output too (host names, fingerprints, runner messages)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return clean(super().format(record))
 
 
 def _register() -> None:

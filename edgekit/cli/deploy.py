@@ -11,12 +11,12 @@ from typing import Any, Optional
 
 import click
 
-from .render import echo_json, kv, table
+from .render import echo, echo_json, kv, table
 
 _config = click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("edgekit.toml"),
                        show_default=True, help="The project file.")
-_inventory = click.option("--inventory", "-i", type=click.Path(path_type=Path), default=None,
-                          help="An Ansible inventory (INI or YAML) adding devices [default: deploy.inventory].")
+_inventory = click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
+                          help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
 _accept = click.option("--accept-new-host-key", is_flag=True,
                        help="Trust an SSH host key seen for the first time and record it (a changed key is always refused).")
 _json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -135,4 +135,4 @@ def register(main: click.Group) -> None:
         table(title, ["release", "", "target", "model", "precision", "files"],
               [(r.id, marks(r), r.target or "-", r.model or "-", r.precision or "-", r.files) for r in st.releases])
         if st.partial:
-            click.echo(f"unfinished uploads (resumed or removed by the next deploy): {', '.join(st.partial)}")
+            echo(f"unfinished uploads (resumed or removed by the next deploy): {', '.join(st.partial)}")

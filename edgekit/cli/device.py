@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from ..errors import AccuracyError, DeviceError
-from .render import echo_json, kv, table
+from .render import clean, echo, echo_json, kv, table
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -22,6 +22,11 @@ def _fmt(value: Any, unit: str = "") -> str:
     if isinstance(value, float):
         return f"{value:.4g}{unit}"
     return f"{value}{unit}"
+
+
+def _device_text(value: Any, limit: int = 300) -> str:
+    """Text from the device on one bounded line (table cells are cleaned and never parsed as markup)."""
+    return " ".join(clean(value).split())[:limit]
 
 
 def _validation_rows(res: Any) -> List[Tuple[str, str]]:
@@ -34,9 +39,15 @@ def _validation_rows(res: Any) -> List[Tuple[str, str]]:
     rows += [(f"also {c.get('name')}", f"{_fmt(c.get('value'))} (threshold {_fmt(c.get('threshold'))}) "
               f"{'pass' if c.get('passed') else 'FAIL'}") for c in m.get("also") or []]
     rows += [(f"  {k}", _fmt(v)) for k, v in sorted(res.metrics.items())]
-    rows += [("latency p50 / p90 / p99", f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p90_ms'))} / {_fmt(lat.get('p99_ms'))} ms"),
-             ("latency mean / min", f"{_fmt(lat.get('mean_ms'))} / {_fmt(lat.get('min_ms'))} ms"),
-             ("first load", _fmt(lat.get("first_load_ms"), " ms")),
+    if res.guard is not None:
+        found = res.guard.get("findings") or []
+        rows.append(("guards", "pass" if res.guard.get("passed") else f"FAIL ({len(found)} finding(s))"))
+        rows += [("  guard", _device_text(f.get("message"))) for f in found[:10] if isinstance(f, dict)]
+    # An emulated board (qemu-user) runs many times slower than the real one: say so on every figure.
+    emu = " (emulated, not representative)" if res.device_facts.get("emulated") else ""
+    rows += [("latency p50 / p90 / p99", f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p90_ms'))} / {_fmt(lat.get('p99_ms'))} ms{emu}"),
+             ("latency mean / min", f"{_fmt(lat.get('mean_ms'))} / {_fmt(lat.get('min_ms'))} ms{emu}"),
+             ("first load", _fmt(lat.get("first_load_ms"), " ms") + emu),
              ("iterations", f"{_fmt(lat.get('iterations'))} in {_fmt(lat.get('window_s'), ' s')} ({_fmt(lat.get('repeat'))} window(s))"),
              ("peak RSS", _fmt(res.memory.get("peak_rss_mb"), " MB"))]
     if res.power is not None:
@@ -61,8 +72,8 @@ def register(main: click.Group) -> None:
     @main.command("validate")
     @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")
     @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
-    @click.option("--inventory", "-i", type=click.Path(path_type=Path), default=None,
-                  help="An Ansible inventory (INI or YAML) adding devices [default: deploy.inventory].")
+    @click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
+                  help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
     @click.option("--duration", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Minimum seconds per timed window.")
     @click.option("--threads", default=None, type=int, help="Intra-op threads (default: the target profile's).")
     @click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1), help="Timed windows; the median is reported.")
@@ -75,12 +86,14 @@ def register(main: click.Group) -> None:
     @click.option("--grid-intensity", default=None, type=float, metavar="G",
                   help="Grid carbon intensity in gCO2e/kWh [481, world average 2023].")
     @click.option("--runs-dir", default=None, type=click.Path(file_okay=False), help="Where run files go [runs/ beside edgekit.toml].")
+    @click.option("--max-result-mb", default=None, type=click.FloatRange(min=0, min_open=True), metavar="MB",
+                  help="Largest result JSON fetched from the device [EDGEKIT_MAX_RESULT_MB, else 32].")
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     def validate_cmd(device: str, config_path: str, inventory: Optional[Path], duration: float, threads: Optional[int], repeat: int,
                      power: Optional[str], power_rate: Optional[float], idle_s: Optional[float],
                      requests_per_s: Optional[float], grid_intensity: Optional[float], runs_dir: Optional[str],
-                     accept_new_host_key: bool, as_json: bool) -> None:
+                     max_result_mb: Optional[float], accept_new_host_key: bool, as_json: bool) -> None:
         """Run the deployed release on a device: accuracy vs reference, latency, power and carbon."""
         from ..config import load
         from ..validate import power_settings, validate_device
@@ -89,7 +102,8 @@ def register(main: click.Group) -> None:
         settings = power_settings(config, sampler=power, rate_hz=power_rate, idle_s=idle_s,
                                   requests_per_s=requests_per_s, grid_g_per_kwh=grid_intensity)
         res = validate_device(config, _device(config, device, inventory), duration=duration, threads=threads, repeat=repeat,
-                              power=settings, accept_new_host_key=accept_new_host_key, runs_dir=runs_dir)
+                              power=settings, accept_new_host_key=accept_new_host_key, runs_dir=runs_dir,
+                              max_result_mb=max_result_mb)
         if as_json:
             echo_json(res)
         else:
@@ -97,15 +111,19 @@ def register(main: click.Group) -> None:
         if not res.ok:
             m = res.metric
             missed = ([m] if not m.get("passed") else []) + [c for c in m.get("also") or [] if not c.get("passed")]
-            raise AccuracyError(f"device '{res.device}': " + "; ".join(
-                f"{c.get('name')} = {_fmt(c.get('value'))} misses the threshold {_fmt(c.get('threshold'))}" for c in missed),
-                hint=f"details in {res.result_path}")
+            what = [f"{c.get('name')} = {_fmt(c.get('value'))} misses the threshold {_fmt(c.get('threshold'))}" for c in missed]
+            if res.guard is not None and not res.guard.get("passed", True):
+                found = res.guard.get("findings") or []
+                first = found[0].get("message") if found and isinstance(found[0], dict) else "?"
+                what.append(f"guards failed: {' '.join(str(first).split())[:300]}"
+                            + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
+            raise AccuracyError(f"device '{res.device}': " + "; ".join(what), hint=f"details in {res.result_path}")
 
     @main.command("doctor")
     @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")
     @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
-    @click.option("--inventory", "-i", type=click.Path(path_type=Path), default=None,
-                  help="An Ansible inventory (INI or YAML) adding devices [default: deploy.inventory].")
+    @click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
+                  help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--json", "as_json", is_flag=True, help="Print facts and checks as JSON.")
     def doctor_cmd(device: str, config_path: str, inventory: Optional[Path], accept_new_host_key: bool, as_json: bool) -> None:
@@ -135,11 +153,14 @@ def register(main: click.Group) -> None:
         """Write an HTML report (inline plots), a Markdown summary and JSON from run files."""
         from ..report import build_report, load_runs
 
-        records = load_runs([Path(r) for r in runs], Path(runs_dir))
+        records = load_runs([Path(r) for r in runs], Path(runs_dir), warn=lambda line: echo(f"warning: {line}", err=True))
         res = build_report(records, Path(out_dir))
         if as_json:
             echo_json(res)
             return
+        def _latency(r: Dict[str, Any], key: str) -> str:
+            return _fmt(r[key]) + (" (emulated, not representative)" if r.get("emulated") and r[key] is not None else "")
+
         def energy(r: Dict[str, Any]) -> str:
             mj = r.get("energy_per_inference_mj")
             return "-" if mj is None else _fmt(mj) + (" (ESTIMATE)" if r.get("power_is_estimate") else "")
@@ -147,5 +168,5 @@ def register(main: click.Group) -> None:
         table(f"{res.passed}/{len(res.devices)} device(s) passed ({res.runs} run(s))",
               ["device", "target", "metric", "value", "threshold", "passed", "p50 ms", "p99 ms", "mJ/inference"],
               [(r["device"], r["target"], r["metric"], _fmt(r["value"]), _fmt(r["threshold"]),
-                "pass" if r["passed"] else "FAIL", _fmt(r["p50_ms"]), _fmt(r["p99_ms"]), energy(r)) for r in res.summary])
-        click.echo(f"wrote {res.html}\nwrote {res.markdown}\nwrote {res.json_path}")
+                "pass" if r["passed"] else "FAIL", _latency(r, "p50_ms"), _latency(r, "p99_ms"), energy(r)) for r in res.summary])
+        echo(f"wrote {res.html}\nwrote {res.markdown}\nwrote {res.json_path}")

@@ -1,10 +1,33 @@
-"""Output helpers shared by the command modules: JSON for machines, rich tables for people."""
+"""Output helpers shared by the command modules: JSON for machines, rich tables for people.
+
+Everything printed for people goes through :func:`clean` first: device names, providers, error
+messages and paths can come from a device or a bundle, and a hostile one must not reach the
+terminal with escape sequences (clear screen, window title, OSC 8 links) or rich markup
+(``[link=...]``, ``[/]``). Table cells and titles are rich ``Text`` objects, which rich never parses
+as markup, so no string needs markup escaping afterwards.
+"""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterable, List, Optional, Sequence
 
 import click
+
+# C0 controls but tab and newline, DEL, C1 controls (CSI/OSC as single bytes), and the Unicode
+# format characters that reorder or hide text (bidi overrides and isolates, zero-width joiners).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_ESCAPE_SEQUENCE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+def clean(value: Any, *, newlines: bool = True) -> str:
+    """``value`` as text safe for a terminal: whole escape sequences removed (so no stray ``[2J``
+    is left behind), then every remaining control character. ``newlines=False`` also folds line
+    breaks, for the one-line ``error:``/``hint:`` output."""
+    text = _CONTROL.sub("", _ESCAPE_SEQUENCE.sub("", str(value)))
+    if not newlines:
+        text = " ".join(text.split("\n")).replace("\t", " ")
+    return text
 
 
 def to_jsonable(value: Any) -> Any:
@@ -24,18 +47,25 @@ def to_jsonable(value: Any) -> Any:
 
 
 def echo_json(value: Any) -> None:
+    # json.dumps writes every control character as a \u escape, so JSON output needs no cleaning.
     click.echo(json.dumps(to_jsonable(value), indent=2, sort_keys=True, default=str))
+
+
+def echo(message: Any, err: bool = False) -> None:
+    """A plain line for people (``wrote ...``, notes), cleaned like every table cell."""
+    click.echo(clean(message), err=err)
 
 
 def table(title: Optional[str], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=title, title_justify="left")
+    t = Table(title=Text(clean(title)) if title is not None else None, title_justify="left")
     for c in columns:
-        t.add_column(c)
+        t.add_column(Text(clean(c)))
     for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+        t.add_row(*[Text("" if v is None else clean(v)) for v in r])
     console = Console()
     if not console.is_terminal:  # pipes and CI logs: don't squeeze columns into 80 characters
         console = Console(width=200)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import QuantizationError
+from ..guard import strip_output_qdq
 from ..optimize import PROTOBUF_LIMIT, copy_model, quiet, save_model
 from .presets import QuantPreset
 
@@ -33,6 +34,9 @@ def build_static(model_path: Path, out_path: Path, preset: QuantPreset, calibrat
                             calibration_cache_path=str(calibration_cache), **kwargs)
     except Exception as exc:
         raise QuantizationError(f"static quantization ({preset.name}) failed: {_first_line(exc)}") from None
+    # Graph outputs are produced in float: one per-tensor step on an output that concatenates
+    # values of different scales (boxes in pixels beside [0, 1] scores) destroys the small ones.
+    strip_output_qdq(out_path)
     return out_path
 
 

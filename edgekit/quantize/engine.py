@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import guard as _guard
 from .. import targets as _targets
 from ..errors import AccuracyError, QuantizationError
 from ..metrics import MetricSpec
@@ -23,21 +24,19 @@ from ..targets import TargetProfile
 from . import calibration as cal
 from .candidates import build_dynamic, build_fp16, build_fp32, build_static, file_size
 from .choose import choose
-from .evaluate import Scorer, make_session, measure_latency, run_outputs
-from .fallback import depthwise_blocks, search_float_set
+from .evaluate import Scorer, make_session, run_outputs
+from .fallback import accuracy_fallback, faster_than_fp32, revert_until_within_tolerance, timer
 from .fusion import fuse_transformer
 from .graph import (SUBGRAPH_OPS, activation_matmuls, initializer_names, iter_nodes, name_nodes, op_counts,
                     quantizable_nodes)
 from .prune import drop_unprofitable_quantization
 from .presets import (DISABLED_OPTIMIZERS, QuantPreset, calibration_extra, dynamic_supported, model_family, presets_for,
                       runtime_level_for)
-from .result import Candidate, KeptFloat, QuantizeResult
+from .result import Candidate, KeptFloat, QuantizeResult, quantized_node_count
 from .sensitivity import rank_by_leave_one_out, rank_by_rebuild
 
 SENSITIVITY_SAMPLES = 8
 """Calibration feeds (not validation ones) used to rank nodes; the threshold is checked on validation."""
-MAX_LOO_GROUPS = 48
-"""Leave-one-out costs one session per group; bigger graphs revert consecutive nodes together."""
 DYNAMIC_OPS = ("MatMul", "Attention", "EmbedLayerNormalization")
 EXACT_INT8_LEVEL = "basic"
 """Session level that runs a QDQ model as DQ -> float op -> Q (no int8 kernel fusion): what an int8
@@ -77,6 +76,7 @@ def quantize_for_target(
     progress: Optional[Callable[[str], None]] = None,
     measure: Optional[Callable[..., Dict[str, List[float]]]] = None,
     calibration_cap: Optional[int] = None,
+    guard: Optional[Dict[str, object]] = None,
 ) -> QuantizeResult:
     """Build the candidates ``profile`` allows and keep the fastest that meets ``metric``.
 
@@ -85,6 +85,8 @@ def quantize_for_target(
     ``budget_s`` runs out before the search ends. ``measure`` replaces host timing
     (``evaluate.measure_latency``'s signature) for latency pruning and the choice; tests inject one.
     ``calibration_cap`` (``[calibration] max_samples``) replaces the default cap on calibration samples.
+    ``guard``: edgekit.toml's [validation.guard] settings; every candidate but FP32 must pass them
+    on every output (see ``edgekit.guard``).
     """
     import onnx
 
@@ -105,7 +107,10 @@ def quantize_for_target(
     index = metric.output_index([o.name for o in graph.graph.output])
     fp32_level = runtime_level_for("fp32", profile)
     fp32_session = make_session(base, fp32_level)
-    refs = run_outputs(fp32_session, validation, index)
+    refs = run_outputs(fp32_session, validation, index, metric.stream_plan)
+    guard_conf = _guard.arithmetic.settings(guard)
+    out_names = [o.name for o in graph.graph.output]
+    guard_refs = _guard.all_outputs(fp32_session, validation, metric.stream_plan) if guard_conf["enabled"] else []
     cap = int(calibration_cap) if calibration_cap else cal.MAX_CALIBRATION_SAMPLES
     calib = cal.select_samples(calibration, cap, seed)
     cal_note = cal.describe_selection(len(calib), len(calibration), cap, calibration_cap is not None)
@@ -116,7 +121,8 @@ def quantize_for_target(
     ctx = _Ctx(work_dir=work_dir, profile=profile, metric=metric, deadline=deadline, say=say, base=base,
                host_ok=host_ok, measure=measure, graph=graph, family=family, index=index, large=is_large(base),
                calib=calib, validation=validation, refs=refs, sens_feeds=sens_feeds,
-               sens_refs=run_outputs(fp32_session, sens_feeds, index), caches={})
+               sens_refs=run_outputs(fp32_session, sens_feeds, index), caches={},
+               guard_conf=guard_conf, guard_refs=guard_refs, out_names=out_names)
     del fp32_session
 
     wanted = list(profile.quantization.precisions) if precision == "auto" else [precision]
@@ -139,6 +145,9 @@ def quantize_for_target(
             try:  # scored on the CPU EP: fp16 rounding is the same arithmetic TensorRT/CUDA do
                 cand.metric = Scorer(metric, validation, refs, index, "basic").score(path)
                 cand.passed = metric.passes(cand.metric["value"])
+                cand.guard = _check(ctx, path, "basic")
+                if not cand.guard["passed"]:  # met or not, it may not ship: say on what
+                    cand.note = cand.refused = f"guard: {_guard.describe(cand.guard)}"
             except QuantizationError as exc:
                 cand.note = f"not scored on this host: {exc.message}"
             cands.append(cand)
@@ -166,10 +175,11 @@ def quantize_for_target(
         fallback_search={n: e["fallback_search"] for n, e in extras.items() if e.get("fallback_search")},
         runtime_graph_optimization=runtime_level_for(chosen.method, profile), family=family,
         disabled_optimizers=list(DISABLED_OPTIMIZERS) if chosen.precision == "int8" else [],
+        guard=dict(chosen.guard or {"passed": True, "findings": [], "outputs": [], "note": "FP32 is the reference"}),
         calibration={"method": profile.quantization.calibration_method, "samples": len(calib),
                      "given": len(calibration), "cap": cap, "note": cal_note, "digest": cal.feeds_digest(calib),
                      "used_by_chosen": chosen.method.startswith("static")},
-        seed=seed,
+        seed=seed, fp32_size_bytes=file_size(base),
     )
 
 
@@ -189,59 +199,8 @@ def _int8_variants(ctx: _Ctx):
     for variant in order:
         out = _static(ctx) if variant == "static" else _dynamic(ctx)
         yield out
-        if out[0].passed:
+        if out[0].passed and not out[0].refused:
             return
-
-
-def _fallback(ctx: _Ctx, build: Callable[[Sequence[str]], Path], scorer: Scorer, first: Tuple[Path, Dict[str, float]],
-              nodes: List[Tuple[str, str]], rank: Callable[[List[str], int], List[Tuple[str, float]]],
-              level: str, ranked_only: bool = False):
-    """Run the accuracy fallback when needed. Returns (path, score, kept_float entries, note, record)."""
-    path, score = first
-    if ctx.metric.passes(score["value"]) or not nodes:
-        return path, score, [], "", {}
-    names = [n for n, _ in nodes]
-    ctx.say(f"ranking {len(names)} quantized nodes by harm")
-    group = max(1, -(-len(names) // MAX_LOO_GROUPS))
-    pairs = rank(names, group)
-    gains = dict(pairs)
-
-    def timing(models: Dict[str, Path]) -> Optional[Dict[str, List[float]]]:
-        if not ctx.host_ok:
-            return None
-        levels = {k: level for k in models}
-        levels["fp32"] = runtime_level_for("fp32", ctx.profile)
-        return (ctx.measure or measure_latency)({**models, "fp32": ctx.base}, ctx.validation[0], levels,
-                                                threads=ctx.profile.intra_op_threads or 2,
-                                                deadline=max(ctx.deadline, time.monotonic() + 5))
-
-    try:
-        fb = search_float_set(build, scorer.score, ctx.metric, pairs, names, depthwise_blocks(ctx.graph, names),
-                              ctx.deadline, first, timing=timing if ctx.host_ok else None, progress=ctx.say,
-                              ranked_only=ranked_only)
-    except AccuracyError as exc:
-        if exc.details.get("budget"):
-            raise
-        return path, score, [], f"unreachable: {exc.message}", {}
-    ops = dict(nodes)
-    kept = [{"node": n, "op_type": ops[n], "reason": f"accuracy: reverting it cut the output error by {gains.get(n, 0.0):.3g} "
-             f"(float set chosen by: {fb.strategy})"} for n in fb.excluded]
-    record = dict(fb.record, ranking=getattr(rank, "record", {}))
-    if len(fb.excluded) == len(names):
-        return fb.model_path, fb.metric, kept, "every quantized node had to be reverted, so this is not an int8 model", record
-    if len(fb.excluded) * 2 > len(names):
-        # Mostly float with Q/DQ pairs left around a few nodes: whether that pays is measured where
-        # the host can time the target (EfficientNet-Lite0, 59 of 60 float: 1.015x; MobileNetV2,
-        # 61 of 63: 0.75x). Where it cannot, the count decides, as before.
-        if fb.faster_than_fp32 is None:
-            return fb.model_path, fb.metric, kept, (
-                f"the fallback had to revert {len(fb.excluded)} of {len(names)} quantized nodes, and this host "
-                "cannot time the target to show that the int8 left pays for its Q/DQ"), record
-        if not fb.faster_than_fp32:
-            return fb.model_path, fb.metric, kept, (
-                f"the fallback had to revert {len(fb.excluded)} of {len(names)} quantized nodes, and the result "
-                "was not faster than FP32 on this host"), record
-    return fb.model_path, fb.metric, kept, "", record
 
 
 def _prune(ctx: _Ctx, note: str, build: Callable[[Sequence[str]], Path], current: Tuple[Path, Dict[str, float]],
@@ -323,8 +282,8 @@ def _static(ctx: _Ctx):
                                      op_types=preset.op_types, build=build, record=rank.record)  # type: ignore[attr-defined]
     rank.record = {}  # type: ignore[attr-defined]
 
-    path, score, reverted, note, search = _fallback(ctx, build, scorer, (path0, score0),
-                                                    [(n.name, n.op_type) for n in qnodes], rank, level)
+    path, score, reverted, note, search = accuracy_fallback(ctx, build, scorer, (path0, score0),
+                                                             [(n.name, n.op_type) for n in qnodes], rank, level)
     acc = [k["node"] for k in reverted]
     still = [(n.name, n.op_type) for n in ctx.graph.graph.node
              if n.op_type in preset.op_types and n.name not in set(always) | set(acc)]
@@ -335,15 +294,28 @@ def _static(ctx: _Ctx):
 
     path, score, dropped, record = _prune(ctx, note, build_lat, (path, score), still, scorer, level)
     reverted += dropped
-    notes = [f"presets tried: {', '.join(t[0].name for t in tried)}"] + ([note] if note else [])
+    report, repaired = _check(ctx, path, score_level), ""
+    if not note and metric.passes(score["value"]) and not report["passed"]:
+        done = [k["node"] for k in reverted]
+
+        def build_guard(extra: Sequence[str]) -> Path:
+            return build_static(ctx.base, ctx.work_dir / f"static-{preset.name}-g{len(done) + len(extra)}.onnx", preset,
+                                cache, nodes_to_exclude=list(always) + done + list(extra), large=ctx.large)
+
+        path, score, report, more, note, repaired = _guard_fallback(
+            ctx, build_guard, scorer, score_level, (path, score), report,
+            [n.name for n in qnodes if n.name not in set(done)], len(qnodes), len(done))
+        reverted += more
+    notes = [f"presets tried: {', '.join(t[0].name for t in tried)}"] + [x for x in (note, repaired) if x]
     if emulate:
         notes.append(f"scored as exact int8 arithmetic (onnxruntime '{EXACT_INT8_LEVEL}' level), since this host's "
                      "int8 kernels are not the target's")
     kept += reverted
-    cand = Candidate(name=f"int8-static-{preset.name}", precision="int8",
-                     method="static-qdq" if preset.format == "QDQ" else "static-qoperator", metric=score,
-                     passed=not note and metric.passes(score["value"]), size_bytes=file_size(path),
-                     kept_float=len(kept), note="; ".join(notes), scored_at=score_level if emulate else "")
+    cand = _int8_candidate(Candidate(name=f"int8-static-{preset.name}", precision="int8",
+                                     method="static-qdq" if preset.format == "QDQ" else "static-qoperator", metric=score,
+                                     passed=metric.passes(score["value"]), size_bytes=file_size(path),
+                                     kept_float=len(kept), note="; ".join(notes), guard=report,
+                                     scored_at=score_level if emulate else ""), path, note)
     return cand, path, {"preset": preset.summary(), "kept_float": kept, "latency_pruning": record,
                         "fallback_search": search}, before
 
@@ -390,8 +362,8 @@ def _dynamic(ctx: _Ctx):
         return rank_by_rebuild(one, names, ctx.sens_feeds, ctx.sens_refs, ctx.index, level, ctx.deadline,
                                group_size=max(group, -(-len(names) // 16)), progress=ctx.say)
 
-    path, score, reverted, note, search = _fallback(ctx, build, scorer, (path0, score0), nodes, rank, level,
-                                                    ranked_only=True)
+    path, score, reverted, note, search = accuracy_fallback(ctx, build, scorer, (path0, score0), nodes, rank,
+                                                             level, ranked_only=True)
     acc = [k["node"] for k in reverted]
 
     def build_lat(extra: Sequence[str]) -> Path:
@@ -402,17 +374,87 @@ def _dynamic(ctx: _Ctx):
     path, score, dropped, record = _prune(ctx, note, build_lat, (path, score),
                                           [n for n in nodes if n[0] not in set(acc)], scorer, level)
     reverted += dropped
+    report = _check(ctx, path, level)
+    if not report["passed"] and not note:
+        note = f"guard: {_guard.describe(report)}"
     preset = {"method": "dynamic", "activation_type": "QUInt8 (per run)", "weight_type": "QInt8",
               "per_channel": q.per_channel, "reduce_range": reduce_range, "op_types": list(DYNAMIC_OPS),
               "extra_options": {"MatMulConstBOnly": True},
               "transformer_fusion": dict(sorted(fused.items())) if fused else {}}
     kept = _const_b_notes(ctx, {n for n, _ in nodes}, graph) + reverted
-    cand = Candidate(name="int8-dynamic", precision="int8", method="dynamic", metric=score,
-                     passed=not note and ctx.metric.passes(score["value"]), size_bytes=file_size(path),
-                     kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused))) if fused
-                                                                      else "", note] if x))
+    cand = _int8_candidate(Candidate(name="int8-dynamic", precision="int8", method="dynamic", metric=score, guard=report,
+                                     passed=ctx.metric.passes(score["value"]), size_bytes=file_size(path),
+                                     kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused)))
+                                                                                      if fused else "", note] if x)),
+                           path, note)
     return cand, path, {"preset": preset, "kept_float": kept, "latency_pruning": record,
                         "fallback_search": search}, score0
+
+
+def _int8_candidate(cand: Candidate, path: Path, note: str) -> Candidate:
+    """Record honestly: ``passed`` is the metric (false when only reverting every node reached it);
+    a fallback note that rules the candidate out (too little int8 left) and a file with no quantized
+    node at all become ``refused``."""
+    cand.quantized_nodes = quantized_node_count(path)
+    if note.startswith("every quantized node had to be reverted"):
+        cand.passed = False  # int8 cannot reach the threshold: only the float model it became does
+    elif note and not note.startswith("unreachable"):
+        cand.refused = note
+    elif cand.quantized_nodes == 0:
+        cand.refused = "no node is quantized (0 QuantizeLinear or int8 nodes): this file is a float model, not int8"
+    return cand
+
+
+def _check(ctx: _Ctx, model: Path, level: str) -> Dict[str, object]:
+    """The guard report (summary form) of one candidate on the validation feeds."""
+    return _guard.summary(_guard.check_model(model, ctx.validation, ctx.guard_refs, ctx.out_names, level,
+                                             ctx.guard_conf, ctx.metric.stream_plan))
+
+
+def _guard_fallback(ctx: _Ctx, build: Callable[[Sequence[str]], Path], scorer: Scorer, level: str,
+                    current: Tuple[Path, Dict[str, float]], report: Dict[str, object], names: List[str],
+                    total: int, done: int):
+    """The metric passes but a guard fails: revert the quantized nodes nearest the failing outputs
+    (shortest passing prefix, as the accuracy fallback does) rather than refusing int8 outright.
+    Returns (path, score, report, kept_float entries, note, what was repaired); a non-empty note
+    means not repaired."""
+    failing = sorted({str(f["output"]) for f in report["findings"]})  # type: ignore[union-attr]
+    order = _guard.nearest_first(ctx.graph, failing, names)
+    reports: Dict[str, Dict[str, object]] = {str(current[0]): report}
+    refused = f"guard: {_guard.describe(report)}"
+    if not order:
+        return current[0], current[1], report, [], refused, ""
+
+    def score(path: Path) -> Dict[str, float]:
+        if str(path) not in reports:
+            reports[str(path)] = _check(ctx, path, level)
+        found = reports[str(path)]["findings"]
+        return {**scorer.score(path), "guard_findings": float(len(found))}  # type: ignore[arg-type]
+
+    ctx.say(f"guard: {len(failing)} output(s) fail; reverting the nodes nearest them")
+    first = (current[0], {**current[1], "guard_findings": float(len(report["findings"]))})  # type: ignore[arg-type]
+    try:
+        fb = revert_until_within_tolerance(build, score, ctx.metric, order, ctx.deadline, first=first, progress=ctx.say,
+                                           accept=lambda s: ctx.metric.passes(s["value"]) and s["guard_findings"] == 0)
+    except AccuracyError as exc:
+        if exc.details.get("budget"):
+            raise
+        return (current[0], current[1], report, [],
+                f"{refused} (still failing with all {len(order)} node(s) upstream reverted)", "")
+    ops = {n.name: n.op_type for n in ctx.graph.graph.node}
+    kept = [{"node": n, "op_type": ops.get(n, "?"), "reason": "guard: int8 here damaged output "
+             + ", ".join(failing) + " (a slice collapsed or diverged from FP32)"} for n in fb.excluded]
+    result = {k: v for k, v in fb.metric.items() if k != "guard_findings"}
+    left = done + len(fb.excluded)
+    # mostly float: kept only where a matching host measures it faster than FP32 (as the accuracy fallback)
+    faster = faster_than_fp32(timer(ctx, level), "guarded", fb.model_path) if left * 2 > total else True
+    if not faster:
+        why = ("this host cannot time the target to show that the int8 left pays for its Q/DQ" if faster is None
+               else "the result was not faster than FP32 on this host")
+        return fb.model_path, result, reports[str(fb.model_path)], kept, (
+            f"{refused}; clearing them left {left} of {total} quantized nodes float, and {why}"), ""
+    repaired = f"guards repaired by keeping {len(fb.excluded)} node(s) float; before: {_guard.describe(report, 2)}"
+    return fb.model_path, result, reports[str(fb.model_path)], kept, "", repaired
 
 
 def _const_b_notes(ctx: _Ctx, quantized: set, graph: Optional[object] = None) -> List[dict]:

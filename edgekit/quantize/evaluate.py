@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -31,6 +31,10 @@ def make_session(model: ModelSource, level: str = "extended", threads: int = EVA
     ][_LEVELS.index(level)]
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # Idle onnxruntime workers spin for a while after each run; with sessions interleaved, the idle
+    # one steals cores from the one being timed (measured: int8 read 1.38x FP32 spinning, 0.86x not).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
     src = model if isinstance(model, bytes) else str(model)
     try:
@@ -41,9 +45,32 @@ def make_session(model: ModelSource, level: str = "extended", threads: int = EVA
         raise QuantizationError(f"onnxruntime cannot load {where}: {str(exc).splitlines()[0]}") from None
 
 
-def run_outputs(session: "ort.InferenceSession", feeds: Sequence[Dict[str, np.ndarray]], index: int) -> List[np.ndarray]:  # type: ignore[name-defined]  # noqa: F821
-    name = session.get_outputs()[index].name
-    return [np.asarray(session.run([name], feed)[0]) for feed in feeds]
+StreamPlan = Tuple[Tuple[Tuple[str, str], ...], Tuple[bool, ...]]
+"""((state input, state output) pairs, per-feed stream starts): see MetricSpec.stream_plan."""
+
+
+def run_outputs(session: "ort.InferenceSession", feeds: Sequence[Dict[str, np.ndarray]], index: int,  # type: ignore[name-defined]  # noqa: F821
+                stream: Optional[StreamPlan] = None) -> List[np.ndarray]:
+    """Output ``index`` for every feed; with ``stream``, the feeds are chunks of streams and each
+    state input is the model's own previous state output (the runner's carry, so host and device
+    score streams alike)."""
+    outputs = session.get_outputs()
+    name = outputs[index].name
+    if not stream:
+        return [np.asarray(session.run([name], feed)[0]) for feed in feeds]
+    from ..device import runner
+
+    pairs, starts = stream
+    try:
+        carry = runner.stream_carry({"state": [{"input": i, "output": o} for i, o in pairs]}, list(starts),
+                                    [o.name for o in outputs], len(feeds))
+    except runner.RunnerError as exc:
+        raise QuantizationError(exc.message) from None
+    result, prev = [], None
+    for i, feed in enumerate(feeds):
+        prev = session.run(None, carry(feed, i, prev))
+        result.append(np.asarray(prev[index]))
+    return result
 
 
 def output_error(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> float:
@@ -72,7 +99,7 @@ class Scorer:
         self.level = level
 
     def outputs(self, model: ModelSource) -> List[np.ndarray]:
-        return run_outputs(make_session(model, self.level), self.feeds, self.index)
+        return run_outputs(make_session(model, self.level), self.feeds, self.index, self.metric.stream_plan)
 
     def score(self, model: ModelSource) -> Dict[str, float]:
         outs = self.outputs(model)
@@ -84,22 +111,33 @@ class Scorer:
         return self.metric.passes(result["value"])
 
 
+AA_SUFFIX = " (A/A)"
+"""``measure_latency(control=name)`` returns a second session of ``name`` under ``name + AA_SUFFIX``."""
+
+
 def measure_latency(models: Dict[str, ModelSource], feed: Dict[str, np.ndarray], levels: Dict[str, str],
                     threads: int, rounds: int = 12, per_round: int = 3,
-                    deadline: Optional[float] = None) -> Dict[str, List[float]]:
+                    deadline: Optional[float] = None, control: Optional[str] = None) -> Dict[str, List[float]]:
     """Per-round latency (ms) of each model: the best of ``per_round`` runs, models interleaved.
 
     The host is shared (other builds, tests): interleaving makes load hit every candidate alike,
     and the best of a few back-to-back runs filters the preemption spikes that dominate a mean.
-    Returns {name: [round 1, round 2, ...]}; their median is what we report as p50.
+    Every session has spinning off and ``threads`` intra-op threads. ``control`` (a name in
+    ``models``) adds an A/A control: a second session of that model, timed in the same rounds, whose
+    difference from the first is pure noise (see ``noise_floor``). The order rotates every round so
+    no model always runs right after another. Returns {name: [round 1, round 2, ...]}; their
+    median is what we report as p50.
     """
     sessions = {name: make_session(src, levels[name], threads) for name, src in models.items()}
+    if control is not None and control in models:
+        sessions[control + AA_SUFFIX] = make_session(models[control], levels[control], threads)
     for s in sessions.values():  # warm-up: first runs allocate buffers and pack weights
         for _ in range(3):
             s.run(None, feed)
     result: Dict[str, List[float]] = {name: [] for name in sessions}
+    order = list(sessions.items())
     for r in range(rounds):
-        for name, s in sessions.items():
+        for name, s in order[r % len(order):] + order[:r % len(order)]:
             best = float("inf")
             for _ in range(per_round):
                 t0 = time.perf_counter()
@@ -120,6 +158,19 @@ def clearly_faster(a: List[float], b: List[float], margin: float, agree: float =
     """
     wins = sum(1 for x, y in zip(a, b) if x * (1.0 + margin) < y)
     return wins >= agree * min(len(a), len(b)) and p50(a) * (1.0 + margin) < p50(b)
+
+
+def noise_floor(a: List[float], b: List[float]) -> float:
+    """The relative spread of an A/A pair (one model timed twice, interleaved): the larger of the
+    medians' relative difference and the 80th percentile of the per-round relative differences.
+    A difference between candidates no larger than this is indistinguishable from noise on this host
+    right now; ``clearly_faster`` uses the 80% of rounds, so the floor does too."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0.0
+    per_round = [abs(x / y - 1.0) for x, y in zip(a[:n], b[:n]) if y > 0]
+    median = abs(p50(a[:n]) / p50(b[:n]) - 1.0) if p50(b[:n]) > 0 else 0.0
+    return float(max(median, float(np.percentile(per_round, 80)) if per_round else 0.0))
 
 
 def p50(rounds: List[float]) -> float:

@@ -16,6 +16,8 @@ from pydantic import BaseModel
 
 from ..errors import AccuracyError
 from ..metrics import MetricSpec
+from .evaluate import measure_latency
+from .presets import runtime_level_for
 
 
 class FallbackResult(BaseModel):
@@ -38,6 +40,7 @@ def revert_until_within_tolerance(
     deadline: float,
     first: Optional[Tuple[Path, Dict[str, float]]] = None,
     progress: Optional[Callable[[str], None]] = None,
+    accept: Optional[Callable[[Dict[str, float]], bool]] = None,
 ) -> FallbackResult:
     """Smallest prefix of ``ranked`` whose exclusion makes ``metric`` pass.
 
@@ -45,6 +48,7 @@ def revert_until_within_tolerance(
     ``first`` is the already scored full quantization (nothing excluded), if the caller has it.
     Raises AccuracyError when even reverting every ranked node misses the threshold, or when the
     time budget runs out first; the message names the metric, the best value and the threshold.
+    ``accept(score)`` replaces "the metric passes" as the test (the guard fallback adds its guards).
     """
     results: Dict[int, Tuple[Path, Dict[str, float]]] = {}
     builds = 0
@@ -59,7 +63,7 @@ def revert_until_within_tolerance(
             path = build(list(ranked[:k]))
             results[k] = (path, score(path))
             builds += 1
-        return metric.passes(results[k][1]["value"])
+        return accept(results[k][1]) if accept else metric.passes(results[k][1]["value"])
 
     if first is not None:
         results[0] = first
@@ -123,7 +127,8 @@ def _done(ranked: Sequence[str], k: int, results: Dict[int, Tuple[Path, Dict[str
 
 Timing = Callable[[Dict[str, Path]], Optional[Dict[str, List[float]]]]
 """``timing({label: model})`` -> {label: per-round ms, 'fp32': [...]} interleaved with the FP32
-model, or None when this host cannot time the target (then the fewest float nodes wins)."""
+model (plus 'fp32' + ``evaluate.AA_SUFFIX``: FP32 timed twice, the A/A control), or None when this
+host cannot time the target (then the fewest float nodes wins)."""
 
 SPEED_MARGIN = 0.05
 """A bigger float set replaces the default pick (fewest float nodes) only when it is faster by more
@@ -313,14 +318,17 @@ def search_float_set(
     faster: Optional[bool] = None
     rounds = timing({lab: evaluate(g)[0] for lab, g in found}) if timing else None
     if rounds:
-        from .evaluate import clearly_faster, p50
+        from .evaluate import AA_SUFFIX, clearly_faster, p50
 
+        # measured numbers: the build record keeps them, manifest.json does not (see build.py)
         record["p50_ms"] = {lab: round(p50(r), 4) for lab, r in rounds.items()}
+        spread = aa_spread(rounds)
+        record["aa_noise_floor"] = round(spread, 4) if "fp32" + AA_SUFFIX in rounds else None
         dl = found[default][0]
         best = min(range(len(found)), key=lambda i: p50(rounds[found[i][0]]))
-        if best != default and clearly_faster(rounds[found[best][0]], rounds[dl], SPEED_MARGIN):
+        if best != default and clearly_faster(rounds[found[best][0]], rounds[dl], max(SPEED_MARGIN, spread)):
             pick = best
-        faster = clearly_faster(rounds[found[pick][0]], rounds["fp32"], 0.0)
+        faster = clearly_faster(rounds[found[pick][0]], rounds["fp32"], spread)
         record["faster_than_fp32"] = faster
     label, chosen = found[pick]
     record["chosen"] = label
@@ -329,5 +337,90 @@ def search_float_set(
                         record=record, faster_than_fp32=faster)
 
 
+def aa_spread(rounds: Dict[str, List[float]]) -> float:
+    """The A/A control's spread (FP32 against itself): a speed difference within it is noise; 0 when
+    the timing brought no control."""
+    from .evaluate import AA_SUFFIX, noise_floor as aa_floor
+
+    twin = rounds.get("fp32" + AA_SUFFIX)
+    return aa_floor(rounds["fp32"], twin) if twin else 0.0
+
+
+def faster_than_fp32(timing: Optional[Timing], label: str, model: Path) -> Optional[bool]:
+    """One float set timed against FP32 on a matching host: clearly faster beyond the A/A spread
+    (None: this host cannot time the target)."""
+    from .evaluate import clearly_faster
+
+    rounds = timing({label: model}) if timing else None
+    if not rounds:
+        return None
+    return clearly_faster(rounds[label], rounds["fp32"], aa_spread(rounds))
+
+
 def _signed(metric: MetricSpec, value: float) -> float:
     return value if metric.higher_is_better else -value
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine's accuracy fallback step (``ctx``: engine._Ctx) and its host timing
+# ----------------------------------------------------------------------------------------------
+
+MAX_LOO_GROUPS = 48
+"""Leave-one-out costs one session per group; bigger graphs revert consecutive nodes together."""
+
+
+def accuracy_fallback(ctx: Any, build: Build, scorer: Any, first: Tuple[Path, Dict[str, float]],
+                      nodes: List[Tuple[str, str]], rank: Callable[[List[str], int], List[Tuple[str, float]]],
+                      level: str, ranked_only: bool = False):
+    """Run the accuracy fallback when needed. Returns (path, score, kept_float entries, note, record)."""
+    path, score = first
+    if ctx.metric.passes(score["value"]) or not nodes:
+        return path, score, [], "", {}
+    names = [n for n, _ in nodes]
+    ctx.say(f"ranking {len(names)} quantized nodes by harm")
+    group = max(1, -(-len(names) // MAX_LOO_GROUPS))
+    pairs = rank(names, group)
+    gains = dict(pairs)
+
+    try:
+        fb = search_float_set(build, scorer.score, ctx.metric, pairs, names, depthwise_blocks(ctx.graph, names),
+                              ctx.deadline, first, timing=timer(ctx, level), progress=ctx.say,
+                              ranked_only=ranked_only)
+    except AccuracyError as exc:
+        if exc.details.get("budget"):
+            raise
+        return path, score, [], f"unreachable: {exc.message}", {}
+    ops = dict(nodes)
+    kept = [{"node": n, "op_type": ops[n], "reason": f"accuracy: reverting it cut the output error by {gains.get(n, 0.0):.3g} "
+             f"(float set chosen by: {fb.strategy})"} for n in fb.excluded]
+    record = dict(fb.record, ranking=getattr(rank, "record", {}))
+    if len(fb.excluded) == len(names):
+        return fb.model_path, fb.metric, kept, "every quantized node had to be reverted, so this is not an int8 model", record
+    if len(fb.excluded) * 2 > len(names):
+        # Mostly float with Q/DQ pairs left around a few nodes: whether that pays is measured where
+        # the host can time the target (EfficientNet-Lite0, 59 of 60 float: 1.015x; MobileNetV2,
+        # 61 of 63: 0.75x). Where it cannot, the count decides, as before.
+        if fb.faster_than_fp32 is None:
+            return fb.model_path, fb.metric, kept, (
+                f"the fallback had to revert {len(fb.excluded)} of {len(names)} quantized nodes, and this host "
+                "cannot time the target to show that the int8 left pays for its Q/DQ"), record
+        if not fb.faster_than_fp32:
+            return fb.model_path, fb.metric, kept, (
+                f"the fallback had to revert {len(fb.excluded)} of {len(names)} quantized nodes, and the result "
+                "was not faster than FP32 on this host"), record
+    return fb.model_path, fb.metric, kept, "", record
+
+
+def timer(ctx: Any, level: str) -> Optional[Timing]:
+    """Int8 float sets timed against FP32, interleaved, beside FP32's A/A control (through
+    ``ctx.measure``, so the build record's memo sees it); None where this host cannot time the target."""
+    if not ctx.host_ok:
+        return None
+
+    def timing(models: Dict[str, Path]) -> Optional[Dict[str, List[float]]]:
+        levels = {k: level for k in models}
+        levels["fp32"] = runtime_level_for("fp32", ctx.profile)
+        return (ctx.measure or measure_latency)({**models, "fp32": ctx.base}, ctx.validation[0], levels,
+                                                threads=ctx.profile.intra_op_threads or 2,
+                                                deadline=max(ctx.deadline, time.monotonic() + 5), control="fp32")
+    return timing

@@ -183,3 +183,27 @@ def describe(presets: List[QuantPreset]) -> str:
 
 def find(presets: List[QuantPreset], name: str) -> Optional[QuantPreset]:
     return next((p for p in presets if p.name == name), None)
+
+
+PRECISION_FLAGS = {"trt_int8_enable": "int8", "trt_fp16_enable": "fp16"}
+"""TensorRT builder flags and the lowest precision each lets the engine use."""
+
+
+def provider_options_for(profile: TargetProfile, precision: str) -> Dict[str, Dict[str, Any]]:
+    """The profile's execution-provider options for a shipped artifact of ``precision``.
+
+    TensorRT's precision flags let the engine builder pick lower-precision kernels than the model's
+    own: ``trt_int8_enable`` on an FP16/FP32 model runs int8 that was never calibrated or checked, and
+    ``trt_fp16_enable`` on an FP32 model (which ships only when FP16 missed the threshold) runs the
+    precision that failed. So int8 stays only on int8 artifacts, fp16 on int8/fp16 ones.
+    """
+    allowed = {"int8": {"int8", "fp16"}, "fp16": {"fp16"}}.get(precision, set())
+    options: Dict[str, Dict[str, Any]] = {}
+    for provider, opts in profile.runtime.provider_options.items():
+        fixed = dict(opts)
+        if provider == "TensorrtExecutionProvider":
+            for flag, needs in PRECISION_FLAGS.items():
+                if flag in fixed and needs not in allowed:
+                    fixed[flag] = False
+        options[provider] = fixed
+    return options

@@ -2,8 +2,9 @@
 
 After the accuracy fallback, the still-quantized nodes are grouped by op type (graph order of first
 appearance). For each group the model with that group reverted to float is timed against the
-current model, interleaved, several rounds; the group's quantization is dropped only when float is
-faster by a wide, stable margin (``PRUNE_MARGIN`` in the median *and* in most rounds, with
+current model, interleaved, several rounds, beside an A/A control (the current model against itself);
+the group's quantization is dropped only when float is faster by a wide, stable margin beyond the
+control's noise floor (``PRUNE_MARGIN`` in the median *and* in most rounds, with
 non-overlapping quartiles). Timing is noisy and the same inputs must give the same bytes, so a
 borderline group always stays quantized; only a large, consistent loss (Q/DQ around cheap
 elementwise ops, tiny MatMuls) flips it.
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..metrics import MetricSpec
-from .evaluate import measure_latency, p50
+from .evaluate import AA_SUFFIX, measure_latency, noise_floor, p50
 
 PRUNE_MARGIN = 0.10
 """Float must beat the quantized group by >10%: noise on a shared host must never flip the bytes."""
@@ -35,8 +36,9 @@ MAX_GROUPS = 8
 """At most this many op-type groups are tried (one build and one timing each); the rest stay int8."""
 
 Measure = Callable[..., Dict[str, List[float]]]
-"""``measure(models: {name: path}, feed, levels: {name: level}, threads=, rounds=, deadline=)`` ->
-{name: [per-round ms]}; ``evaluate.measure_latency`` by default, injectable for tests."""
+"""``measure(models: {name: path}, feed, levels: {name: level}, threads=, rounds=, deadline=, control=)``
+-> {name: [per-round ms]} (plus ``control + AA_SUFFIX``: the A/A control); ``evaluate.measure_latency``
+by default (spinning off, threads pinned), injectable for tests."""
 
 
 def group_by_op_type(nodes: Sequence[Tuple[str, str]]) -> List[Tuple[str, List[str]]]:
@@ -126,14 +128,20 @@ def drop_unprofitable_quantization(
         say(f"latency pruning: timing {op} ({len(names)} node(s)) int8 vs float")
         trial = build(reverted + list(names))
         times = measure({"quantized": path, "reverted": trial}, feed, {"quantized": level, "reverted": level},
-                        threads=threads, rounds=rounds, deadline=deadline)
+                        threads=threads, rounds=rounds, deadline=deadline, control="quantized")
         q, r = times["quantized"], times["reverted"]
-        entry.update(quantized_ms=round(p50(q), 4), reverted_ms=round(p50(r), 4), rounds=min(len(q), len(r)))
-        if clearly_slower_quantized(q, r, margin):
+        twin = times.get("quantized" + AA_SUFFIX)
+        floor = noise_floor(q, twin) if twin else 0.0
+        entry.update(quantized_ms=round(p50(q), 4), reverted_ms=round(p50(r), 4), rounds=min(len(q), len(r)),
+                     noise_floor=round(floor, 4) if twin else None)
+        if clearly_slower_quantized(q, r, max(margin, floor)):
             entry["result"] = "dropped"
             reverted += list(names)
             path = trial
             left -= 1
+        elif clearly_slower_quantized(q, r, margin):
+            entry["result"] = (f"kept: float was more than {int(round(margin * 100))}% faster, but within the A/A "
+                               f"noise floor of {floor:.1%}")
         else:
             entry["result"] = "kept"
     if not reverted:

@@ -25,6 +25,12 @@ class Candidate(BaseModel):
     metric: Optional[Dict[str, float]] = None
     """MetricSpec.score on the validation feeds vs FP32 (None: could not run on this host)."""
     passed: Optional[bool] = None
+    """Whether it met the threshold (a measurement, whatever else is decided about the candidate)."""
+    refused: str = ""
+    """Why it may not ship even though it met the threshold (too few int8 nodes left to pay for their
+    Q/DQ, no quantized node at all, a built-in guard failed: "guard: <findings>"); empty when it may."""
+    quantized_nodes: Optional[int] = None
+    """int8 candidates: nodes that quantize or compute in int8 (QuantizeLinear, QLinear*, ...)."""
     p50_ms: Optional[float] = None
     """Host latency; a measurement, so it varies between builds (never hashed)."""
     size_bytes: int = 0
@@ -33,6 +39,9 @@ class Candidate(BaseModel):
     scored_at: str = ""
     """The onnxruntime level ``metric`` was computed at when it is not the runtime level: 'basic'
     (exact int8 arithmetic) for static int8 on a host whose int8 kernels are not the target's."""
+    guard: Optional[Dict[str, Any]] = None
+    """The built-in guards on every output (edgekit/device/guard.py): passed, findings naming the
+    output and slice, per-output figures. None for FP32 (the reference itself) or when not run."""
 
 
 class QuantizeResult(BaseModel):
@@ -76,3 +85,31 @@ class QuantizeResult(BaseModel):
     calibration: Dict[str, Any] = Field(default_factory=dict)
     """Method, samples used, seed, and a digest of the calibration feeds."""
     seed: int = 0
+    guard: Dict[str, Any] = Field(default_factory=dict)
+    """The chosen candidate's guard report (see Candidate.guard)."""
+    fp32_size_bytes: int = 0
+    """The FP32 model this build would ship (the same prepared graph), for size ratios."""
+
+
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QGemm",
+                           "QAttention", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
+
+
+def quantized_node_count(model_path: Path) -> int:
+    """Nodes that quantize or compute in int8, subgraphs included: zero means the file is a float
+    model whatever the method that produced it, and it must never be labelled int8."""
+    import onnx
+
+    def walk(graph: "onnx.GraphProto") -> int:  # type: ignore[name-defined]  # noqa: F821
+        count = 0
+        for node in graph.node:
+            if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+                count += 1
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    count += walk(attr.g)
+                for g in attr.graphs:
+                    count += walk(g)
+        return count
+
+    return walk(onnx.load(str(model_path), load_external_data=False).graph)

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 from typing import Any, List, Optional, Sequence, Tuple
 
 from .runs import RunRecord, power_is_estimate
+
+log = logging.getLogger(__name__)
 
 
 def _figure(width: float = 7.0, height: float = 3.6) -> Any:
@@ -26,6 +29,14 @@ def _png(fig: Any) -> str:
     fig.tight_layout()
     fig.savefig(buf, format="png")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _label(text: Any) -> str:
+    """Device-provided text for a plot: no control characters, and ``$`` taken literally (matplotlib
+    reads ``$...$`` as mathtext, where a malformed formula raises)."""
+    from ..cli.render import clean
+
+    return clean(text, newlines=False).replace("$", r"\$")
 
 
 def _num(v: Any) -> Optional[float]:
@@ -53,7 +64,7 @@ def latency_histogram(runs: Sequence[RunRecord]) -> Optional[str]:
             if _num(r.latency.get(key)) is not None:
                 ax.axvline(r.latency[key], color="black", linestyle=style, linewidth=0.9,
                            label=f"{key[:3]} {r.latency[key]:.3g} ms")
-        ax.set_title(r.device, fontsize=10)
+        ax.set_title(_label(r.device) + (" (emulated, not representative)" if r.emulated else ""), fontsize=10 if not r.emulated else 8)
         ax.set_xlabel("ms per inference", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
@@ -67,7 +78,7 @@ def _per_device_axes(rows: Sequence[RunRecord]) -> Tuple[Any, Any, List[int]]:
     ax = fig.add_subplot(1, 1, 1)
     xs = list(range(len(rows)))
     ax.set_xticks(xs)
-    ax.set_xticklabels([r.device for r in rows], rotation=20, ha="right")
+    ax.set_xticklabels([_label(r.device) for r in rows], rotation=20, ha="right")
     return fig, ax, xs
 
 
@@ -77,6 +88,9 @@ def latency_per_device(runs: Sequence[RunRecord]) -> Optional[str]:
     if not rows:
         return None
     fig, ax, xs = _per_device_axes(rows)
+    if any(r.emulated for r in rows):
+        ax.set_xticklabels([r.device + ("\n(emulated, not representative)" if r.emulated else "") for r in rows],
+                           rotation=20, ha="right")
     ax.bar([x - 0.2 for x in xs], [r.latency["p50_ms"] for r in rows], width=0.4, label="p50")
     ax.bar([x + 0.2 for x in xs], [_num(r.latency.get("p99_ms")) or 0 for r in rows], width=0.4, label="p99")
     ax.set_ylabel("ms")
@@ -97,7 +111,7 @@ def metric_per_device(runs: Sequence[RunRecord]) -> Optional[str]:
         if _num(r.metric.get("threshold")) is not None:
             ax.hlines(r.metric["threshold"], x - 0.45, x + 0.45, colors="black", linestyles="--")
     names = sorted({str(r.metric.get("name")) for r in rows})
-    ax.set_ylabel(" / ".join(names))
+    ax.set_ylabel(_label(" / ".join(names)))
     ax.set_title("Metric per device (dashed: threshold)")
     return _png(fig)
 
@@ -105,7 +119,7 @@ def metric_per_device(runs: Sequence[RunRecord]) -> Optional[str]:
 def power_trace_title(run: RunRecord) -> str:
     """The trace's title; an estimate says so (it is CPU time x nominal watts, not a measurement)."""
     power = run.power or {}
-    title = f"Power: {run.device} ({power.get('sampler', 'sampler ?')})"
+    title = _label(f"Power: {run.device} ({power.get('sampler', 'sampler ?')})")
     if power_is_estimate(power):
         title += " - ESTIMATE (CPU time x nominal watts), not a measurement"
     return title
@@ -138,11 +152,24 @@ def power_trace(run: RunRecord) -> Optional[str]:
     return None if fig is None else _png(fig)
 
 
+def _drawn(plot: Any, *args: Any) -> Optional[str]:
+    """One plot, or None when matplotlib cannot lay out the device's numbers (degenerate or
+    extreme axes raise ValueError, OverflowError or LinAlgError deep inside it): the report then
+    goes without that figure rather than failing for every run."""
+    import numpy as np
+
+    try:
+        return plot(*args)
+    except (ValueError, OverflowError, FloatingPointError, np.linalg.LinAlgError) as exc:
+        log.warning("report: plot %s skipped: %s: %s", plot.__name__, type(exc).__name__, exc)
+        return None
+
+
 def all_plots(latest: Sequence[RunRecord], runs: Sequence[RunRecord]) -> List[tuple]:
     """(title, base64 PNG) pairs, in the order the report shows them."""
-    plots = [("Latency distribution", latency_histogram(latest)),
-             ("Latency per device", latency_per_device(latest)),
-             ("Metric per device", metric_per_device(latest))]
+    plots = [("Latency distribution", _drawn(latency_histogram, latest)),
+             ("Latency per device", _drawn(latency_per_device, latest)),
+             ("Metric per device", _drawn(metric_per_device, latest))]
     plots += [(f"Power trace: {r.device} ({r.path.name})" + (" (ESTIMATE)" if power_is_estimate(r.power or {}) else ""),
-               power_trace(r)) for r in runs if r.has_trace]
+               _drawn(power_trace, r)) for r in runs if r.has_trace]
     return [(t, p) for t, p in plots if p]

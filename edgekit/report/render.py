@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import html
+import re
 from typing import Any, Dict, List, Sequence
 
+from ..cli.render import clean
+
 from ..power.carbon import format_carbon, format_energy_mj, summary_rows
-from .runs import RunRecord, fmt, power_is_estimate, power_unavailable
+from .runs import RunRecord, fmt, fmt_cell, power_is_estimate, power_unavailable
 
 SUMMARY_COLUMNS = [("device", "device"), ("target", "target"), ("release_id", "release"), ("provider", "provider"),
                    ("metric", "metric"), ("value", "value"), ("threshold", "threshold"), ("passed", "passed"),
                    ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
                    ("first_load_ms", "first load ms"), ("peak_rss_mb", "peak RSS MB")]
 METRIC_KEYS = ("top1", "top5", "cosine", "psnr_db", "max_abs", "max_rel")
+TASK_KEYS = ("detections", "sequences")
+"""Task metrics get a column only when a run computed them."""
 ESTIMATE_HEADING = "Power (ESTIMATE: CPU time x nominal watts, not a measurement)"
 POWER_LABELS = {"above idle": "Energy per inference above idle"}
 """carbon.summary_rows() labels that need more words as a column heading."""
@@ -26,16 +31,35 @@ img{max-width:100%;border:1px solid #eee;margin:.4em 0} .muted{color:#777;font-s
 """
 
 
-def _cell(key: str, value: Any) -> str:
+_MD_ACTIVE = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def md_text(value: Any) -> str:
+    """A device-provided string as inert Markdown text: HTML escaped (CI logs render Markdown with
+    inline HTML: no <img onerror>, no <script>), Markdown punctuation backslashed (no links, no
+    table breaks), one line, no control characters."""
+    text = clean(value, newlines=False)
+    return _MD_ACTIVE.sub(r"\\\1", html.escape(text, quote=False))
+
+
+def md_code(value: Any) -> str:
+    """A device name as a code span when it is a plain name; anything else as escaped text (a
+    backtick would close the span, and not every renderer keeps HTML inert inside one)."""
+    text = clean(value, newlines=False)
+    return f"`{text}`" if re.fullmatch(r"[\w.@:+-]+", text) else md_text(text)
+
+
+def _cell(key: str, row: Dict[str, Any]) -> str:
+    value = row.get(key)
     if key == "passed":
         cls = "pass" if value else "fail"
         return f'<td class="{cls}">{"pass" if value else "FAIL"}</td>'
-    return f"<td>{html.escape(fmt(value))}</td>"
+    return f"<td>{html.escape(fmt_cell(key, row))}</td>"
 
 
 def _table(columns: Sequence[tuple], rows: Sequence[Dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns)
-    body = "".join("<tr>" + "".join(_cell(k, r.get(k)) for k, _ in columns) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(_cell(k, r) for k, _ in columns) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -84,14 +108,43 @@ def _power_markdown(latest: Sequence[RunRecord]) -> List[str]:
         if not power:
             continue
         if power_unavailable(power):
-            lines.append(f"- `{r.device}`: power unavailable ({power.get('reason') or 'no reason given'})")
+            lines.append(f"- {md_code(r.device)}: power unavailable ({md_text(power.get('reason') or 'no reason given')})")
             continue
         est = power_is_estimate(power)
         power = dict(power, is_estimate=est)
         kind = "**ESTIMATE**: CPU time x nominal watts, not a measurement" if est else "measured"
-        lines.append(f"- `{r.device}` ({power.get('sampler')}, {kind}): "
+        lines.append(f"- {md_code(r.device)} ({md_text(power.get('sampler'))}, {kind}): "
                      f"{format_energy_mj(power.get('energy_per_inference_mj'))} per inference; {format_carbon(power)}")
     return ["", "**Power** (latest run per device)", ""] + lines if lines else []
+
+
+def _guard_rows(latest: Sequence[RunRecord]) -> List[Dict[str, Any]]:
+    rows = []
+    for r in latest:
+        g = r.guard if isinstance(r.guard, dict) else None
+        if g is None:
+            continue
+        found = [f for f in g.get("findings") or [] if isinstance(f, dict)]
+        for f in found or [{}]:
+            rows.append({"device": r.device, "passed": bool(g.get("passed")), "output": _line(f.get("output")),
+                         "slice": f.get("slice") if isinstance(f.get("slice"), int) else None,
+                         "check": _line(f.get("check")), "finding": _line(f.get("message"))})
+    return rows
+
+
+def _line(value: Any, limit: int = 300) -> Any:
+    """Device text on one bounded line (it is escaped again where it is rendered)."""
+    return None if value is None else " ".join(str(value).split())[:limit]
+
+
+def _guard_section(latest: Sequence[RunRecord]) -> List[str]:
+    """Built-in guards per device: one row per finding (escaped: the text comes from the device)."""
+    rows = _guard_rows(latest)
+    if not rows:
+        return []
+    cols = [("device", "device"), ("passed", "guards"), ("output", "output"), ("slice", "slice"), ("check", "check"),
+            ("finding", "finding")]
+    return ["<h2>Guards (latest run per device)</h2>", _table(cols, rows)]
 
 
 def to_html(runs: Sequence[RunRecord], latest: Sequence[RunRecord], plots: Sequence[tuple], generated: str) -> str:
@@ -99,9 +152,11 @@ def to_html(runs: Sequence[RunRecord], latest: Sequence[RunRecord], plots: Seque
              "<h1>edgekit validation report</h1>",
              f"<p class='muted'>generated {html.escape(generated)} from {len(runs)} run(s) on {len(latest)} device(s)</p>",
              "<h2>Fleet (latest run per device)</h2>", _table(SUMMARY_COLUMNS, [r.summary() for r in latest])]
-    metric_cols = [("device", "device")] + [(k, k) for k in METRIC_KEYS]
+    tasks = [k for k in TASK_KEYS if any(r.metrics.get(k) is not None for r in latest)]
+    metric_cols = [("device", "device")] + [(k, k) for k in METRIC_KEYS + tuple(tasks)]
     parts += ["<h2>Agreement with the reference (latest run per device)</h2>",
               _table(metric_cols, [dict(device=r.device, **r.metrics) for r in latest])]
+    parts += _guard_section(latest)
     failed = [r for r in runs if r.error]
     if failed:
         parts.append("<h2>Failures</h2><ul>")
@@ -127,11 +182,16 @@ def to_markdown(runs: Sequence[RunRecord], latest: Sequence[RunRecord], generate
              "| " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * len(cols)]
     for r in latest:
         row = r.summary()
-        cells = [("✅" if row["passed"] else "❌") if k == "passed" else fmt(row.get(k)) for k, _ in cols]
+        cells = [("✅" if row["passed"] else "❌") if k == "passed" else md_text(fmt_cell(k, row)) for k, _ in cols]
         lines.append("| " + " | ".join(cells) + " |")
     errors = [r for r in latest if r.error]
     if errors:
         lines += ["", "**Failures**", ""]
-        lines += [f"- `{r.device}`: {(r.error or {}).get('message')}" for r in errors]
+        lines += [f"- {md_code(r.device)}: {md_text((r.error or {}).get('message'))}" for r in errors]
+    guard_rows = _guard_rows(latest)
+    if guard_rows:
+        lines += ["", "**Guards** (latest run per device)", ""]
+        lines += [f"- {md_code(g['device'])}: " + ("pass" if g["passed"] else f"FAIL: {md_text(g['finding'])}")
+                  for g in guard_rows]
     lines += _power_markdown(latest)
     return "\n".join(lines) + "\n"

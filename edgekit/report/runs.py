@@ -1,14 +1,16 @@
 """Reading run files (``runs/<UTC time>-<device>.json``) into values the renderers share."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict
 
 from ..errors import ConfigError
-from ..validate import RunFields
+from .schema import RunFields, RunFileError, max_result_bytes, read_result
+
+HOST_BLOCK_ALLOWANCE = 64 * 1024
+"""A stored run is the device's result plus the host's small ``host`` block."""
 
 
 def power_unavailable(power: Dict[str, Any]) -> bool:
@@ -30,6 +32,11 @@ class RunRecord(RunFields):
     started: Optional[str] = None
 
     @property
+    def emulated(self) -> bool:
+        """Run on an emulated board (qemu-user): its latency is not the board's."""
+        return bool(self.device_facts.get("emulated"))
+
+    @property
     def has_trace(self) -> bool:
         return bool(self.power and isinstance(self.power.get("trace"), list) and self.power["trace"])
 
@@ -40,11 +47,13 @@ class RunRecord(RunFields):
                 "started": self.started, "ok": self.ok, "provider": self.runtime.get("provider"),
                 "runtime": self.runtime.get("name"), "metric": m.get("name"), "value": m.get("value"),
                 "threshold": m.get("threshold"),
-                "passed": m.get("passed") and all(c.get("passed") for c in m.get("also") or []),
+                "passed": (m.get("passed") and all(c.get("passed") for c in m.get("also") or [])
+                           and bool((self.guard or {}).get("passed", True))),
+                "guards": None if self.guard is None else bool(self.guard.get("passed")),
                 "p50_ms": lat.get("p50_ms"),
                 "p90_ms": lat.get("p90_ms"), "p99_ms": lat.get("p99_ms"), "mean_ms": lat.get("mean_ms"),
                 "first_load_ms": lat.get("first_load_ms"), "iterations": lat.get("iterations"),
-                "peak_rss_mb": self.memory.get("peak_rss_mb"),
+                "peak_rss_mb": self.memory.get("peak_rss_mb"), "emulated": self.emulated,
                 "error": (self.error or {}).get("message"), "path": str(self.path), **self.power_summary()}
 
     def power_summary(self) -> Dict[str, Any]:
@@ -61,17 +70,18 @@ class RunRecord(RunFields):
 
 
 def read_run(path: Path) -> RunRecord:
+    """One run file, checked against the result schema (size, depth, field types) like a fresh result."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = read_result(Path(path), max_result_bytes() + HOST_BLOCK_ALLOWANCE)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read run file: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not a run file (invalid JSON: {exc})") from None
-    if not isinstance(data, dict) or "schema" not in data:
-        raise ConfigError(f"{path}: not a run file written by edgekit validate")
+        raise ConfigError(f"{path}: cannot read run file: {exc.strerror or exc}") from None
+    except RunFileError as exc:
+        raise ConfigError(f"{path}: not a run file written by edgekit validate ({exc})") from None
     host = data.get("host") or {}
-    device = host.get("device") or (data.get("device") or {}).get("hostname") or Path(path).stem
-    return RunRecord(path=Path(path), device=device, device_facts=data.get("device") or {},
+    facts = data.get("device") or {}
+    device = host.get("device") or (facts.get("hostname") if isinstance(facts.get("hostname"), str) else None) \
+        or Path(path).stem
+    return RunRecord(path=Path(path), device=device, device_facts=facts,
                      **{k: v for k, v in data.items() if k in RunRecord.model_fields and k not in ("device", "path")})
 
 
@@ -89,8 +99,22 @@ def find_runs(paths: Sequence[Path] = (), runs_dir: Optional[Path] = None) -> Li
     return found
 
 
-def load_runs(paths: Sequence[Path] = (), runs_dir: Optional[Path] = None) -> List[RunRecord]:
-    runs = [read_run(p) for p in find_runs(paths, runs_dir)]
+def load_runs(paths: Sequence[Path] = (), runs_dir: Optional[Path] = None,
+              warn: Optional[Callable[[str], None]] = None) -> List[RunRecord]:
+    """The run files, in time order. A bad file is skipped, and ``warn`` gets its one line (file and
+    field), so one damaged or hostile run cannot hide every other; when no file is good, the first
+    file's error is raised."""
+    runs: List[RunRecord] = []
+    errors: List[ConfigError] = []
+    for p in find_runs(paths, runs_dir):
+        try:
+            runs.append(read_run(p))
+        except ConfigError as exc:
+            errors.append(exc)
+            if warn is not None:
+                warn(f"skipped {exc.message}")
+    if errors and not runs:
+        raise errors[0]
     return sorted(runs, key=lambda r: (r.started or "", r.path.name))
 
 
@@ -99,6 +123,18 @@ def latest_per_device(runs: Sequence[RunRecord]) -> List[RunRecord]:
     for r in runs:  # runs are in time order, so the last one seen wins
         latest[r.device] = r
     return [latest[d] for d in sorted(latest)]
+
+
+EMULATED_NOTE = "emulated, not representative"
+LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "first_load_ms")
+
+
+def fmt_cell(key: str, row: Dict[str, Any]) -> str:
+    """``fmt`` of ``row[key]``, with an emulated board's latency labelled as such."""
+    text = fmt(row.get(key))
+    if row.get("emulated") and key in LATENCY_KEYS and row.get(key) is not None:
+        text += f" ({EMULATED_NOTE})"
+    return text
 
 
 def fmt(value: Any, digits: int = 3) -> str:

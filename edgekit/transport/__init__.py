@@ -72,6 +72,10 @@ class Transport:
     def exists(self, path: str) -> bool:
         raise NotImplementedError
 
+    def is_dir(self, path: str) -> bool:
+        """A directory itself, not a symlink to one (the deploy lock refuses anything else)."""
+        raise NotImplementedError
+
     def listdir(self, path: str) -> List[str]:
         raise NotImplementedError
 
@@ -81,8 +85,18 @@ class Transport:
     def read_bytes(self, path: str) -> bytes:
         raise NotImplementedError
 
+    def read_head(self, path: str, limit: int) -> bytes:
+        """At most ``limit`` bytes from the start of a file: what deploy reads from a device (history,
+        manifests, lock owners) is bounded, whatever size the device makes those files."""
+        return self.read_bytes(path)[:limit]
+
     def write_bytes(self, path: str, data: bytes) -> None:
         raise NotImplementedError
+
+    def write_bytes_aside(self, path: str, data: bytes) -> None:
+        """``write_bytes`` that may be called from another thread while this transport is in use (the
+        deploy lock's heartbeat); SSH uses a second SFTP channel for it."""
+        self.write_bytes(path, data)
 
     def symlink(self, target: str, path: str) -> None:
         raise NotImplementedError

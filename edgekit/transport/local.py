@@ -72,6 +72,10 @@ class LocalTransport(Transport):
     def exists(self, path: str) -> bool:
         return os.path.lexists(self._abs(path))
 
+    def is_dir(self, path: str) -> bool:
+        p = self._abs(path)
+        return os.path.isdir(p) and not os.path.islink(p)
+
     def listdir(self, path: str) -> List[str]:
         return sorted(os.listdir(self._abs(path)))
 
@@ -84,6 +88,10 @@ class LocalTransport(Transport):
     def read_bytes(self, path: str) -> bytes:
         return Path(self._abs(path)).read_bytes()
 
+    def read_head(self, path: str, limit: int) -> bytes:
+        with open(self._abs(path), "rb") as f:
+            return f.read(limit)
+
     def write_bytes(self, path: str, data: bytes) -> None:
         Path(self._abs(path)).write_bytes(data)
 
@@ -95,10 +103,10 @@ class LocalTransport(Transport):
 
     def rmtree(self, path: str) -> None:
         p = self._abs(path)
-        if os.path.islink(p):
-            os.unlink(p)
-        elif os.path.exists(p):
+        if os.path.isdir(p) and not os.path.islink(p):
             shutil.rmtree(p)
+        elif os.path.lexists(p):
+            os.unlink(p)  # a file or a link (never followed)
 
     def free_bytes(self, path: str) -> Optional[int]:
         try:

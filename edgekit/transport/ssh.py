@@ -19,16 +19,18 @@ import select
 import shlex
 import socket
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 import paramiko
 
-from ..errors import ConfigError, DeviceError
+from ..device.bounded import HeadTail
+from ..errors import DeviceError
 from . import RunResult, Transport
-from .ssh_hosts import (Endpoint, PasswordPrompt, RecordNewHostKey, RefuseUnknownHostKey, load_ssh_config,
-                        resolve_endpoint, split_jump, tty_password_prompt)
+from .ssh_hosts import (Endpoint, PasswordPrompt, RecordNewHostKey, RefuseUnknownHostKey, load_known_hosts,
+                        load_ssh_config, resolve_endpoint, split_jump, tty_password_prompt)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import DeviceSpec, ProjectConfig
@@ -42,6 +44,10 @@ MAX_JUMPS = 8
 # default 32 KiB, which is what brings it from ~66% to >=100% of scp on loopback (bench/deploy.py).
 OPENSSH_WRITE_SIZE = 256 * 1024 - 1024
 READ_CHUNK = 1 << 20
+# What one command's stdout (and its stderr) may hold on the host: its first and last 8 MiB. Far
+# above any output edgekit parses (deploy's checksum list, doctor's probes), far below a flood.
+RUN_OUTPUT_LIMIT = 8 << 20
+EXIT_GRACE = 2.0
 # Our receive window: big enough that downloads (get) are not stalled on window updates.
 WINDOW_SIZE = 16 << 20
 
@@ -69,6 +75,8 @@ class SSHTransport(Transport):
         self.connect_timeout = connect_timeout
         self._clients: List[paramiko.SSHClient] = []  # jump hosts first, the device last
         self._sftp: Optional[paramiko.SFTPClient] = None
+        self._aside_sftp: Optional[paramiko.SFTPClient] = None  # the lock heartbeat's own channel
+        self._aside_guard = threading.Lock()
         self._root: Optional[str] = None
         self._missing_keys: List[str] = []
         self.bytes_sent = 0
@@ -152,15 +160,12 @@ class SSHTransport(Transport):
         log.debug("device %s: connecting to %s as %s", self.name, where, ep.user)
         client = paramiko.SSHClient()
         self._clients.append(client)  # appended first, so close() also closes a half-open hop
-        for f in self._known_hosts_files(ep):
-            if f.is_file():
-                try:
-                    client.load_system_host_keys(str(f))  # loaded read-only: never rewritten by paramiko
-                except (OSError, paramiko.SSHException) as exc:
-                    raise ConfigError(f"{f}: cannot read known_hosts: {exc}") from None
+        # Read by ssh_hosts (markers: @revoked, @cert-authority), never rewritten by paramiko.
+        known = load_known_hosts(self._known_hosts_files(ep))
+        known.install(client)
         record_to = self._record_file(ep)
         client.set_missing_host_key_policy(
-            RecordNewHostKey(record_to) if self.accept_new_host_key else RefuseUnknownHostKey(ep, record_to))
+            RecordNewHostKey(record_to, known, ep) if self.accept_new_host_key else RefuseUnknownHostKey(ep, record_to, known))
         self._handshake(client, ep, sock, where)
         return client
 
@@ -221,12 +226,14 @@ class SSHTransport(Transport):
                  "ssh-agent, or set identity_file for the device", kind="auth") from None
 
     def close(self) -> None:
-        if self._sftp is not None:
-            try:
-                self._sftp.close()
-            except Exception:  # closing a dead channel must not mask the error that killed it
-                pass
-            self._sftp = None
+        with self._aside_guard:
+            for client in (self._sftp, self._aside_sftp):
+                if client is not None:
+                    try:
+                        client.close()
+                    except Exception:  # closing a dead channel must not mask the error that killed it
+                        pass
+            self._sftp = self._aside_sftp = None
         for c in reversed(self._clients):
             c.close()
         self._clients = []
@@ -269,18 +276,29 @@ class SSHTransport(Transport):
             chan.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise self._lost(exc) from None
-        out, err = bytearray(), bytearray()
+        # Bounded: a hostile or broken device could send hundreds of megabytes; the middle is dropped.
+        out, err = HeadTail(RUN_OUTPUT_LIMIT), HeadTail(RUN_OUTPUT_LIMIT)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             # Drain stdout and stderr together so neither fills its window and stalls the command.
+            exited_at = None
             while True:
+                got = False
                 while chan.recv_ready():
-                    out += chan.recv(READ_CHUNK)
+                    out.feed(chan.recv(READ_CHUNK))
+                    got = True
                 while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(READ_CHUNK)
-                if chan.exit_status_ready() or chan.closed:
-                    # The exit status follows all of the command's output on the wire: nothing is left.
+                    err.feed(chan.recv_stderr(READ_CHUNK))
+                    got = True
+                if chan.closed or (chan.exit_status_ready() and chan.eof_received):
                     break
+                if chan.exit_status_ready():
+                    # sshd sends exit-status when the command exits, outside flow control, so output
+                    # still queued behind a full window arrives after it: drain until EOF. A background
+                    # child holding the output open gets EXIT_GRACE s of silence, not forever.
+                    exited_at = time.monotonic() if (exited_at is None or got) else exited_at
+                    if time.monotonic() - exited_at > EXIT_GRACE:
+                        break
                 wait = 1.0 if deadline is None else deadline - time.monotonic()
                 if wait <= 0:
                     raise DeviceError(f"device '{self.name}': {command!r} did not finish within {timeout:.0f} s")
@@ -289,9 +307,9 @@ class SSHTransport(Transport):
                 else:
                     select.select([chan], [], [], min(wait, 1.0))
             while chan.recv_ready():
-                out += chan.recv(READ_CHUNK)
+                out.feed(chan.recv(READ_CHUNK))
             while chan.recv_stderr_ready():
-                err += chan.recv_stderr(READ_CHUNK)
+                err.feed(chan.recv_stderr(READ_CHUNK))
             code = chan.recv_exit_status() if chan.exit_status_ready() else -1
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise self._lost(exc) from None
@@ -299,11 +317,12 @@ class SSHTransport(Transport):
             chan.close()
         if code == -1:
             raise self._lost(EOFError("the channel closed without an exit status"))
-        return RunResult([command], code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+        return RunResult([command], code, out.getvalue().decode("utf-8", "replace"),
+                         err.getvalue().decode("utf-8", "replace"))
 
     def _lost(self, exc: BaseException) -> DeviceError:
         return DeviceError(f"device '{self.name}': connection lost ({type(exc).__name__}: {exc})",
-                           hint="check the network and the device; the previous release stays current",
+                           hint="check the network and the device",
                            kind="connection_lost")
 
     @property
@@ -447,6 +466,12 @@ class SSHTransport(Transport):
         except FileNotFoundError:
             return False
 
+    def is_dir(self, path: str) -> bool:
+        try:
+            return stat.S_ISDIR(self._sftp_call(self.sftp.lstat, self._abs(path)).st_mode or 0)
+        except FileNotFoundError:
+            return False
+
     def listdir(self, path: str) -> List[str]:
         return sorted(self._sftp_call(self.sftp.listdir, self._abs(path)))
 
@@ -462,11 +487,28 @@ class SSHTransport(Transport):
                 return f.read()
         return self._sftp_call(_read, self._abs(path))
 
+    def read_head(self, path: str, limit: int) -> bytes:
+        def _read(p: str) -> bytes:
+            with self.sftp.open(p, "rb") as f:
+                return f.read(limit)
+        return self._sftp_call(_read, self._abs(path))
+
     def write_bytes(self, path: str, data: bytes) -> None:
         def _write(p: str) -> None:
             with self.sftp.open(p, "wb") as f:
                 f.write(data)
         self._sftp_call(_write, self._abs(path))
+
+    def write_bytes_aside(self, path: str, data: bytes) -> None:
+        """On a second SFTP channel of the same connection: paramiko's SFTP client must not be shared
+        between threads while putfo pipelines writes on it. Never dials: a lost link stays lost."""
+        with self._aside_guard:
+            if not self.connected:
+                raise self._lost(EOFError("not connected"))
+            if self._aside_sftp is None:
+                self._aside_sftp = self.client.open_sftp()
+            with self._aside_sftp.open(self._abs(path), "wb") as f:
+                f.write(data)
 
     def symlink(self, target: str, path: str) -> None:
         self._sftp_call(self.sftp.symlink, target, self._abs(path))
@@ -497,8 +539,8 @@ class SSHTransport(Transport):
             self.sftp.rmdir(p)
         p = self._abs(path)
         try:
-            if stat.S_ISLNK(self._sftp_call(self.sftp.lstat, p).st_mode or 0):
-                self._sftp_call(self.sftp.remove, p)
+            if not stat.S_ISDIR(self._sftp_call(self.sftp.lstat, p).st_mode or 0):
+                self._sftp_call(self.sftp.remove, p)  # a file or a link (never followed)
                 return
         except FileNotFoundError:
             return

@@ -5,13 +5,15 @@ Kept apart from ssh.py (the connection and its file operations) so each stays sm
 """
 from __future__ import annotations
 
+import base64
 import getpass
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import paramiko
 
@@ -67,8 +69,20 @@ def split_jump(spec: str) -> Tuple[Optional[str], str, Optional[int]]:
         port = int(rest[1:]) if rest.startswith(":") else None
     elif hostport.count(":") == 1:
         host, p = hostport.split(":")
-        port = int(p)
+        port = _port(p, f"ProxyJump '{spec}'")
     return user or None, host, port
+
+
+def _port(value: object, where: str) -> int:
+    """A TCP port from ~/.ssh/config or a ProxyJump spec: 1..65535, or one clear line (never a port
+    that wraps around, as 70000 did to 4464)."""
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{where}: port '{value}' is not a number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: port {port} is outside 1..65535")
+    return port
 
 
 def resolve_endpoint(ssh_config: paramiko.SSHConfig, host: str, *, port: Optional[int] = None,
@@ -90,7 +104,7 @@ def resolve_endpoint(ssh_config: paramiko.SSHConfig, host: str, *, port: Optiona
     return Endpoint(
         alias=host,
         hostname=opts.get("hostname", host),
-        port=int(port or opts.get("port", 22)),
+        port=_port(port or opts.get("port", 22), f"ssh config for host '{host}'"),
         user=user or opts.get("user") or getpass.getuser(),
         identity_files=identities,
         proxy_jump=jumps,
@@ -106,12 +120,16 @@ def trust_hint(ep: Endpoint, record_to: Path) -> str:
 
 
 class RefuseUnknownHostKey(paramiko.MissingHostKeyPolicy):
-    """Refuses a host that no known_hosts file lists, saying how to trust it."""
+    """Refuses a host that no known_hosts file lists, saying how to trust it. Also where revoked
+    keys and CA-only hosts are caught: ``KnownHosts.install`` leaves revoked keys out of the trusted
+    set, so paramiko hands every such key to this policy, before any authentication."""
 
-    def __init__(self, endpoint: Endpoint, record_to: Path) -> None:
-        self.endpoint, self.record_to = endpoint, record_to
+    def __init__(self, endpoint: Endpoint, record_to: Path, known: Optional["KnownHosts"] = None) -> None:
+        self.endpoint, self.record_to, self.known = endpoint, record_to, known
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if self.known is not None:
+            self.known.check_markers(hostname, key, self.endpoint, self.record_to)
         raise DeviceError(
             f"unknown host key for {hostname} ({key.get_name()} {key.fingerprint}); refusing to connect",
             hint=trust_hint(self.endpoint, self.record_to), kind="host_key_unknown", host=hostname,
@@ -121,15 +139,133 @@ class RefuseUnknownHostKey(paramiko.MissingHostKeyPolicy):
 class RecordNewHostKey(paramiko.MissingHostKeyPolicy):
     """Explicit trust on first use (``--accept-new-host-key``): accept a host seen for the first time
     and append its key to ``record_to``. Only ever consulted for unknown hosts: paramiko raises
-    BadHostKeyException for a known host with a different key before any policy runs."""
+    BadHostKeyException for a known host with a different key before any policy runs. A revoked key
+    is refused even here."""
 
-    def __init__(self, record_to: Path) -> None:
-        self.record_to = record_to
+    def __init__(self, record_to: Path, known: Optional["KnownHosts"] = None, endpoint: Optional[Endpoint] = None) -> None:
+        self.record_to, self.known, self.endpoint = record_to, known, endpoint
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if self.known is not None:
+            self.known.check_revoked(hostname, key)
         client.get_host_keys().add(hostname, key.get_name(), key)
         append_known_host(self.record_to, hostname, key)
         log.warning("recorded new host key for %s (%s) in %s", hostname, key.fingerprint, self.record_to)
+
+
+@dataclass
+class MarkedKey:
+    """One ``@revoked`` or ``@cert-authority`` line of a known_hosts file."""
+
+    patterns: List[str]
+    key: paramiko.PKey
+    where: str
+    """``file:line``, for the error message."""
+
+    def matches_host(self, name: str) -> bool:
+        """OpenSSH's host pattern list: ``*``/``?`` wildcards, ``!`` negation, hashed ``|1|`` names."""
+        name = name.lower()
+        hit = False
+        for pat in self.patterns:
+            negate = pat.startswith("!")
+            pat = pat[1:] if negate else pat
+            if pat.startswith("|1|"):
+                ok = paramiko.HostKeys.hash_host(name, pat) == pat
+            else:  # only * and ? are special; fnmatch would read "[host]:port" as a character class
+                ok = re.fullmatch(re.escape(pat.lower()).replace(r"\*", ".*").replace(r"\?", "."), name) is not None
+            if ok and negate:
+                return False
+            hit = hit or ok
+        return hit
+
+
+@dataclass
+class KnownHosts:
+    """The known_hosts files of one connection, read the way OpenSSH reads them.
+
+    paramiko's own loader (``HostKeys.load``, paramiko 5.1) has no notion of markers: an
+    ``@cert-authority`` or ``@revoked`` line splits into hostname ``@revoked``, key type = the host
+    pattern and key = the key type, whose base64 decoding raises ``InvalidHostKey`` -- not an
+    SSHException, so it escaped ``load`` and every SSH command exited 70. Here the markers are read
+    apart: revoked keys are refused; CA lines are recognised, but paramiko does not check a host
+    certificate's CA signature (its client compares the raw key with known_hosts entries only), so
+    a host trusted only through a CA gets a clear error instead of a silent unknown-key refusal.
+    """
+
+    entries: List[Tuple[str, paramiko.PKey]] = field(default_factory=list)
+    revoked: List[MarkedKey] = field(default_factory=list)
+    authorities: List[MarkedKey] = field(default_factory=list)
+
+    def is_revoked(self, key: paramiko.PKey) -> Optional[MarkedKey]:
+        # OpenSSH: a revoked key "must not ever be accepted", whichever host pattern names it.
+        blob = key.asbytes()
+        return next((m for m in self.revoked if m.key.asbytes() == blob), None)
+
+    def install(self, client: paramiko.SSHClient) -> None:
+        """Trust the plain entries (revoked keys left out, so they reach the policy as unknown)."""
+        keys = client.get_host_keys()
+        for hostname, key in self.entries:
+            if self.is_revoked(key) is None:
+                keys.add(hostname, key.get_name(), key)
+
+    def check_revoked(self, hostname: str, key: paramiko.PKey) -> None:
+        m = self.is_revoked(key)
+        if m is not None:
+            raise DeviceError(
+                f"host key for {hostname} ({key.get_name()} {key.fingerprint}) is REVOKED in {m.where}; refusing to connect",
+                hint="the device needs a new host key; check with its owner, then trust the new key",
+                kind="host_key_revoked", host=hostname, fingerprint=key.fingerprint)
+
+    def check_markers(self, hostname: str, key: paramiko.PKey, endpoint: Endpoint, record_to: Path) -> None:
+        self.check_revoked(hostname, key)
+        ca = next((m for m in self.authorities if m.matches_host(hostname)), None)
+        if ca is not None:
+            raise DeviceError(
+                f"{hostname} is trusted only through a certificate authority ({ca.where}: @cert-authority), "
+                f"but edgekit's SSH library (paramiko) cannot verify host certificates; refusing to connect",
+                hint=f"trust the host's own key instead: {trust_hint(endpoint, record_to)}",
+                kind="host_key_ca_unsupported", host=hostname)
+
+
+def _decode_key(key_type: str, b64: str) -> paramiko.PKey:
+    return paramiko.PKey.from_type_string(key_type, base64.b64decode(b64.encode("ascii"), validate=True))
+
+
+def load_known_hosts(files: Iterable[Path]) -> KnownHosts:
+    """Read known_hosts ``files`` (missing ones are skipped). Lines OpenSSH would skip (bad base64,
+    key types paramiko lacks, unknown markers) are skipped with a debug note; an unreadable file is
+    a ConfigError naming it."""
+    known = KnownHosts()
+    for path in files:
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read known_hosts: {exc.strerror or exc}") from None
+        for lineno, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split()
+            marker = fields.pop(0) if fields[0].startswith("@") else None
+            try:
+                if len(fields) < 3:
+                    raise ValueError("expected: host key-type base64-key")
+                key = _decode_key(fields[1], fields[2])
+            except Exception as exc:  # paramiko's key parsers raise assorted errors on malformed blobs
+                log.debug("%s:%d: skipped (%s)", path, lineno, exc)
+                continue
+            patterns = fields[0].split(",")
+            if marker == "@revoked":
+                known.revoked.append(MarkedKey(patterns, key, f"{path}:{lineno}"))
+            elif marker == "@cert-authority":
+                known.authorities.append(MarkedKey(patterns, key, f"{path}:{lineno}"))
+            elif marker is None:
+                known.entries += [(h, key) for h in patterns]
+            else:
+                log.debug("%s:%d: skipped (unknown marker %s)", path, lineno, marker)
+    return known
 
 
 def append_known_host(path: Path, hostname: str, key: paramiko.PKey) -> None:
