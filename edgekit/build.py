@@ -8,7 +8,7 @@ import dataclasses
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from pydantic import BaseModel
@@ -34,6 +34,8 @@ class BuildResult(BaseModel):
     fp32_size_bytes: int
     metric: Dict[str, Any]
     seconds: float
+    calibration: str = ""
+    """How many calibration samples were used and why (e.g. the max_samples cap)."""
     guard: Dict[str, Any] = {}
     """The shipped model's guard report: passed, findings (output, slice, check, message)."""
     guard_refused: Dict[str, str] = {}
@@ -132,8 +134,11 @@ def run_model(model_path: Path, feeds: List[Dict[str, np.ndarray]],
     import onnxruntime as ort
 
     from .device import runner
+    from .quantize.presets import DISABLED_OPTIMIZERS
 
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    # the session the device opens (runtime.disabled_optimizers), so kept-float nodes stay float here too
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
     names = [i.name for i in sess.get_inputs()]
     pairs, starts = stream if stream else ((), ())
     carry = runner.stream_carry({"state": [{"input": i, "output": o} for i, o in pairs]}, list(starts),
@@ -144,12 +149,16 @@ def run_model(model_path: Path, feeds: List[Dict[str, np.ndarray]],
     return outs
 
 
-def _manifest_runtime(profile: TargetProfile, name: str, graph_optimization: str, precision: str) -> Dict[str, Any]:
+def _manifest_runtime(profile: TargetProfile, name: str, graph_optimization: str, precision: str,
+                      disabled_optimizers: Sequence[str] = ()) -> Dict[str, Any]:
     from .quantize.presets import provider_options_for
 
-    return {"name": name, "providers": profile.runtime.providers if name == "onnxruntime" else ["cpu"],
-            "provider_options": provider_options_for(profile, precision) if name == "onnxruntime" else {},
-            "graph_optimization": graph_optimization, "intra_op_threads": profile.intra_op_threads}
+    runtime = {"name": name, "providers": profile.runtime.providers if name == "onnxruntime" else ["cpu"],
+               "provider_options": provider_options_for(profile, precision) if name == "onnxruntime" else {},
+               "graph_optimization": graph_optimization, "intra_op_threads": profile.intra_op_threads}
+    if disabled_optimizers:
+        runtime["disabled_optimizers"] = list(disabled_optimizers)
+    return runtime
 
 
 def _bundle_tflite(config: ProjectConfig, profile: TargetProfile, model: Path, bundle: Path,
@@ -269,8 +278,11 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     say(f"quantizing for {profile.name}")
     guard = resolve_guard(config.validation.guard.model_dump(mode="json"), exported.path, config.validation.mask_input)
     memo = build_record.TimingMemo(measure_latency, build_record.read_timings(bundle), fresh=remeasure)
+    # An explicit [calibration] max_samples is also the quantizer's cap (it otherwise caps at its default).
+    cap = config.calibration.max_samples if "max_samples" in config.calibration.model_fields_set else None
     q = quantize_for_target(prepared, work / "quantize", profile, calib, val, metric, precision=precision,
-                            budget_s=budget_s, seed=config.seed, progress=say, measure=memo, guard=guard)
+                            budget_s=budget_s, seed=config.seed, progress=say, measure=memo, guard=guard,
+                            calibration_cap=cap)
 
     say("writing the bundle")
     artifact.clean_dir(bundle)
@@ -294,7 +306,8 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
         "target_profile": profile.model_dump(mode="json"),
         "artifact": "model.onnx",
         # the level the chosen model was measured at: int8 fusions need "extended"/"all"
-        "runtime": _manifest_runtime(profile, "onnxruntime", q.runtime_graph_optimization, q.precision),
+        "runtime": _manifest_runtime(profile, "onnxruntime", q.runtime_graph_optimization, q.precision,
+                                     q.disabled_optimizers),
         "inputs": io["inputs"],
         "outputs": io["outputs"],
         "metric": metric.to_manifest(),
@@ -303,7 +316,8 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
         # measurements (host latency) vary between builds: they go to the build record, not here
         "quantization": q.model_dump(mode="json", exclude={"model_path": True, "latency_ms": True,
                                                            "latency_pruning": True,
-                                                           "candidates": {"__all__": {"p50_ms"}}}),
+                                                           "candidates": {"__all__": {"p50_ms"}},
+                                                           "fallback_search": {"__all__": {"p50_ms", "aa_noise_floor"}}}),
         "build_metrics": {"size_bytes": size, "fp32_size_bytes": fp32_size, "host_metric": host_metric},
         "reference": shipped,
     })
@@ -311,9 +325,11 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     record = build_record.write(bundle, manifest["release_id"], seconds, {
         "latency_ms": q.latency_ms, "latency_pruning": q.latency_pruning,
         "candidates_p50_ms": {c.name: c.p50_ms for c in q.candidates},
+        "fallback_search_p50_ms": {n: {k: rec[k] for k in ("p50_ms", "aa_noise_floor") if k in rec}
+                                   for n, rec in q.fallback_search.items()},
     }, memo)
     return BuildResult(model=config.model.name, target=profile.name, bundle=bundle, release_id=manifest["release_id"],
                        precision=q.precision, method=q.method, reason=q.reason, size_bytes=size,
                        fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=seconds, record=record,
-                       timing_note=memo.summary(), guard=q.guard,
+                       timing_note=memo.summary(), guard=q.guard, calibration=str(q.calibration.get("note", "")),
                        guard_refused={c.name: guard_refusal(c) for c in q.candidates if guard_refusal(c)})

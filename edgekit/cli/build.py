@@ -55,6 +55,8 @@ def build(target_names: List[str], config_path: Path, out: Optional[Path], preci
             f"({r.size_bytes / max(r.fp32_size_bytes, 1):.0%} of fp32)", str(r.bundle)) for r in results])
     for r in results:
         echo(f"{r.target}: {r.reason}")
+        if r.calibration:
+            echo(f"{r.target}: {r.calibration}")
         for name, findings in sorted(r.guard_refused.items()):
             echo(f"{r.target}: guards refused {name}: {findings}")
         if "reused" in r.timing_note:

@@ -477,6 +477,18 @@ def main_provider(node_counts, registered_first):
     return sorted(node_counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
 
 
+def disabled_optimizers(runtime):
+    """The manifest's runtime.disabled_optimizers: a short list of transformer names (the manifest
+    comes from a bundle, so it is checked, not trusted)."""
+    names = runtime.get("disabled_optimizers") or []
+    if (not isinstance(names, list) or len(names) > 32
+            or not all(isinstance(n, str) and 0 < len(n) <= 64 and n.isascii() and n.replace("_", "a").isalnum()
+                       for n in names)):
+        raise RunnerError("release", "runtime.disabled_optimizers must be a list of up to 32 optimizer names",
+                          "rebuild the bundle with edgekit build")
+    return list(names)
+
+
 def open_onnxruntime(release, manifest, threads):
     runtime = manifest.get("runtime") or {}
     try:
@@ -502,8 +514,13 @@ def open_onnxruntime(release, manifest, threads):
     model_path = os.path.join(release, manifest["artifact"])
     if not os.path.isfile(model_path):
         raise RunnerError("model", "model file %s is missing" % model_path, "deploy the release again")
+    disabled = disabled_optimizers(runtime)
     try:
-        sess = ort.InferenceSession(model_path, sess_options=opts, providers=providers, provider_options=options)
+        # The host scored the model with these graph transformers off (nodes kept float would
+        # otherwise be re-quantized at load time); the device must run the same graph.
+        extra = {"disabled_optimizers": disabled} if disabled else {}
+        sess = ort.InferenceSession(model_path, sess_options=opts, providers=providers, provider_options=options,
+                                    **extra)
     except Exception as exc:  # onnxruntime raises its own exception types
         shutil.rmtree(profile_dir, ignore_errors=True)
         raise RunnerError(_classify(exc, "model"), "onnxruntime could not load %s: %s" % (model_path, _first_line(exc)))
@@ -528,7 +545,7 @@ def open_onnxruntime(release, manifest, threads):
     info = {"name": "onnxruntime", "version": ort.__version__, "providers_requested": list(runtime.get("providers") or []),
             "providers_available": available, "providers_skipped": skipped, "providers_used": used,
             "provider": used[0] if used else None, "provider_options": dict(zip(providers, options)),
-            "threads": threads, "output_names": out_names}
+            "threads": threads, "output_names": out_names, "disabled_optimizers": disabled}
     return run, info, finish_profiling
 
 

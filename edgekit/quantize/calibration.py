@@ -16,7 +16,8 @@ from ..errors import QuantizationError
 from ..optimize import quiet
 
 MAX_CALIBRATION_SAMPLES = 128
-"""More samples barely move MinMax/Entropy ranges but cost a full forward pass each."""
+"""The default cap: more samples barely move MinMax/Entropy ranges but cost a full forward pass
+each. ``[calibration] max_samples`` in edgekit.toml replaces it."""
 
 CHUNK = 8
 """Samples per collect_data call: the calibrator keeps every intermediate tensor of a chunk in
@@ -112,6 +113,18 @@ def select_samples(feeds: Sequence[Dict[str, np.ndarray]], cap: int, seed: int) 
         return list(feeds)
     idx = np.sort(np.random.default_rng(seed).choice(len(feeds), size=cap, replace=False))
     return [feeds[int(i)] for i in idx]
+
+
+def describe_selection(used: int, given: int, cap: int, configured: bool) -> str:
+    """One line for the build output: how many calibration samples were used, and why not all."""
+    if used >= given:
+        if configured:
+            return f"calibration: {used} of {given} samples loaded (max_samples = {cap} in [calibration])"
+        return f"calibration: {used} of {given} samples (all given)"
+    if configured:
+        return f"calibration: {used} of {given} samples (max_samples = {cap} in [calibration])"
+    return (f"calibration: {used} of {given} samples (the default cap of {cap}; set max_samples in "
+            "[calibration] to use more)")
 
 
 def feeds_digest(feeds: Sequence[Dict[str, np.ndarray]]) -> str:

@@ -25,21 +25,22 @@ from . import calibration as cal
 from .candidates import build_dynamic, build_fp16, build_fp32, build_static, file_size
 from .choose import choose
 from .evaluate import Scorer, make_session, run_outputs
-from .fallback import revert_until_within_tolerance
+from .fallback import accuracy_fallback, faster_than_fp32, revert_until_within_tolerance, timer
 from .fusion import fuse_transformer
 from .graph import (SUBGRAPH_OPS, activation_matmuls, initializer_names, iter_nodes, name_nodes, op_counts,
                     quantizable_nodes)
 from .prune import drop_unprofitable_quantization
-from .presets import (QuantPreset, calibration_extra, dynamic_supported, model_family, presets_for,
+from .presets import (DISABLED_OPTIMIZERS, QuantPreset, calibration_extra, dynamic_supported, model_family, presets_for,
                       runtime_level_for)
 from .result import Candidate, KeptFloat, QuantizeResult, quantized_node_count
 from .sensitivity import rank_by_leave_one_out, rank_by_rebuild
 
 SENSITIVITY_SAMPLES = 8
 """Calibration feeds (not validation ones) used to rank nodes; the threshold is checked on validation."""
-MAX_LOO_GROUPS = 48
-"""Leave-one-out costs one session per group; bigger graphs revert consecutive nodes together."""
 DYNAMIC_OPS = ("MatMul", "Attention", "EmbedLayerNormalization")
+EXACT_INT8_LEVEL = "basic"
+"""Session level that runs a QDQ model as DQ -> float op -> Q (no int8 kernel fusion): what an int8
+kernel without saturation computes. Used to score static int8 for a CPU target this host does not match."""
 
 
 class _Ctx:
@@ -74,6 +75,7 @@ def quantize_for_target(
     seed: int = 0,
     progress: Optional[Callable[[str], None]] = None,
     measure: Optional[Callable[..., Dict[str, List[float]]]] = None,
+    calibration_cap: Optional[int] = None,
     guard: Optional[Dict[str, object]] = None,
 ) -> QuantizeResult:
     """Build the candidates ``profile`` allows and keep the fastest that meets ``metric``.
@@ -82,6 +84,7 @@ def quantize_for_target(
     an unknown precision) and AccuracyError when no allowed candidate meets the threshold, or when
     ``budget_s`` runs out before the search ends. ``measure`` replaces host timing
     (``evaluate.measure_latency``'s signature) for latency pruning and the choice; tests inject one.
+    ``calibration_cap`` (``[calibration] max_samples``) replaces the default cap on calibration samples.
     ``guard``: edgekit.toml's [validation.guard] settings; every candidate but FP32 must pass them
     on every output (see ``edgekit.guard``).
     """
@@ -108,7 +111,10 @@ def quantize_for_target(
     guard_conf = _guard.arithmetic.settings(guard)
     out_names = [o.name for o in graph.graph.output]
     guard_refs = _guard.all_outputs(fp32_session, validation, metric.stream_plan) if guard_conf["enabled"] else []
-    calib = cal.select_samples(calibration, cal.MAX_CALIBRATION_SAMPLES, seed)
+    cap = int(calibration_cap) if calibration_cap else cal.MAX_CALIBRATION_SAMPLES
+    calib = cal.select_samples(calibration, cap, seed)
+    cal_note = cal.describe_selection(len(calib), len(calibration), cap, calibration_cap is not None)
+    say(cal_note)
     sens_feeds = calib[:SENSITIVITY_SAMPLES]
     arch_ok = profile.arch == _targets.host_arch()
     host_ok = arch_ok and not profile.is_gpu and set(profile.isa_features) <= _targets.host_cpu_flags()
@@ -166,10 +172,12 @@ def quantize_for_target(
         metric_before=metric_before or dict(chosen.metric or {}), metric_after=dict(chosen.metric or {}),
         latency_ms=latency, candidates=cands,
         latency_pruning={n: e["latency_pruning"] for n, e in extras.items() if "latency_pruning" in e}, reason=reason,
+        fallback_search={n: e["fallback_search"] for n, e in extras.items() if e.get("fallback_search")},
         runtime_graph_optimization=runtime_level_for(chosen.method, profile), family=family,
+        disabled_optimizers=list(DISABLED_OPTIMIZERS) if chosen.precision == "int8" else [],
         guard=dict(chosen.guard or {"passed": True, "findings": [], "outputs": [], "note": "FP32 is the reference"}),
         calibration={"method": profile.quantization.calibration_method, "samples": len(calib),
-                     "given": len(calibration), "digest": cal.feeds_digest(calib),
+                     "given": len(calibration), "cap": cap, "note": cal_note, "digest": cal.feeds_digest(calib),
                      "used_by_chosen": chosen.method.startswith("static")},
         seed=seed, fp32_size_bytes=file_size(base),
     )
@@ -193,38 +201,6 @@ def _int8_variants(ctx: _Ctx):
         yield out
         if out[0].passed and not out[0].refused:
             return
-
-
-def _fallback(ctx: _Ctx, build: Callable[[Sequence[str]], Path], scorer: Scorer, first: Tuple[Path, Dict[str, float]],
-              nodes: List[Tuple[str, str]], rank: Callable[[List[str], int], List[Tuple[str, float]]]):
-    """Run the accuracy fallback when needed. Returns (path, score, kept_float entries, note)."""
-    path, score = first
-    if ctx.metric.passes(score["value"]) or not nodes:
-        return path, score, [], ""
-    names = [n for n, _ in nodes]
-    ctx.say(f"ranking {len(names)} quantized nodes by harm")
-    group = max(1, -(-len(names) // MAX_LOO_GROUPS))
-    pairs = rank(names, group)
-    ranked = [n for n, _ in pairs]
-    gains = dict(pairs)
-    try:
-        fb = revert_until_within_tolerance(build, scorer.score, ctx.metric, ranked, ctx.deadline, first=first,
-                                           progress=ctx.say)
-    except AccuracyError as exc:
-        if exc.details.get("budget"):
-            raise
-        return path, score, [], f"unreachable: {exc.message}"
-    ops = dict(nodes)
-    kept = [{"node": n, "op_type": ops[n], "reason": f"accuracy: reverting it cut the output error by {gains[n]:.3g}"}
-            for n in fb.excluded]
-    if len(fb.excluded) == len(names):
-        return fb.model_path, fb.metric, kept, "every quantized node had to be reverted, so this is not an int8 model"
-    if len(fb.excluded) * 2 > len(names):
-        # Mostly float with Q/DQ pairs left around a few nodes: slower than FP32 in every case we
-        # measured (MobileNetV2 with 61 of 63 float: 0.75x). Decided by count, not by a noisy timing.
-        return fb.model_path, fb.metric, kept, (f"the fallback had to revert {len(fb.excluded)} of {len(names)} "
-                                                "quantized nodes: too little int8 left to pay for its Q/DQ")
-    return fb.model_path, fb.metric, kept, ""
 
 
 def _prune(ctx: _Ctx, note: str, build: Callable[[Sequence[str]], Path], current: Tuple[Path, Dict[str, float]],
@@ -261,7 +237,13 @@ def _static(ctx: _Ctx):
     """Static int8: every preset of the profile fully quantized, the best kept, then the fallback."""
     metric = ctx.metric
     level = runtime_level_for("static", ctx.profile)
-    scorer = Scorer(metric, ctx.validation, ctx.refs, ctx.index, level)
+    # Score where the host computes what the target computes: a CPU target's int8 kernels (VNNI,
+    # ARM dot product) accumulate u8 x s8 exactly, this host's fused kernels may not (AVX2's
+    # VPMADDUBSW saturates: EfficientNet-Lite0 full int8 agreed 0.68 top-1 fused here, 0.90 as
+    # exact arithmetic). At 'basic' QDQ runs as DQ -> float op -> Q: the exact int8 arithmetic.
+    emulate = not ctx.host_ok and not ctx.profile.is_gpu
+    score_level = EXACT_INT8_LEVEL if emulate else level
+    scorer = Scorer(metric, ctx.validation, ctx.refs, ctx.index, score_level)
     tried: List[Tuple[QuantPreset, Path, Dict[str, float]]] = []
     presets = presets_for(ctx.profile, ctx.family)
     # MatMulConstBOnly only works in QOperator mode; in QDQ the attention MatMuls go by name.
@@ -286,18 +268,22 @@ def _static(ctx: _Ctx):
     def build(excluded: Sequence[str]) -> Path:
         if not excluded:
             return path0
-        return build_static(ctx.base, ctx.work_dir / f"static-{preset.name}-{len(excluded)}.onnx", preset, cache,
+        # one file per float set: the search keeps several alive and compares them
+        return build_static(ctx.base, ctx.work_dir / f"static-{preset.name}-{_set_tag(excluded)}.onnx", preset, cache,
                             nodes_to_exclude=list(always) + list(excluded), large=ctx.large)
 
     def rank(names: List[str], group: int):
         if ctx.large:  # in-memory reverts need a model under the 2 GB protobuf limit
-            return rank_by_rebuild(build, names, ctx.sens_feeds, ctx.sens_refs, ctx.index, level, ctx.deadline,
+            rank.record = {"method": "real builds", "why": "the model is over the 2 GB protobuf limit"}  # type: ignore[attr-defined]
+            return rank_by_rebuild(build, names, ctx.sens_feeds, ctx.sens_refs, ctx.index, score_level, ctx.deadline,
                                    group_size=max(group, -(-len(names) // 8)), progress=ctx.say)
-        return rank_by_leave_one_out(path0, ctx.base, names, ctx.sens_feeds, ctx.sens_refs, ctx.index, level,
-                                     deadline=ctx.deadline, group_size=group, progress=ctx.say)
+        return rank_by_leave_one_out(path0, ctx.base, names, ctx.sens_feeds, ctx.sens_refs, ctx.index, score_level,
+                                     deadline=ctx.deadline, group_size=group, progress=ctx.say,
+                                     op_types=preset.op_types, build=build, record=rank.record)  # type: ignore[attr-defined]
+    rank.record = {}  # type: ignore[attr-defined]
 
-    path, score, reverted, note = _fallback(ctx, build, scorer, (path0, score0),
-                                            [(n.name, n.op_type) for n in qnodes], rank)
+    path, score, reverted, note, search = accuracy_fallback(ctx, build, scorer, (path0, score0),
+                                                             [(n.name, n.op_type) for n in qnodes], rank, level)
     acc = [k["node"] for k in reverted]
     still = [(n.name, n.op_type) for n in ctx.graph.graph.node
              if n.op_type in preset.op_types and n.name not in set(always) | set(acc)]
@@ -308,7 +294,7 @@ def _static(ctx: _Ctx):
 
     path, score, dropped, record = _prune(ctx, note, build_lat, (path, score), still, scorer, level)
     reverted += dropped
-    report, repaired = _check(ctx, path, level), ""
+    report, repaired = _check(ctx, path, score_level), ""
     if not note and metric.passes(score["value"]) and not report["passed"]:
         done = [k["node"] for k in reverted]
 
@@ -316,17 +302,22 @@ def _static(ctx: _Ctx):
             return build_static(ctx.base, ctx.work_dir / f"static-{preset.name}-g{len(done) + len(extra)}.onnx", preset,
                                 cache, nodes_to_exclude=list(always) + done + list(extra), large=ctx.large)
 
-        path, score, report, more, note, repaired = _guard_fallback(ctx, build_guard, scorer, level, (path, score), report,
-                                                          [n.name for n in qnodes if n.name not in set(done)],
-                                                          len(qnodes), len(done))
+        path, score, report, more, note, repaired = _guard_fallback(
+            ctx, build_guard, scorer, score_level, (path, score), report,
+            [n.name for n in qnodes if n.name not in set(done)], len(qnodes), len(done))
         reverted += more
     notes = [f"presets tried: {', '.join(t[0].name for t in tried)}"] + [x for x in (note, repaired) if x]
+    if emulate:
+        notes.append(f"scored as exact int8 arithmetic (onnxruntime '{EXACT_INT8_LEVEL}' level), since this host's "
+                     "int8 kernels are not the target's")
     kept += reverted
     cand = _int8_candidate(Candidate(name=f"int8-static-{preset.name}", precision="int8",
                                      method="static-qdq" if preset.format == "QDQ" else "static-qoperator", metric=score,
                                      passed=metric.passes(score["value"]), size_bytes=file_size(path),
-                                     kept_float=len(kept), note="; ".join(notes), guard=report), path, note)
-    return cand, path, {"preset": preset.summary(), "kept_float": kept, "latency_pruning": record}, before
+                                     kept_float=len(kept), note="; ".join(notes), guard=report,
+                                     scored_at=score_level if emulate else ""), path, note)
+    return cand, path, {"preset": preset.summary(), "kept_float": kept, "latency_pruning": record,
+                        "fallback_search": search}, before
 
 
 def _dynamic(ctx: _Ctx):
@@ -371,7 +362,8 @@ def _dynamic(ctx: _Ctx):
         return rank_by_rebuild(one, names, ctx.sens_feeds, ctx.sens_refs, ctx.index, level, ctx.deadline,
                                group_size=max(group, -(-len(names) // 16)), progress=ctx.say)
 
-    path, score, reverted, note = _fallback(ctx, build, scorer, (path0, score0), nodes, rank)
+    path, score, reverted, note, search = accuracy_fallback(ctx, build, scorer, (path0, score0), nodes, rank,
+                                                             level, ranked_only=True)
     acc = [k["node"] for k in reverted]
 
     def build_lat(extra: Sequence[str]) -> Path:
@@ -395,7 +387,8 @@ def _dynamic(ctx: _Ctx):
                                      kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused)))
                                                                                       if fused else "", note] if x)),
                            path, note)
-    return cand, path, {"preset": preset, "kept_float": kept, "latency_pruning": record}, score0
+    return cand, path, {"preset": preset, "kept_float": kept, "latency_pruning": record,
+                        "fallback_search": search}, score0
 
 
 def _int8_candidate(cand: Candidate, path: Path, note: str) -> Candidate:
@@ -452,10 +445,14 @@ def _guard_fallback(ctx: _Ctx, build: Callable[[Sequence[str]], Path], scorer: S
     kept = [{"node": n, "op_type": ops.get(n, "?"), "reason": "guard: int8 here damaged output "
              + ", ".join(failing) + " (a slice collapsed or diverged from FP32)"} for n in fb.excluded]
     result = {k: v for k, v in fb.metric.items() if k != "guard_findings"}
-    if (done + len(fb.excluded)) * 2 > total:
+    left = done + len(fb.excluded)
+    # mostly float: kept only where a matching host measures it faster than FP32 (as the accuracy fallback)
+    faster = faster_than_fp32(timer(ctx, level), "guarded", fb.model_path) if left * 2 > total else True
+    if not faster:
+        why = ("this host cannot time the target to show that the int8 left pays for its Q/DQ" if faster is None
+               else "the result was not faster than FP32 on this host")
         return fb.model_path, result, reports[str(fb.model_path)], kept, (
-            f"{refused}; clearing them left {done + len(fb.excluded)} of {total} quantized nodes float: "
-            "too little int8 left to pay for its Q/DQ"), ""
+            f"{refused}; clearing them left {left} of {total} quantized nodes float, and {why}"), ""
     repaired = f"guards repaired by keeping {len(fb.excluded)} node(s) float; before: {_guard.describe(report, 2)}"
     return fb.model_path, result, reports[str(fb.model_path)], kept, "", repaired
 
@@ -475,6 +472,13 @@ def _subgraph_notes(graph, chosen: Candidate) -> List[KeptFloat]:
     return [KeptFloat(node=node.name, op_type=node.op_type,
                       reason="control flow: its subgraph bodies stay float (int8 quantizes the main graph)")
             for node, depth in iter_nodes(graph.graph) if depth == 0 and node.op_type in SUBGRAPH_OPS]
+
+
+def _set_tag(excluded: Sequence[str]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(sorted(excluded)).encode()).hexdigest()[:10]
+    return f"{len(excluded)}-{digest}"
 
 
 def _cleanup(work_dir: Path, keep: set) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import QuantizationError
 from ..metrics import MetricSpec
+from .presets import DISABLED_OPTIMIZERS
 
 EVAL_THREADS = 2
 """Fixed for scoring, so the metric (and so every accuracy decision) is host-independent."""
@@ -37,7 +38,8 @@ def make_session(model: ModelSource, level: str = "extended", threads: int = EVA
     opts.log_severity_level = 3
     src = model if isinstance(model, bytes) else str(model)
     try:
-        return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(DISABLED_OPTIMIZERS))
     except Exception as exc:
         where = "the candidate model" if isinstance(model, bytes) else str(model)
         raise QuantizationError(f"onnxruntime cannot load {where}: {str(exc).splitlines()[0]}") from None

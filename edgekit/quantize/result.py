@@ -36,6 +36,9 @@ class Candidate(BaseModel):
     size_bytes: int = 0
     kept_float: int = 0
     note: str = ""
+    scored_at: str = ""
+    """The onnxruntime level ``metric`` was computed at when it is not the runtime level: 'basic'
+    (exact int8 arithmetic) for static int8 on a host whose int8 kernels are not the target's."""
     guard: Optional[Dict[str, Any]] = None
     """The built-in guards on every output (edgekit/device/guard.py): passed, findings naming the
     output and slice, per-output figures. None for FP32 (the reference itself) or when not run."""
@@ -65,11 +68,19 @@ class QuantizeResult(BaseModel):
     """{int8 candidate name: record of the latency pruning (issue #3 step 4)}: skipped and why, or per
     op-type group the host p50 ms quantized vs reverted to float and whether it was dropped. A
     measurement, so it varies between builds (never hashed); which nodes were dropped is in kept_float."""
+    fallback_search: Dict[str, Any] = Field(default_factory=dict)
+    """{int8 candidate name: how its float set was found}: how the nodes were ranked (in-memory
+    reverts checked against real builds, or real builds and why), the noise floor, each strategy's
+    float set size and score, and host timings where the host matches the target (varies between
+    builds; which nodes stayed float is in kept_float)."""
     candidates: List[Candidate] = Field(default_factory=list)
     reason: str = ""
     runtime_graph_optimization: Literal["disabled", "basic", "extended", "all"] = "basic"
     """The session level the device must use for the chosen file: QDQ int8 is fused into
     QLinearMatMul/QLinearConv only at *extended* and above (at *basic* it runs slower than FP32)."""
+    disabled_optimizers: List[str] = Field(default_factory=list)
+    """onnxruntime graph transformers the device session must turn off (``presets.DISABLED_OPTIMIZERS``):
+    the host scored the model without them, and with them nodes kept float would run int8."""
     family: str = "generic"
     calibration: Dict[str, Any] = Field(default_factory=dict)
     """Method, samples used, seed, and a digest of the calibration feeds."""
