@@ -70,16 +70,7 @@ def revert_until_within_tolerance(
     n = len(ranked)
     if check(0):
         return _done(ranked, 0, results, builds)
-    lo, hi = 0, None  # lo: longest prefix known to fail; hi: shortest known to pass
-    k = 1
-    while k <= n:
-        if check(k):
-            hi = k
-            break
-        lo = k
-        if k == n:
-            break
-        k = min(2 * k, n)
+    hi = shortest_passing_prefix(check, n)  # out of time raises too: stopping early would make bytes depend on speed
     if hi is None:
         best = _best(metric, results)
         raise AccuracyError(
@@ -88,14 +79,31 @@ def revert_until_within_tolerance(
             hint="int8 cannot meet this threshold for this model; use --precision fp32 (or fp16), "
                  "or relax the threshold in edgekit.toml",
             metric=metric.name, best=best, threshold=metric.threshold)
+    return _done(ranked, hi, results, builds)
+
+
+def shortest_passing_prefix(passes: Callable[[int], bool], n: int) -> Optional[int]:
+    """The smallest k in 1..n with ``passes(k)``, passing being monotone in k (reverting more nodes
+    only helps): doubling from 1, then bisection between the longest failing and the shortest
+    passing prefix. None when even ``passes(n)`` is false."""
+    lo, hi, k = 0, None, 1  # lo: longest prefix known to fail; hi: shortest known to pass
+    while k <= n:
+        if passes(k):
+            hi = k
+            break
+        lo = k
+        if k == n:
+            break
+        k = min(2 * k, n)
+    if hi is None:
+        return None
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        ok = check(mid)  # out of time here raises too: stopping early would make bytes depend on speed
-        if ok:
+        if passes(mid):
             hi = mid
         else:
             lo = mid
-    return _done(ranked, hi, results, builds)
+    return hi
 
 
 def _best(metric: MetricSpec, results: Dict[int, Tuple[Path, Dict[str, float]]]) -> float:
@@ -246,24 +254,8 @@ def search_float_set(
             n = min(n, min(len(g) for _, g in found) - 1)
             if n <= 0 or not passes(order[:n]):
                 return None
-        lo, hi, k = 0, None, 1
-        while k <= n:
-            if passes(order[:k]):
-                hi = k
-                break
-            lo = k
-            if k == n:
-                break
-            k = min(2 * k, n)
-        if hi is None:
-            return None
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if passes(order[:mid]):
-                hi = mid
-            else:
-                lo = mid
-        return list(order[:hi])
+        k = shortest_passing_prefix(lambda i: passes(order[:i]), n)
+        return None if k is None else list(order[:k])
 
     gains = dict(ranked)
     floor = noise_floor(list(gains.values()))
