@@ -1,0 +1,792 @@
+"""The release logic that runs ON the device: lock, inspect, hash, upload, verify, switch, prune.
+
+Standard library only, Python >= 3.8. The host sends this file's source with each session
+(``python3 -c <source> session --root DIR``), so nothing needs installing on the device; the Ansible
+engine runs the same file as a module. Both engines leave identical device state.
+
+Layout of the device directory (ROOT)::
+
+    releases/<id>/          one immutable directory per release (<id>: 16 lowercase hex digits)
+    releases/<id>.partial/  an upload in progress (holds .edgekit-owner from the moment it appears)
+    releases/.lock/         owner + heartbeat of the deploy holding the lock
+    current -> releases/<id>
+    history                 "<time> deploy <id>" / "<time> rollback <from|-> <to|->" lines
+
+Invocation::
+
+    python3 release.py OP --root DIR      < one JSON object     > one JSON object
+    python3 release.py session --root DIR < JSON lines (+ raw bytes after "upload") > one JSON line each
+
+Every answer is one JSON object with ``"ok"``; on failure ``"ok": false``, ``"kind"`` (lock_failed,
+locked, not_locked, lock_lost, no_space, write_failed, checksum_mismatch, release_conflict,
+bad_request, failed), ``"error"`` (one line) and, where it was read back, ``"current"``.
+Exit status: 0 when ok, 1 otherwise, 2 for a malformed request.
+
+Operations (request fields -> answer fields):
+
+``status`` {} -> current, previous, releases [{id, current, previous, target, model, precision,
+    files}] (most recently activated first), lock (owner text or null), partial [names].
+``lock`` {owner (text, <= 64 KiB; JSON with "token"), break (optional: the owner text judged dead)}
+    -> locked (bool); when false: held (owner text), beat (heartbeat text). Tries once; the caller
+    judges whether a held lock is dead (only it can tell whether its own host's process lives) and
+    asks again with ``break``. In a session a thread rewrites ``heartbeat`` every heartbeat_s.
+``prepare`` {owner, release_id, files {name: sha256}, sizes {name: bytes}} (lock held) -> root,
+    current, intact (the release is complete and matches), conflict (sha256 of the manifest.json a
+    complete release with this id holds, when it is another one), need [names to send], reused,
+    copied [names copied from current], free, candidates {name: owner text} (.partial and
+    .lock-new-* entries the caller may judge abandoned). Creates releases/<id>.partial with the owner
+    mark, keeps its matching files, copies unchanged files from the current release.
+``upload`` {owner, release_id, files [[name, size], ...]}, then exactly sum(size) raw bytes (session
+    only) -> written (bytes). A write failure removes the .partial (a full disk needs the space
+    back): kind write_failed, no_space (bool), free.
+``commit`` {owner, release_id, files, keep, remove [names judged abandoned], retry_copies (bool),
+    history_line} -> switched, previous, pruned, current. Verifies every file's sha256 in the
+    .partial (or the complete release), renames it into place, logs the history line, then points
+    ``current`` at it (a new link renamed over the old one), prunes, unlocks.
+``rollback`` {owner, to (optional), allow_none, history_line_for(from, to) is built here} -> from, to.
+``unlock`` {owner} -> released (bool).
+
+Everything read from the request or the device is hostile: names are checked (no absolute paths,
+no '..', no control characters), reads are bounded, links are never followed into, sizes are
+bounded by the request.
+"""
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+import uuid
+
+ID_LEN = 16
+PARTIAL = ".partial"
+LOCK = "releases/.lock"
+NEW_PREFIX = ".lock-new-"
+STALE_PREFIX = ".lock-stale-"
+DAMAGED = ".damaged-"
+PARTIAL_OWNER = ".edgekit-owner"
+OWNER_LIMIT = 1 << 16
+MANIFEST = "manifest.json"
+MANIFEST_LIMIT = 16 << 20
+HISTORY_LINES = 1000
+HISTORY_TMP = ".history.tmp"
+HISTORY_LIMIT = 1 << 20
+CURRENT_TMP = ".current-"
+REQUEST_LIMIT = 64 << 20
+NAME_LIMIT = 1024
+FILES_LIMIT = 100000
+CHUNK = 1 << 20
+_ID = "[0-9a-f]{%d}" % ID_LEN
+_HISTORY_LINE = re.compile("[0-9]{1,12} (?:deploy %s|rollback (?:%s|-) (?:%s|-))\\Z" % (_ID, _ID, _ID))
+
+
+class Refused(Exception):
+    """One line for the caller, with its kind; extra fields go into the answer."""
+
+    def __init__(self, kind, error, **extra):
+        Exception.__init__(self, error)
+        self.kind, self.error, self.extra = kind, error, extra
+
+
+# -- names ----------------------------------------------------------------------------------------
+def is_release_id(value):
+    return isinstance(value, str) and len(value) == ID_LEN and all(c in "0123456789abcdef" for c in value)
+
+
+def plain_name(name):
+    """A file name a release may hold: relative, no '..', no backslash or control characters."""
+    if not isinstance(name, str) or not name or len(name) > NAME_LIMIT or name.startswith(("/", "~")):
+        return False
+    if "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return False
+    parts = name.split("/")
+    return all(p not in ("", ".", "..") for p in parts)
+
+
+def _check_files(files):
+    if not isinstance(files, dict) or len(files) > FILES_LIMIT:
+        raise Refused("bad_request", "files: expected an object of at most %d names" % FILES_LIMIT)
+    for n, h in files.items():
+        if not plain_name(n) or not (isinstance(h, str) and re.match("[0-9a-f]{64}\\Z", h)):
+            raise Refused("bad_request", "files: %r is not a plain file name with a sha256" % (str(n)[:80],))
+    return files
+
+
+def _rid(req, key="release_id"):
+    rid = req.get(key)
+    if not is_release_id(rid):
+        raise Refused("bad_request", "%s: expected %d lowercase hex digits" % (key, ID_LEN))
+    return rid
+
+
+def release_of(link):
+    """The release id a ``current`` link names, or None (no link, or not one edgekit made)."""
+    if not link or not link.startswith("releases/"):
+        return None
+    rid = link[len("releases/"):].rstrip("/")
+    return rid if is_release_id(rid) else None
+
+
+# -- history --------------------------------------------------------------------------------------
+def release_stack(history, current):
+    """Replay the history into the stack of activations (oldest first); its top is current."""
+    stack = []
+    for line in history:
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "deploy":
+            if not stack or stack[-1] != parts[2]:
+                stack.append(parts[2])
+        elif len(parts) == 4 and parts[1] == "rollback":
+            if stack and stack[-1] == parts[2]:
+                stack.pop()
+            if parts[3] != "-" and (not stack or stack[-1] != parts[3]):
+                stack.append(parts[3])
+    if current and (not stack or stack[-1] != current):
+        stack.append(current)  # trust the symlink: a crash may have fallen between switch and log
+    return stack
+
+
+def _replayed_top(history):
+    stack = release_stack(history, None)
+    return stack[-1] if stack else None
+
+
+def reconcile(history, current):
+    """History as it really happened: a last line whose switch never took place (the line is
+    written first; see switch) is dropped."""
+    if history and _replayed_top(history) != current and _replayed_top(history[:-1]) == current:
+        return history[:-1]
+    return history
+
+
+def previous_release(history, current, existing):
+    """What a rollback returns to: the latest activation before current still on the device."""
+    for rid in reversed(release_stack(history, current)):
+        if rid != current and rid in existing:
+            return rid
+    return None
+
+
+def recency(history, releases):
+    """Releases, most recently made current first; never-activated ones last."""
+    last = {}
+    for i, line in enumerate(history):
+        parts = line.split()
+        if len(parts) >= 3:
+            last[parts[-1]] = i
+    return sorted(releases, key=lambda r: -last.get(r, -1))
+
+
+def history_line(action, *ids):
+    return " ".join([str(int(time.time())), action] + [i or "-" for i in ids])
+
+
+# -- the device directory -------------------------------------------------------------------------
+class Device(object):
+    def __init__(self, root):
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.owner = None  # our owner text, once the lock is ours
+        self._stop = None
+        self.raw_history = []
+
+    def p(self, rel):
+        return os.path.join(self.root, rel) if rel else self.root
+
+    def read(self, rel, limit):
+        try:
+            fd = os.open(self.p(rel), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return ""
+        try:
+            with os.fdopen(fd, "rb") as f:
+                return f.read(limit).decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    def write(self, rel, data):
+        with open(self.p(rel), "wb") as f:
+            f.write(data)
+
+    def is_dir(self, rel):
+        try:
+            return os.path.isdir(self.p(rel)) and not os.path.islink(self.p(rel))
+        except OSError:
+            return False
+
+    def rmtree(self, rel):
+        path = self.p(rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)  # a file or a link, never followed
+
+    def free(self):
+        try:
+            st = os.statvfs(self.p("releases"))
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def current(self):
+        try:
+            return release_of(os.readlink(self.p("current")))
+        except OSError:
+            return None
+
+    def inspect(self):
+        """(current, release and .partial names of releases/, other dot-names, reconciled history)."""
+        current = self.current()
+        try:
+            entries = sorted(os.listdir(self.p("releases")))
+        except OSError:
+            entries = []
+        other = [d for d in entries if d.startswith(".")]
+        dirs = [d for d in entries if is_release_id(d[:-len(PARTIAL)] if d.endswith(PARTIAL) else d)]
+        self.raw_history = self.read("history", HISTORY_LIMIT).splitlines()
+        history = [line for line in self.raw_history if _HISTORY_LINE.match(line)]
+        return current, dirs, other, reconcile(history, current)
+
+    def sha256(self, rel):
+        h = hashlib.sha256()
+        try:
+            fd = os.open(self.p(rel), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
+                for block in iter(lambda: f.read(CHUNK), b""):
+                    h.update(block)
+        except OSError:
+            return None
+        return h.hexdigest()
+
+    def manifest_files(self, release):
+        """{name: sha256} of a release's manifest as the device holds it, plain names only."""
+        try:
+            m = json.loads(self.read("releases/%s/%s" % (release, MANIFEST), MANIFEST_LIMIT) or "{}")
+        except (ValueError, RecursionError):
+            return {}, {}
+        m = m if isinstance(m, dict) else {}
+        listed = m.get("files")
+        files = dict((n, h) for n, h in (listed.items() if isinstance(listed, dict) else ()) if plain_name(n))
+        return m, files
+
+    # -- the lock -------------------------------------------------------------------------------
+    def lock(self, owner, brk=None, heartbeat_s=None):
+        try:
+            os.makedirs(self.p("releases"), exist_ok=True)
+        except OSError as exc:
+            raise Refused("lock_failed", "cannot create %s: %s" % (self.p("releases"), _os_text(exc)))
+        if brk:
+            self._break(brk)
+        if not self._present():
+            token = _token(owner)
+            cand = "releases/%s%s" % (NEW_PREFIX, token[:16])
+            try:
+                os.mkdir(self.p(cand))
+                self.write(cand + "/owner", owner.encode())
+                self.write(cand + "/heartbeat", b"0")
+                os.rename(self.p(cand), self.p(LOCK))
+            except OSError as exc:
+                try:
+                    self.rmtree(cand)
+                except OSError:
+                    pass
+                if self.is_dir(LOCK):
+                    return self._held()
+                if os.path.lexists(self.p(LOCK)):
+                    self._not_a_directory()
+                raise Refused("lock_failed", "cannot take the deploy lock %s: %s" % (self.p(LOCK), _os_text(exc)))
+            self.owner = owner
+            if heartbeat_s:
+                self._stop = threading.Event()
+                t = threading.Thread(target=self._beat, args=(token, float(heartbeat_s), self._stop))
+                t.daemon = True
+                t.start()
+            return {"locked": True}
+        return self._held()
+
+    def _held(self):
+        return {"locked": False, "held": self.read(LOCK + "/owner", OWNER_LIMIT),
+                "beat": self.read(LOCK + "/heartbeat", OWNER_LIMIT)}
+
+    def _present(self):
+        if self.is_dir(LOCK):
+            return True
+        if os.path.lexists(self.p(LOCK)):
+            self._not_a_directory()
+        return False
+
+    def _not_a_directory(self):
+        raise Refused("lock_failed", "%s exists but is not a directory: not a lock edgekit made, so it is left "
+                      "alone" % self.p(LOCK), hint="remove %s on the device if nothing uses it" % self.p(LOCK))
+
+    def _break(self, held):
+        """Set a lock judged dead aside and remove it; give it back if it changed hands meanwhile."""
+        aside = "releases/%s%s" % (STALE_PREFIX, uuid.uuid4().hex[:12])
+        try:
+            os.rename(self.p(LOCK), self.p(aside))
+        except OSError:
+            return
+        try:
+            if self.read(aside + "/owner", OWNER_LIMIT) != held.strip() and not os.path.lexists(self.p(LOCK)):
+                os.rename(self.p(aside), self.p(LOCK))
+                return
+            self.rmtree(aside)
+        except OSError:
+            pass  # a later deploy removes what is left aside
+
+    def _beat(self, token, every, stop):
+        n = 0
+        while not stop.wait(every):
+            n += 1
+            try:
+                if self.still_held():
+                    self.write(LOCK + "/heartbeat", ("%d %s" % (n, token[:8])).encode())
+            except OSError:
+                pass
+
+    def still_held(self):
+        return self.owner is not None and self.read(LOCK + "/owner", OWNER_LIMIT) == self.owner.strip()
+
+    def require(self, owner):
+        """Operations that change releases run only under the caller's own lock."""
+        if not isinstance(owner, str) or not owner:
+            raise Refused("bad_request", "owner: expected the lock owner text")
+        if self.owner is None:
+            self.owner = owner  # a one-shot invocation: the lock was taken by an earlier one
+        if self.owner != owner or not self.still_held():
+            raise Refused("lock_lost", "the deploy lock was taken over by another deploy (%s); stopping before "
+                          "the switch" % _owner_line(self.read(LOCK + "/owner", OWNER_LIMIT)))
+
+    def unlock(self):
+        if self._stop is not None:
+            self._stop.set()
+        released = False
+        if self.still_held():
+            aside = "releases/%s%s" % (STALE_PREFIX, _token(self.owner)[:12])
+            os.rename(self.p(LOCK), self.p(aside))  # released atomically: never a lock without owner
+            self.rmtree(aside)
+            released = True
+        self.owner = None
+        return released
+
+    # -- a release ------------------------------------------------------------------------------
+    def claim(self, partial):
+        """Make ``partial`` ours; a new one appears with our mark already inside."""
+        mark = partial + "/" + PARTIAL_OWNER
+        if self.is_dir(partial):
+            self.write(mark, self.owner.encode())
+            return
+        self.rmtree(partial)  # a file or a planted link: unlinked, never followed
+        cand = "releases/%s%s-partial" % (NEW_PREFIX, _token(self.owner)[:16])
+        try:
+            os.mkdir(self.p(cand))
+            self.write(cand + "/" + PARTIAL_OWNER, self.owner.encode())
+            os.rename(self.p(cand), self.p(partial))
+        except BaseException:
+            try:
+                self.rmtree(cand)
+            except OSError:
+                pass
+            raise
+
+    def ensure_dirs(self, base, name):
+        """Parent directories of ``name`` under ``base``, each a real directory (links refused)."""
+        parts = name.split("/")[:-1]
+        here = base
+        for part in parts:
+            here = here + "/" + part
+            if not self.is_dir(here):
+                if os.path.lexists(self.p(here)):
+                    self.rmtree(here)
+                os.mkdir(self.p(here))
+
+    def point(self, target):
+        tmp = "%s%s" % (CURRENT_TMP, uuid.uuid4().hex[:8])
+        os.symlink(target, self.p(tmp))
+        try:
+            os.rename(self.p(tmp), self.p("current"))
+        except BaseException:
+            self.rmtree(tmp)
+            raise
+
+    def write_history(self, lines):
+        text = "\n".join(lines[-HISTORY_LINES:]) + "\n"
+        try:
+            self.write(HISTORY_TMP, text.encode())
+            os.rename(self.p(HISTORY_TMP), self.p("history"))
+        except BaseException:
+            try:
+                self.rmtree(HISTORY_TMP)
+            except OSError:
+                pass
+            raise
+
+    def switch(self, release, history, line):
+        """Log ``line``, then point ``current`` at ``release`` (or drop it when None)."""
+        self.write_history(history + [line])
+        if release is None:
+            self.rmtree("current")
+        else:
+            self.point("releases/" + release)
+
+    def switch_leftovers(self):
+        try:
+            entries = os.listdir(self.root)
+        except OSError:
+            return []
+        return [e for e in entries
+                if e == HISTORY_TMP or (e.startswith(CURRENT_TMP) and len(e) == len(CURRENT_TMP) + 8)]
+
+
+def _token(owner):
+    try:
+        o = json.loads(owner)
+        tok = str(o.get("token", "")) if isinstance(o, dict) else ""
+    except (ValueError, RecursionError):
+        tok = ""
+    tok = "".join(c for c in tok if c.isalnum())
+    return tok or hashlib.sha256(owner.encode()).hexdigest()
+
+
+def _owner_line(raw):
+    try:
+        o = json.loads(raw)
+    except (ValueError, RecursionError):
+        o = None
+    if not isinstance(o, dict):
+        return "owner unknown"
+    clean = lambda v: "".join(c for c in str(v)[:64] if c.isprintable())  # noqa: E731
+    return "held by pid %s on %s" % (clean(o.get("pid", "?")), clean(o.get("host", "?")))
+
+
+def _os_text(exc):
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return "%s (%s)" % (text, exc.filename) if getattr(exc, "filename", None) else text
+
+
+
+# -- operations -----------------------------------------------------------------------------------
+def op_status(dev, req):
+    current, dirs, _, history = dev.inspect()
+    existing = [d for d in dirs if not d.endswith(PARTIAL)]
+    previous = previous_release(history, current, existing)
+    infos = []
+    for rid in recency(history, existing):
+        m, _ = dev.manifest_files(rid)
+        q, files = m.get("quantization"), m.get("files")
+        text = lambda v: None if v is None else str(v)[:200]  # noqa: E731
+        infos.append({"id": rid, "current": rid == current, "previous": rid == previous,
+                      "target": text(m.get("target")), "model": text(m.get("model")),
+                      "precision": text(q.get("precision")) if isinstance(q, dict) else None,
+                      "files": len(files) if isinstance(files, dict) else 0})
+    held = dev.read(LOCK + "/owner", OWNER_LIMIT)
+    lock = held if (held or os.path.lexists(dev.p(LOCK))) else None
+    return {"current": current, "previous": previous, "releases": infos, "lock": lock,
+            "partial": [d for d in dirs if d.endswith(PARTIAL)]}
+
+
+def op_lock(dev, req):
+    owner = req.get("owner")
+    if not isinstance(owner, str) or not owner or len(owner) > OWNER_LIMIT:
+        raise Refused("bad_request", "owner: expected the lock owner text (at most 64 KiB)")
+    brk = req.get("break")
+    return dev.lock(owner, brk if isinstance(brk, str) else None, req.get("heartbeat_s"))
+
+
+def op_prepare(dev, req):
+    dev.require(req.get("owner"))
+    rid, files = _rid(req), _check_files(req.get("files"))
+    sizes = req.get("sizes") or {}
+    current, dirs, other, history = dev.inspect()
+    final, partial = "releases/" + rid, "releases/" + rid + PARTIAL
+    names = sorted(files)
+    sums = {}
+    for d in (final, partial):
+        if dev.is_dir(d):
+            for n in names:
+                sums[d + "/" + n] = dev.sha256(d + "/" + n)
+    out = {"root": dev.root, "current": current, "history": history, "dirs": dirs,
+           "history_clean": history == dev.raw_history, "free": dev.free(),
+           "candidates": dict((d, dev.read("releases/%s/%s" % (d, PARTIAL_OWNER), OWNER_LIMIT))
+                              for d in dirs if d.endswith(PARTIAL) and d != rid + PARTIAL)}
+    for d in other:
+        if d.startswith(NEW_PREFIX):
+            inside = PARTIAL_OWNER if d.endswith("-partial") else "owner"
+            out["candidates"][d] = dev.read("releases/%s/%s" % (d, inside), OWNER_LIMIT)
+        elif d.startswith(STALE_PREFIX) or d.startswith(DAMAGED):
+            out["candidates"][d] = ""
+    intact = rid in dirs and all(sums.get(final + "/" + n) == h for n, h in files.items())
+    out.update(intact=intact, need=[], copied=[], reused=0, conflict=None)
+    if rid in dirs and not intact and sums.get(final + "/" + MANIFEST) != files.get(MANIFEST):
+        out["conflict"] = sums.get(final + "/" + MANIFEST) or "missing"
+        return out
+    if intact:
+        return out
+    have = set(n for n in names if sums.get(partial + "/" + n) == files[n])
+    by_hash = {}
+    if current:
+        by_hash = dict((h, n) for n, h in dev.manifest_files(current)[1].items())
+    copies = [n for n in names if n not in have and n != MANIFEST and files[n] in by_hash]
+    need_bytes = sum(int(sizes.get(n, 0)) for n in names if n not in have)
+    free = out["free"]
+    if free is not None and need_bytes > free:
+        raise Refused("no_space", "not enough space in %s: the release needs %.1f MB, %.1f MB free"
+                      % (dev.p("releases"), need_bytes / 1e6, free / 1e6), need=need_bytes)
+    dev.claim(partial)
+    for n in copies:
+        dev.ensure_dirs(partial, n)
+        src = "releases/%s/%s" % (current, by_hash[files[n]])
+        if os.path.islink(dev.p(src)) or not os.path.isfile(dev.p(src)):
+            continue
+        dst = dev.p(partial + "/" + n)
+        if os.path.lexists(dst):
+            dev.rmtree(partial + "/" + n)
+        shutil.copyfile(dev.p(src), dst)
+    out["copied"] = copies
+    out["need"] = [n for n in names if n not in have and n not in copies]
+    out["reused"] = len(names) - len(out["need"])
+    return out
+
+
+def op_upload(dev, req, stream):
+    """Write the raw bytes that follow into the .partial; the whole declared length is always read,
+    so the session stays in step even when a write fails."""
+    listed = req.get("files")
+    if not isinstance(listed, list) or len(listed) > FILES_LIMIT:
+        raise Refused("bad_request", "files: expected a list of [name, size]")
+    for item in listed:
+        if not (isinstance(item, list) and len(item) == 2 and plain_name(item[0]) and isinstance(item[1], int)
+                and 0 <= item[1] < 1 << 50):
+            raise Refused("bad_request", "files: %r is not [plain name, size]" % (str(item)[:80],))
+    failure = None
+    try:
+        dev.require(req.get("owner"))
+        partial = "releases/" + _rid(req) + PARTIAL
+        if not dev.is_dir(partial):
+            raise Refused("bad_request", "no upload in progress (prepare first)")
+    except Refused as exc:
+        failure = exc
+    written = 0
+    for name, size in listed:
+        f = None
+        if failure is None:
+            try:
+                dev.ensure_dirs(partial, name)
+                path = dev.p(partial + "/" + name)
+                if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
+                    dev.rmtree(partial + "/" + name)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+                f = os.fdopen(fd, "wb")
+            except OSError as exc:
+                failure = exc
+        left = size
+        while left:
+            block = stream.read(min(CHUNK, left))
+            if not block:
+                raise EOFError("the upload stream ended early")
+            left -= len(block)
+            if f is not None:
+                try:
+                    f.write(block)
+                    written += len(block)
+                except OSError as exc:
+                    failure, f = exc, _close(f)
+        if f is not None:
+            try:
+                f.close()
+            except OSError as exc:
+                failure = exc
+    if isinstance(failure, Refused):
+        raise failure
+    if failure is not None:
+        try:
+            dev.rmtree(partial)  # a full disk needs the space back more than a resumable upload
+        except OSError:
+            pass
+        raise Refused("write_failed", "writing %s failed: %s" % (getattr(failure, "filename", None) or partial,
+                                                                 failure.strerror or failure),
+                      no_space=failure.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG), free=dev.free())
+    return {"written": written}
+
+
+def _close(f):
+    try:
+        f.close()
+    except OSError:
+        pass
+    return None
+
+
+def op_commit(dev, req):
+    dev.require(req.get("owner"))
+    rid, files = _rid(req), _check_files(req.get("files"))
+    keep = req.get("keep", 3)
+    if not isinstance(keep, int) or keep < 1:
+        raise Refused("bad_request", "keep: expected a whole number >= 1")
+    current, dirs, other, history = dev.inspect()
+    final, partial = "releases/" + rid, "releases/" + rid + PARTIAL
+    intact = rid in dirs and all(dev.sha256(final + "/" + n) == h for n, h in files.items())
+    if not intact:
+        got = dict((n, dev.sha256(partial + "/" + n)) for n in sorted(files))
+        bad = [n for n in sorted(files) if got[n] != files[n]]
+        if bad:
+            retry = req.get("retry") or []
+            if not (bad and set(bad) <= set(retry)):
+                dev.rmtree(partial)
+            raise Refused("checksum_mismatch", "checksum mismatch on the device after upload", files=bad,
+                          got=dict((n, got[n]) for n in bad), resend=bool(bad and set(bad) <= set(retry)))
+        dev.require(dev.owner)
+        if rid in dirs:  # our release with a damaged file: swapped for the fresh, verified copy
+            if current == rid:
+                dev.point(partial)
+            aside = "releases/%s%s-%s" % (DAMAGED, rid, uuid.uuid4().hex[:6])
+            os.rename(dev.p(final), dev.p(aside))
+            os.rename(dev.p(partial), dev.p(final))
+            if current == rid:
+                dev.point(final)
+            dev.rmtree(aside)
+        else:
+            os.rename(dev.p(partial), dev.p(final))
+        dev.rmtree(final + "/" + PARTIAL_OWNER)
+    switched = current != rid
+    out = {"switched": False, "current": current}
+    if switched:
+        dev.require(dev.owner)
+        line = req.get("history_line") or history_line("deploy", rid)
+        if not _HISTORY_LINE.match(line):
+            raise Refused("bad_request", "history_line: not a line edgekit writes")
+        out["switch_requested"] = True
+        dev.switch(rid, history, line)
+        out.update(switched=True, current=rid)
+        history = history + [line]
+    elif history != dev.raw_history:
+        try:
+            dev.write_history(history)  # a switch that never happened: drop its line
+        except OSError:
+            pass
+    releases = sorted(set(d for d in dirs if not d.endswith(PARTIAL)) | set([rid]))
+    previous = current if switched else previous_release(history, rid, releases)
+    ordered = recency(history, releases)
+    keep_set = set(ordered[:keep]) | set([rid]) | (set([previous]) if previous else set())
+    doomed = [d for d in ordered if d not in keep_set]
+    remove = [d for d in (req.get("remove") or []) if isinstance(d, str) and d in dirs + other and d != rid + PARTIAL
+              and (d.endswith(PARTIAL) or d.startswith((NEW_PREFIX, STALE_PREFIX, DAMAGED)))]
+    out.update(previous=previous, pruned=doomed)
+    for d in doomed + remove:
+        dev.rmtree("releases/" + d)
+    for e in dev.switch_leftovers():
+        dev.rmtree(e)
+    return out
+
+
+def op_rollback(dev, req):
+    dev.require(req.get("owner"))
+    to = req.get("to")
+    if to is not None:
+        to = _rid(req, "to")
+    current, dirs, _, history = dev.inspect()
+    existing = [d for d in dirs if not d.endswith(PARTIAL)]
+    target = to if to is not None else previous_release(history, current, existing)
+    if target is None and not req.get("allow_none"):
+        raise Refused("failed", "no previous release to roll back to (current: %s)" % (current or "none"))
+    if target is not None:
+        if target not in existing:
+            raise Refused("failed", "release %s is not on the device" % target)
+        m, files = dev.manifest_files(target)
+        listed = m.get("files")
+        if not files or len(files) != len(listed or ()) or \
+                any(dev.sha256("releases/%s/%s" % (target, n)) != h for n, h in files.items()):
+            raise Refused("failed", "release %s fails its checksums; not switching to it" % target)
+    if target != current:
+        dev.require(dev.owner)
+        dev.switch(target, history, history_line("rollback", current, target))
+    return {"from": current, "to": target}
+
+
+def op_unlock(dev, req):
+    dev.require(req.get("owner"))
+    return {"released": dev.unlock()}
+
+
+OPS = {"status": op_status, "lock": op_lock, "prepare": op_prepare, "commit": op_commit,
+       "rollback": op_rollback, "unlock": op_unlock}
+
+
+def answer(dev, req, stream=None):
+    """One request -> one answer object (never raises for a device-side failure)."""
+    if not isinstance(req, dict):
+        return {"ok": False, "kind": "bad_request", "error": "expected a JSON object"}
+    op = req.get("op")
+    try:
+        if op == "upload" and stream is not None:
+            out = op_upload(dev, req, stream)
+        elif op in OPS:
+            out = OPS[op](dev, req)
+        else:
+            raise Refused("bad_request", "op: expected one of %s" % ", ".join(sorted(OPS)))
+        out["ok"] = True
+        return out
+    except Refused as exc:
+        out = dict(exc.extra, ok=False, kind=exc.kind, error=exc.error)
+    except OSError as exc:
+        out = {"ok": False, "kind": "failed", "error": _os_text(exc), "errno": exc.errno}
+    out["current"] = dev.current()
+    return out
+
+
+def _read_request(stream):
+    line = stream.readline(REQUEST_LIMIT + 1)
+    if not line:
+        return None
+    if len(line) > REQUEST_LIMIT:
+        raise ValueError("request larger than %d bytes" % REQUEST_LIMIT)
+    return json.loads(line.decode("utf-8"))
+
+
+def session(dev, stream, out):
+    """JSON lines in, one JSON line out per request. The lock stays held (and beating) until
+    ``unlock`` or the end of input: a session cut off leaves its lock for the next deploy to judge."""
+    while True:
+        try:
+            req = _read_request(stream)
+        except (ValueError, RecursionError) as exc:
+            out.write(json.dumps({"ok": False, "kind": "bad_request", "error": str(exc)[:200]}).encode() + b"\n")
+            out.flush()
+            return 2
+        if req is None:
+            break
+        try:
+            reply = answer(dev, req, stream)
+        except EOFError:
+            break
+        out.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
+        out.flush()
+    if dev._stop is not None:
+        dev._stop.set()  # the connection is gone: stop beating, so the lock can be judged stale
+    return 0
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 3 or argv[1] != "--root" or argv[0] not in list(OPS) + ["session"]:
+        sys.stderr.write("usage: release.py {%s|session} --root DIR < request.json\n" % "|".join(sorted(OPS)))
+        return 2
+    dev = Device(argv[2])
+    if argv[0] == "session":
+        return session(dev, sys.stdin.buffer, sys.stdout.buffer)
+    try:
+        req = json.loads(sys.stdin.buffer.read(REQUEST_LIMIT).decode("utf-8") or "{}")
+    except (ValueError, RecursionError) as exc:
+        print(json.dumps({"ok": False, "kind": "bad_request", "error": str(exc)[:200]}))
+        return 2
+    if isinstance(req, dict):
+        req["op"] = argv[0]
+    reply = answer(dev, req)
+    print(json.dumps(reply, sort_keys=True))
+    return 0 if reply.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
