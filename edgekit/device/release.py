@@ -613,7 +613,7 @@ def op_upload(dev, req, stream):
             raise Refused("bad_request", "no upload in progress (prepare first)")
     except Refused as exc:
         failure = exc
-    written = 0
+    written, where = 0, None
     for name, size in listed:
         f = None
         if failure is None:
@@ -625,7 +625,7 @@ def op_upload(dev, req, stream):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
                 f = os.fdopen(fd, "wb")
             except OSError as exc:
-                failure = exc
+                failure, where = exc, name
         left = size
         while left:
             block = stream.read(min(CHUNK, left))
@@ -637,12 +637,12 @@ def op_upload(dev, req, stream):
                     f.write(block)
                     written += len(block)
                 except OSError as exc:
-                    failure, f = exc, _close(f)
+                    failure, where, f = exc, name, _close(f)
         if f is not None:
             try:
                 f.close()
             except OSError as exc:
-                failure = exc
+                failure, where = exc, name
     if isinstance(failure, Refused):
         raise failure
     if failure is not None:
@@ -650,9 +650,9 @@ def op_upload(dev, req, stream):
             dev.fs.rmtree(partial)  # a full disk needs the space back more than a resumable upload
         except OSError:
             pass
-        raise Refused("write_failed", "writing %s failed: %s" % (getattr(failure, "filename", None) or partial,
+        raise Refused("write_failed", "writing %s failed: %s" % (dev.p(partial + "/" + where) if where else partial,
                                                                  failure.strerror or failure),
-                      no_space=failure.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG), free=dev.free())
+                      no_space=failure.errno in (errno.ENOSPC, errno.EDQUOT), free=dev.free())
     return {"written": written}
 
 
