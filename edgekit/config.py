@@ -226,7 +226,8 @@ class DeviceSpec(_Strict):
     """Any name an Ansible inventory gives (unicode, IPv6, ...) but blanks and control characters;
     file names use edgekit.transport.inventory.safe_filename(name)."""
     target: str
-    transport: Literal["local", "ssh"] = "local"
+    transport: str = "local"
+    """A name from the transport registry (edgekit.transport.names(): local, ssh, and any registered)."""
     path: str = "~/edgekit"
     """The device directory that holds releases/ and current."""
     host: Optional[str] = None
@@ -236,6 +237,15 @@ class DeviceSpec(_Strict):
     python: str = "python3"
     """The device's interpreter (as Ansible's ansible_python_interpreter)."""
     groups: List[str] = Field(default_factory=list)
+
+    @field_validator("transport")
+    @classmethod
+    def _known_transport(cls, v: str) -> str:
+        from .transport import names  # the registry is the one list of transports
+
+        if v not in names():
+            raise ValueError(f"unknown transport '{v}', expected one of: {', '.join(names())}")
+        return v
 
     @model_validator(mode="after")
     def _ssh_host(self) -> "DeviceSpec":

@@ -599,14 +599,15 @@ def op_upload(dev, req, stream):
     """Write the raw bytes that follow into the .partial; the whole declared length is always read,
     so the session stays in step even when a write fails."""
     listed = req.get("files")
-    if not isinstance(listed, list) or len(listed) > FILES_LIMIT:
-        raise Refused("bad_request", "files: expected a list of [name, size]")
-    for item in listed:
-        if not (isinstance(item, list) and len(item) == 2 and plain_name(item[0]) and isinstance(item[1], int)
-                and 0 <= item[1] < 1 << 50):
-            raise Refused("bad_request", "files: %r is not [plain name, size]" % (str(item)[:80],))
+    if not isinstance(listed, list) or len(listed) > FILES_LIMIT or not all(
+            isinstance(i, list) and len(i) == 2 and isinstance(i[1], int) and 0 <= i[1] < 1 << 50 for i in listed):
+        # Without sizes the bytes that follow cannot be skipped: the stream is lost, end the session.
+        raise Refused("bad_request", "files: expected a list of [name, size]", fatal=True)
     failure = None
     try:
+        for item in listed:
+            if not plain_name(item[0]):
+                raise Refused("bad_request", "files: %r is not a plain file name" % (str(item[0])[:80],))
         dev.require(req.get("owner"))
         partial = "releases/" + _rid(req) + PARTIAL
         if not dev.fs.is_dir(partial):
@@ -812,6 +813,8 @@ def session(dev, stream, out):
             break
         out.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
         out.flush()
+        if reply.pop("fatal", False):
+            return 2
     if dev._stop is not None:
         dev._stop.set()  # the connection is gone: stop beating, so the lock can be judged stale
     return 0
