@@ -15,7 +15,8 @@ Layout of the device directory (ROOT)::
 Invocation::
 
     python3 release.py OP --root DIR      < one JSON object     > one JSON object
-    python3 release.py session --root DIR < JSON lines (+ raw bytes after "upload") > one JSON line each
+    python3 release.py session --root DIR [--requests JSON-LIST]
+                            < JSON lines (+ raw bytes after "upload") > one JSON line each
 
 Every answer is one JSON object with ``"ok"``; on failure ``"ok": false``, ``"kind"`` (lock_failed,
 locked, not_locked, lock_lost, no_space, write_failed, checksum_mismatch, release_conflict,
@@ -795,12 +796,15 @@ def _read_request(stream):
     return json.loads(line.decode("utf-8"))
 
 
-def session(dev, stream, out):
+def session(dev, stream, out, first=()):
     """JSON lines in, one JSON line out per request. The lock stays held (and beating) until
-    ``unlock`` or the end of input: a session cut off leaves its lock for the next deploy to judge."""
+    ``unlock`` or the end of input: a session cut off leaves its lock for the next deploy to judge.
+    ``first``: requests given on the command line, answered before stdin is read (over SSH they
+    travel with the exec request, sparing the wait for the channel's first window)."""
+    pending = list(first)
     while True:
         try:
-            req = _read_request(stream)
+            req = pending.pop(0) if pending else _read_request(stream)
         except (ValueError, RecursionError) as exc:
             out.write(json.dumps({"ok": False, "kind": "bad_request", "error": str(exc)[:200]}).encode() + b"\n")
             out.flush()
@@ -822,12 +826,20 @@ def session(dev, stream, out):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 3 or argv[1] != "--root" or argv[0] not in list(OPS) + ["session"]:
-        sys.stderr.write("usage: release.py {%s|session} --root DIR < request.json\n" % "|".join(sorted(OPS)))
+    first = []
+    if len(argv) == 5 and argv[0] == "session" and argv[3] == "--requests":
+        try:
+            first = json.loads(argv.pop(4)[:REQUEST_LIMIT])
+        except (ValueError, RecursionError):
+            first = None
+        argv.pop(3)
+    if len(argv) != 3 or argv[1] != "--root" or argv[0] not in list(OPS) + ["session"] or not isinstance(first, list):
+        sys.stderr.write("usage: release.py {%s|session [--requests JSON-LIST]} --root DIR < request.json\n"
+                         % "|".join(sorted(OPS)))
         return 2
     dev = Device(PosixFs(argv[2]))
     if argv[0] == "session":
-        return session(dev, sys.stdin.buffer, sys.stdout.buffer)
+        return session(dev, sys.stdin.buffer, sys.stdout.buffer, first)
     try:
         req = json.loads(sys.stdin.buffer.read(REQUEST_LIMIT).decode("utf-8") or "{}")
     except (ValueError, RecursionError) as exc:

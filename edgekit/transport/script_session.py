@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..device import release as R
 from ..errors import DeviceError
@@ -22,15 +22,24 @@ CHUNK = 1 << 20
 SOURCE = Path(R.__file__).read_text(encoding="utf-8")
 
 
-def script_argv(python: str, root: str) -> List[str]:
+FIRST_LIMIT = 64 << 10
+"""Bytes of first requests that ride on the command line (Linux takes 128 KiB per argument)."""
+
+
+def script_argv(python: str, root: str, first: Sequence[Dict[str, Any]] = ()) -> List[str]:
     """The command that runs the release script in session mode, its source inline: nothing needs
     installing on the device, and the device always runs the host's version of the logic."""
-    return [python, "-I", "-S", "-c", SOURCE, "session", "--root", root]
+    more = ["--requests", json.dumps(list(first))] if first else []
+    return [python, "-I", "-S", "-c", SOURCE, "session", "--root", root, *more]
 
 
-def script_command(python: str, root: str) -> str:
+def script_command(python: str, root: str, first: Sequence[Dict[str, Any]] = ()) -> str:
     """``script_argv`` for a remote shell; ``~/`` stays unexpanded (the script expands it)."""
-    return shlex.join(script_argv(python, root))
+    return shlex.join(script_argv(python, root, first))
+
+
+def fits_command_line(requests: Sequence[Dict[str, Any]]) -> bool:
+    return len(json.dumps(list(requests))) <= FIRST_LIMIT
 
 
 class Pipe:
@@ -51,7 +60,7 @@ class Pipe:
 
 
 class ScriptSession(ReleaseSession):
-    def __init__(self, name: str, pipe: Pipe, put_hook: Optional[Callable[..., int]] = None) -> None:
+    def __init__(self, name: str, pipe: Pipe) -> None:
         self.name = name
         self.pipe = pipe
         self.root: Optional[str] = None
@@ -59,8 +68,10 @@ class ScriptSession(ReleaseSession):
         self.bytes_sent = 0
         self._answered = 0
 
-    def send(self, requests: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        self.pipe.write(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
+    def send(self, requests: Sequence[Dict[str, Any]], *, sent: bool = False) -> List[Dict[str, Any]]:
+        """``sent``: the requests already went out (on the command line that started the script)."""
+        if not sent:
+            self.pipe.write(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
         return [self._answer() for _ in requests]
 
     def _answer(self) -> Dict[str, Any]:
