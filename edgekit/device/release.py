@@ -61,7 +61,6 @@ import stat
 import sys
 import threading
 import time
-import uuid
 
 ID_LEN = 16
 PARTIAL = ".partial"
@@ -377,7 +376,7 @@ class Device(object):
 
     def _break(self, held):
         """Set a lock judged dead aside and remove it; give it back if it changed hands meanwhile."""
-        aside = "releases/%s%s" % (STALE_PREFIX, uuid.uuid4().hex[:12])
+        aside = "releases/%s%s" % (STALE_PREFIX, os.urandom(8).hex()[:12])
         try:
             self.fs.rename(LOCK, aside)
         except OSError:
@@ -458,7 +457,7 @@ class Device(object):
                 self.fs.mkdir(here)
 
     def point(self, target):
-        tmp = "%s%s" % (CURRENT_TMP, uuid.uuid4().hex[:8])
+        tmp = "%s%s" % (CURRENT_TMP, os.urandom(8).hex()[:8])
         self.fs.symlink(target, tmp)
         try:
             self.fs.rename(tmp, "current")
@@ -691,7 +690,7 @@ def op_commit(dev, req):
         if rid in dirs:  # our release with a damaged file: swapped for the fresh, verified copy
             if current == rid:
                 dev.point(partial)
-            aside = "releases/%s%s-%s" % (DAMAGED, rid, uuid.uuid4().hex[:6])
+            aside = "releases/%s%s-%s" % (DAMAGED, rid, os.urandom(8).hex()[:6])
             dev.fs.rename(final, aside)
             dev.fs.rename(partial, final)
             if current == rid:
