@@ -40,12 +40,20 @@ Operations (request fields -> answer fields):
 ``upload`` {owner, release_id, files [[name, size], ...]}, then exactly sum(size) raw bytes (session
     only) -> written (bytes). A write failure removes the .partial (a full disk needs the space
     back): kind write_failed, no_space (bool), free.
-``commit`` {owner, release_id, files, keep, remove [names judged abandoned], retry_copies (bool),
-    history_line} -> switched, previous, pruned, current. Verifies every file's sha256 in the
-    .partial (or the complete release), renames it into place, logs the history line, then points
-    ``current`` at it (a new link renamed over the old one), prunes, unlocks.
-``rollback`` {owner, to (optional), allow_none, history_line_for(from, to) is built here} -> from, to.
+``commit`` {owner, release_id, files, keep, remove [names the caller judged abandoned], retry [names
+    copied by prepare: on a mismatch of only those, the .partial is kept for re-sending them],
+    history_line (optional)} -> switched, previous, pruned, current; on a mismatch: kind
+    checksum_mismatch, files, got, resend. Verifies every file's sha256 in the .partial (or the
+    complete release), renames it into place, logs the history line, then points ``current`` at it
+    (a new link renamed over the old one), prunes, removes what a killed switch left. A failure
+    after the switch was requested carries ``switch_requested``; ``current`` is read back.
+``rollback`` {owner, to (optional release id), allow_none (bool)} -> from, to. Checks the target's
+    files against its manifest before switching; writes the "rollback" history line itself.
 ``unlock`` {owner} -> released (bool).
+
+Typical sequences. A session: lock+prepare, upload, commit+unlock. One process per operation (the
+Ansible module): lock, prepare, copy the ``need`` files into releases/<id>.partial/, commit, unlock
+(no heartbeat runs between processes: keep the stale time above the copy time).
 
 Everything read from the request or the device is hostile: names are checked (no absolute paths,
 no '..', no control characters), reads are bounded, links are never followed into, sizes are
@@ -283,6 +291,7 @@ class Device(object):
         self.root = fs.path()
         self.owner = None  # our owner text, once the lock is ours
         self._stop = None
+        self.switch_requested = False
         self.raw_history = []
 
     def p(self, rel):
@@ -706,7 +715,7 @@ def op_commit(dev, req):
         line = req.get("history_line") or history_line("deploy", rid)
         if not _HISTORY_LINE.match(line):
             raise Refused("bad_request", "history_line: not a line edgekit writes")
-        out["switch_requested"] = True
+        out["switch_requested"] = dev.switch_requested = True
         dev.switch(rid, history, line)
         out.update(switched=True, current=rid)
         history = history + [line]
@@ -769,6 +778,7 @@ def answer(dev, req, stream=None):
     if not isinstance(req, dict):
         return {"ok": False, "kind": "bad_request", "error": "expected a JSON object"}
     op = req.get("op")
+    dev.switch_requested = False
     try:
         if op == "upload" and stream is not None:
             out = op_upload(dev, req, stream)
@@ -783,6 +793,8 @@ def answer(dev, req, stream=None):
     except OSError as exc:
         out = {"ok": False, "kind": "failed", "error": _os_text(exc), "errno": exc.errno}
     out["current"] = dev.current()
+    if op == "commit":
+        out["switch_requested"] = dev.switch_requested
     return out
 
 
