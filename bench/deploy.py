@@ -216,19 +216,55 @@ class CountingProxy(TcpProxy):
         super().__init__(*a, **kw)  # type: ignore[arg-type]
 
     def _pump(self, src, dst, state, upstream):  # type: ignore[no-untyped-def]
-        events = self.events
+        proxy = self
 
         class Recorded:
             def recv(self, n: int) -> bytes:
                 data = src.recv(n)
                 if data:
-                    events.append((time.monotonic(), upstream, len(data)))
+                    proxy.events.append((time.monotonic(), upstream, len(data)))
                 return data
 
             def __getattr__(self, name: str) -> object:
                 return getattr(src, name)
 
         super()._pump(Recorded(), dst, state, upstream)
+
+
+def serve_counting_proxy(host: str, port: int, delay: float) -> None:
+    """The child process of RemoteCountingProxy: prints its port, then answers each stdin line with
+    the JSON list of chunk events so far (and forgets them)."""
+    import json
+
+    proxy = CountingProxy((host, port), delay=delay)
+    print(proxy.port, flush=True)
+    for _ in sys.stdin:
+        events, proxy.events = proxy.events, []
+        print(json.dumps(events), flush=True)
+
+
+class RemoteCountingProxy:
+    """A CountingProxy in a process of its own: its timing does not compete with the measured
+    deploy for this process's GIL (a starved proxy would show CPU stalls as round trips)."""
+
+    def __init__(self, target: tuple, delay: float) -> None:
+        code = (f"import sys; sys.path[:0] = {[str(ROOT / 'bench'), str(ROOT), str(ROOT / 'tests')]!r}; "
+                f"import deploy; deploy.serve_counting_proxy({target[0]!r}, {target[1]}, {delay})")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self.port = int(self.proc.stdout.readline())  # type: ignore[union-attr]
+
+    def take(self) -> List[tuple]:
+        """The chunk events since the last take: (monotonic time, upstream, bytes)."""
+        import json
+
+        self.proc.stdin.write("\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        return [tuple(e) for e in json.loads(self.proc.stdout.readline())]  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def waits(events: List[tuple], rtt: float) -> List[float]:
@@ -264,27 +300,32 @@ def bench_round_trips(fleet: SshdFleet, work: Path, home: Path, rtt_ms: float, s
     (bundle / "blob.bin").write_bytes(os.urandom(int(size_mb * 1e6)))
     make_tiny_bundle(bundle)
     out: Dict[str, List[float]] = {"wall": [], "rt_connect": [], "rt_deploy": [], "redeploy": [], "rt_redeploy": []}
-    with CountingProxy((s.host, s.port), delay=rtt / 2) as proxy:
+    proxy = RemoteCountingProxy((s.host, s.port), delay=rtt / 2)
+    try:
         trust(home, s.known_hosts_line("127.0.0.1", proxy.port))
         for r in range(rounds):
             spec = dict(device(s, "dev", s.device_root / f"rt-{rtt_ms:g}-{size_mb:g}-{r}"), host="127.0.0.1",
                         port=proxy.port)
             cfg = load(write_project(proj, [spec], bundles={}))
             time.sleep(0.3)
-            proxy.events.clear()
+            proxy.take()
             t0 = time.perf_counter()
             with connect(cfg.device("dev"), cfg) as t:
                 t.client  # type: ignore[attr-defined]  # the connection is up (handshake, auth)
-                up = len(proxy.events)
-                res = D.deploy(t, bundle)
-                wall = time.perf_counter() - t0
                 time.sleep(2 * rtt)
-                ev = list(proxy.events)
+                ev = proxy.take()
+                up = len(ev)
+                t_up = time.perf_counter()
+                res = D.deploy(t, bundle)
+                # connect + deploy, less the pause that separates the connection's events from the deploy's
+                wall = time.perf_counter() - t0 - 2 * rtt
+                time.sleep(2 * rtt)
+                ev += proxy.take()
                 t1 = time.perf_counter()
                 again = D.deploy(t, bundle)
                 re_wall = time.perf_counter() - t1
                 time.sleep(2 * rtt)
-                ev2 = list(proxy.events)[len(ev):]
+                ev2 = proxy.take()
             assert res.switched and again.skipped and again.uploaded_bytes == 0
             first_deploy = ev[up][0] if len(ev) > up else float("inf")
             w = waits(ev, rtt)
@@ -293,7 +334,7 @@ def bench_round_trips(fleet: SshdFleet, work: Path, home: Path, rtt_ms: float, s
             out["rt_deploy"].append(sum(1 for x in w if x > first_deploy))
             out["redeploy"].append(re_wall)
             out["rt_redeploy"].append(len(waits(ev2, rtt)))
-            if os.environ.get("EDGEKIT_BENCH_TRACE"):  # the timeline behind the counts
+            if os.environ.get("EDGEKIT_BENCH_TRACE"):  # noqa: SIM102  # the timeline behind the counts
                 for name, evs in (("deploy", ev[up:]), ("redeploy", ev2)):
                     merged: List[list] = []
                     for t_, u, n in evs:
@@ -303,6 +344,8 @@ def bench_round_trips(fleet: SshdFleet, work: Path, home: Path, rtt_ms: float, s
                             merged.append([t_, u, t_, n])
                     print(name, " ".join(f"{'>' if u else '<'}{n}@{(t_ - evs[0][0]) * 1000:.0f}"
                                          for t_, u, _, n in merged))
+    finally:
+        proxy.close()
     return {**out, "bundle_bytes": sum(p.stat().st_size for p in bundle.iterdir())}
 
 
