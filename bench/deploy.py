@@ -315,7 +315,6 @@ def bench_round_trips(fleet: SshdFleet, work: Path, home: Path, rtt_ms: float, s
                 time.sleep(2 * rtt)
                 ev = proxy.take()
                 up = len(ev)
-                t_up = time.perf_counter()
                 res = D.deploy(t, bundle)
                 # connect + deploy, less the pause that separates the connection's events from the deploy's
                 wall = time.perf_counter() - t0 - 2 * rtt

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -124,3 +125,45 @@ class ScriptSession(ReleaseSession):
 
     def close(self) -> None:
         self.pipe.close()
+
+
+class ProcessPipe(Pipe):
+    """A local child process as the link (``ssh -S <ControlPath> host <command>``, a toy device)."""
+
+    def __init__(self, argv: Sequence[str], name: str) -> None:
+        self.name = name
+        try:
+            self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise DeviceError(f"device '{name}': cannot run {argv[0]}: {exc.strerror}", kind="connection_lost") from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except (BrokenPipeError, ValueError) as exc:
+            raise DeviceError(f"device '{self.name}': connection lost ({exc})", kind="connection_lost") from None
+
+    def readline(self, limit: int) -> bytes:
+        return self.proc.stdout.readline(limit)  # type: ignore[union-attr]
+
+    def ended(self) -> str:
+        try:
+            code = self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            return "no exit status"
+        tail = self.proc.stderr.read(1 << 16).decode("utf-8", "replace").strip().splitlines()  # type: ignore[union-attr]
+        return f"exit {code}" + (f": {tail[-1][:200]}" if tail else "")
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()  # end of input ends the session
+            self.proc.wait(30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f:
+                f.close()
+
