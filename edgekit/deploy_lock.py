@@ -189,9 +189,10 @@ class DeviceLock:
             if not got.get("locked"):
                 self.forget()
             if not got.get("ok"):
-                raise DeployError(f"device '{name}': {got.get('error')}", hint=got.get("hint") or
+                raise DeployError(f"device '{name}': {_clean(got.get('error'), 500)}",
+                                  hint=_clean(got.get("hint"), 500) if got.get("hint") else
                                   "check that the device directory is writable (not a read-only or full filesystem)",
-                                  kind=str(got.get("kind") or "lock_failed"))
+                                  kind=_clean(got.get("kind") or "lock_failed", 40))
             if got.get("locked"):
                 self.held = True
                 return answers[1:]
