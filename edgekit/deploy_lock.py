@@ -195,6 +195,7 @@ class DeviceLock:
                                   kind=_clean(got.get("kind") or "lock_failed", 40))
             if got.get("locked"):
                 self.held = True
+                self.session.keepalive(self.heartbeat_s)
                 return answers[1:]
             held, beat = str(got.get("held") or "")[:OWNER_LIMIT], str(got.get("beat") or "")[:OWNER_LIMIT]
             owner = parse_owner(held)

@@ -94,3 +94,32 @@ def test_an_upload_stream_cannot_escape_the_partial(tmp_path: Path) -> None:
     assert os.listdir(outside) == []
     part = root / "releases" / f"{rid}.partial"
     assert not (part / "sub").is_symlink() and (part / "sub" / "model.onnx").read_bytes() == b"abc"
+
+
+def test_a_session_whose_host_went_silent_stops_beating(tmp_path: Path) -> None:
+    """A link partitioned without a FIN leaves the session's process blocked on its input: it must
+    not keep the lock looking alive, so it stops beating after three silent beats."""
+    import time
+
+    root = tmp_path / "device"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "session", "--root", str(root)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    try:
+        proc.stdin.write(json.dumps({"op": "lock", "owner": OWNER, "heartbeat_s": 0.1}).encode() + b"\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["locked"]
+        beat = root / "releases" / ".lock" / "heartbeat"
+        time.sleep(0.25)
+        assert beat.read_text().endswith(" 01234567")  # beating while the host is there
+        time.sleep(0.6)  # silent host: beats stop after three
+        last = beat.read_text()
+        time.sleep(0.5)
+        assert beat.read_text() == last
+        proc.stdin.write(json.dumps({"op": "status"}).encode() + b"\n")  # the host speaks again
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["ok"]
+        time.sleep(0.25)
+        assert beat.read_text() != last
+    finally:
+        proc.kill()
+        proc.wait()

@@ -50,6 +50,8 @@ Operations (request fields -> answer fields):
 ``rollback`` {owner, to (optional release id), allow_none (bool)} -> from, to. Checks the target's
     files against its manifest before switching; writes the "rollback" history line itself.
 ``unlock`` {owner} -> released (bool).
+``ping`` (session only, no answer): the host is still there. A session beats the lock only while
+    the host was heard within three beats (or a request is being worked on): send pings when idle.
 
 Typical sequences. A session: lock+prepare, upload, commit+unlock. One process per operation (the
 Ansible module): lock, prepare, copy the ``need`` files into releases/<id>.partial/, commit, unlock
@@ -292,6 +294,8 @@ class Device(object):
         self.owner = None  # our owner text, once the lock is ours
         self._stop = None
         self.switch_requested = False
+        self.heard = None  # monotonic time the host last sent something (sessions only)
+        self.working = False
         self.raw_history = []
 
     def p(self, rel):
@@ -403,11 +407,21 @@ class Device(object):
         write = getattr(self.fs, "write_bytes_aside", self.fs.write_bytes)  # a host fs: its own channel
         n = 0
         while not stop.wait(every):
+            if not self.host_alive(every):
+                continue  # the host went silent (a link partitioned without a FIN): let the lock go stale
             n += 1
             try:
                 write(LOCK + "/heartbeat", ("%d %s" % (n, token[:8])).encode())
             except Exception:  # noqa: BLE001 - a lost link fails the deploy's own next request
                 pass
+
+    def host_alive(self, every):
+        """In a session on the device: the host spoke within the last three beats, or a request is
+        being worked on (hashing a large release). Elsewhere (the host runs this logic itself) the
+        beating process is the host."""
+        if self.heard is None:
+            return True
+        return self.working or time.monotonic() - self.heard < 3 * every
 
     def still_held(self):
         return self.owner is not None and self.read(LOCK + "/owner", OWNER_LIMIT) == self.owner.strip()
@@ -638,7 +652,9 @@ def op_upload(dev, req, stream):
                 failure, where = exc, name
         left = size
         while left:
+            dev.working = False  # waiting on the host now: only its bytes keep the lock beating
             block = stream.read(min(CHUNK, left))
+            dev.heard = time.monotonic()
             if not block:
                 raise EOFError("the upload stream ended early")
             left -= len(block)
@@ -816,14 +832,21 @@ def session(dev, stream, out, first=()):
     while True:
         try:
             req = pending.pop(0) if pending else _read_request(stream)
+            dev.heard = time.monotonic()
         except (ValueError, RecursionError) as exc:
             out.write(json.dumps({"ok": False, "kind": "bad_request", "error": str(exc)[:200]}).encode() + b"\n")
             out.flush()
             return 2
         if req is None:
             break
+        if isinstance(req, dict) and req.get("op") == "ping":
+            continue  # the host is there (heard above); no answer
         try:
-            reply = answer(dev, req, stream)
+            dev.working = True
+            try:
+                reply = answer(dev, req, stream)
+            finally:
+                dev.working = False
         except EOFError:
             break
         out.write(json.dumps(reply, sort_keys=True).encode() + b"\n")

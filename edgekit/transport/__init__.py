@@ -64,6 +64,10 @@ class ReleaseSession(abc.ABC):
         Raises DeviceError(kind="write_failed", no_space=...) when the device cannot write them (the
         .partial is then gone), or DeviceError(kind="connection_lost")."""
 
+    def keepalive(self, every: float) -> None:
+        """Tell the device every ``every`` seconds that we are still here (while the lock is held);
+        sessions whose device side beats the lock on its own need this, others do not."""
+
     def close(self) -> None:
         pass
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -64,6 +65,8 @@ class ScriptSession(ReleaseSession):
     def __init__(self, name: str, pipe: Pipe) -> None:
         self.name = name
         self.pipe = pipe
+        self._writing = threading.Lock()  # one writer at a time: requests, upload streams, pings
+        self._stop = threading.Event()
         self.root: Optional[str] = None
         """The absolute device directory, as the device resolved it (prepare says)."""
         self.bytes_sent = 0
@@ -72,8 +75,24 @@ class ScriptSession(ReleaseSession):
     def send(self, requests: Sequence[Dict[str, Any]], *, sent: bool = False) -> List[Dict[str, Any]]:
         """``sent``: the requests already went out (on the command line that started the script)."""
         if not sent:
-            self.pipe.write(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
+            with self._writing:
+                self.pipe.write(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
         return [self._answer() for _ in requests]
+
+    def keepalive(self, every: float) -> None:
+        """Ping the device every ``every`` seconds while nothing else is being sent: the release
+        script beats the lock only while it hears from us (a partitioned host must let it go stale),
+        and we may be quiet for long (reading a slow disk, a caller's pause) without being gone."""
+        def run() -> None:
+            while not self._stop.wait(every):
+                if self._writing.acquire(blocking=False):  # busy writing: that traffic says we are here
+                    try:
+                        self.pipe.write(b'{"op": "ping"}\n')
+                    except DeviceError:
+                        return
+                    finally:
+                        self._writing.release()
+        threading.Thread(target=run, name=f"edgekit-keepalive-{self.name}", daemon=True).start()
 
     def _answer(self) -> Dict[str, Any]:
         line = self.pipe.readline(ANSWER_LIMIT + 1)
@@ -103,18 +122,19 @@ class ScriptSession(ReleaseSession):
         sized = [(Path(local), name, Path(local).stat().st_size) for local, name in files]
         head = {"op": "upload", "owner": owner, "release_id": release_id,
                 "files": [[name, size] for _, name, size in sized]}
-        self.pipe.write(json.dumps(head).encode() + b"\n")
         sent = 0
-        for local, _, size in sized:
-            with open(local, "rb") as f:
-                left = size
-                while left:  # exactly the size announced: the device reads that many bytes
-                    block = f.read(min(CHUNK, left))
-                    if not block:
-                        raise DeviceError(f"{local}: shorter than when the upload began")
-                    self.pipe.write(block)
-                    left -= len(block)
-                    sent += len(block)
+        with self._writing:
+            self.pipe.write(json.dumps(head).encode() + b"\n")
+            for local, _, size in sized:
+                with open(local, "rb") as f:
+                    left = size
+                    while left:  # exactly the size announced: the device reads that many bytes
+                        block = f.read(min(CHUNK, left))
+                        if not block:
+                            raise DeviceError(f"{local}: shorter than when the upload began")
+                        self.pipe.write(block)
+                        left -= len(block)
+                        sent += len(block)
         self.bytes_sent += sent
         answer = self._answer()
         if not answer.get("ok"):
@@ -124,7 +144,9 @@ class ScriptSession(ReleaseSession):
         return sent
 
     def close(self) -> None:
-        self.pipe.close()
+        self._stop.set()
+        with self._writing:
+            self.pipe.close()
 
 
 class ProcessPipe(Pipe):

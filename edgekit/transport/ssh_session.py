@@ -137,6 +137,10 @@ class SshRelease(ReleaseSession):
             self.t._root = impl.root  # the device resolved ~ for us: no SFTP request needed
         return answers
 
+    def keepalive(self, every: float) -> None:
+        if self.impl is not None:
+            self.impl.keepalive(every)
+
     def upload(self, release_id: str, owner: str, files: Sequence[Tuple[Path, str]]) -> int:
         # Through put_many, so its callers (and tests) see every deploy upload; put_many hands the
         # files back to stream() while this session is the transport's current stream.
