@@ -187,7 +187,7 @@ def _bundle_tflite(config: ProjectConfig, profile: TargetProfile, model: Path, b
     shutil.copyfile(model, bundle / "model.tflite")
     out_names = [str(o["name"]) for o in io["outputs"]]
     shipped = _write_reference_subset(config, bundle, val, reference, out_names, labels, starts)
-    artifact.copy_device_files(bundle)
+    artifact.copy_device_files(bundle, config.plugin_files())
     size = (bundle / "model.tflite").stat().st_size
     quantized = bool(info.get("quantized_io"))
     reason = "a converted .tflite model ships as it is (its converter chose the precision); the device is checked against LiteRT's outputs on this host"
@@ -289,7 +289,7 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     optimize.copy_model(q.model_path, bundle / "model.onnx")  # keeps external data of >2 GB models
     io = _io_specs(exported.path)
     shipped = _write_reference_subset(config, bundle, val, reference, [o["name"] for o in io["outputs"]], labels, starts)
-    artifact.copy_device_files(bundle)
+    artifact.copy_device_files(bundle, config.plugin_files())
     out_idx = metric.output_index([o["name"] for o in io["outputs"]])
     host_metric: Dict[str, Any] = {"int8_vs_fp32" if q.precision == "int8" else f"{q.precision}_vs_fp32": q.metric_after}
     if labels is not None:

@@ -17,11 +17,12 @@ else:  # pragma: no cover
 from pydantic import (AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator,
                       model_validator)
 
-from .device.power import DEFAULT_GRID_G_PER_KWH, REGISTRY as POWER_SAMPLERS
+from .device import plugins as device_plugins
+from .device.power import DEFAULT_GRID_G_PER_KWH
+from .device.sensors import REGISTRY as POWER_SAMPLERS
 from .errors import ConfigError
 
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
-METRICS = ("top1", "topk", "cosine", "psnr", "max_abs", "max_rel", "detections", "sequences")
 
 # Numbers are taken as written: pydantic's lax mode would turn opset = "17" into 17 and a quoted
 # port into an int, hiding a typo; and nan/inf pass every >=/<= check, so a threshold of nan gates
@@ -197,8 +198,18 @@ class GuardSpec(_Strict):
     """Outputs the guards ignore (e.g. a raw feature map nobody reads)."""
 
 
+def _known_metric(name: str) -> str:
+    """A name in the metric registry (edgekit/device/metrics/, and the project's plugins)."""
+    from .device import metrics as metric_registry  # numpy: only once a config is checked
+
+    if name not in metric_registry.REGISTRY:
+        raise ValueError(f"unknown metric '{name}', expected one of: {', '.join(metric_registry.names())}")
+    return name
+
+
 class ValidationSpec(DataSpec):
-    metric: Literal[METRICS] = "top1"  # type: ignore[valid-type]
+    metric: str = "top1"
+    """A registered metric's name (edgekit/device/metrics/ or a plugin)."""
     threshold: Num
     """top1/topk/cosine: at least this; psnr: at least this many dB; max_abs/max_rel: at most this."""
     k: Int = Field(5, ge=1)
@@ -207,7 +218,7 @@ class ValidationSpec(DataSpec):
     pooling: Literal["none", "mean"] = "none"
     """cosine on token embeddings: 'mean' pools over the attention mask first (sentence embeddings)."""
     mask_input: str = "attention_mask"
-    also: Dict[Literal[METRICS], Num] = Field(default_factory=dict)  # type: ignore[valid-type]
+    also: Dict[str, Num] = Field(default_factory=dict)
     """Further metrics the device run must meet too, e.g. {psnr = 30, max_abs = 0.05} (each in its
     metric's direction). ``metric``/``threshold`` still choose the build; these gate validate."""
     stream: Optional[StreamSpec] = None
@@ -219,6 +230,18 @@ class ValidationSpec(DataSpec):
     detections: DetectionOptions = Field(default_factory=DetectionOptions)
     sequences: SequenceOptions = Field(default_factory=SequenceOptions)
     guard: GuardSpec = Field(default_factory=GuardSpec)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        return _known_metric(v)
+
+    @field_validator("also")
+    @classmethod
+    def _also(cls, v: Dict[str, float]) -> Dict[str, float]:
+        for name in v:
+            _known_metric(name)
+        return v
 
 
 class DeviceSpec(_Strict):
@@ -275,6 +298,9 @@ class PowerSpec(_Strict):
 
 
 class ProjectConfig(_Strict):
+    plugins: List[str] = Field(default_factory=list)
+    """The project's own metric and sensor files (relative to edgekit.toml), imported when the file
+    is loaded and shipped in every release's plugins/ (see edgekit/device/plugins.py)."""
     model: ModelSpec
     inputs: List[InputSpec]
     calibration: DataSpec
@@ -295,6 +321,10 @@ class ProjectConfig(_Strict):
     @property
     def root(self) -> Path:
         return self.path.parent
+
+    def plugin_files(self) -> List[Path]:
+        """The plugin files, resolved (what the build ships in the release's plugins/)."""
+        return [(self.root / p).resolve() for p in self.plugins]
 
     def resolve(self, p: Union[Path, str, None]) -> Optional[Path]:
         if p is None:
@@ -353,6 +383,28 @@ def first_error(exc: ValidationError, label: str = "field") -> str:
     return f"{label} '{where}': {msg}"
 
 
+def load_plugins(path: Path, plugins: object) -> List[Path]:
+    """Import the files edgekit.toml's ``plugins`` lists, before the rest of it is checked: the
+    metric and sensor names it uses may be theirs. Returns their paths."""
+    if plugins is None:
+        return []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+        raise ConfigError(f"{path}: field 'plugins': expected a list of .py file paths relative to {path.name}")
+    files, names = [], {}
+    for i, rel in enumerate(plugins):
+        file = (path.resolve().parent / rel).resolve()
+        if file.name in names:  # a release holds them side by side in plugins/
+            raise ConfigError(f"{path}: field 'plugins.{i}': {rel} has the same file name as {names[file.name]}; "
+                              "rename one")
+        names[file.name] = rel
+        try:
+            device_plugins.load_file(str(file))
+        except device_plugins.PluginError as exc:
+            raise ConfigError(f"{path}: field 'plugins.{i}': {exc.message}") from None
+        files.append(file)
+    return files
+
+
 def load(path: Union[Path, str] = "edgekit.toml") -> ProjectConfig:
     path = Path(path)
     if not path.is_file():
@@ -365,6 +417,7 @@ def load(path: Union[Path, str] = "edgekit.toml") -> ProjectConfig:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); TOML files must be UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    load_plugins(path, data.get("plugins") if isinstance(data, dict) else None)
     try:
         cfg = ProjectConfig.model_validate(data)
     except ValidationError as exc:

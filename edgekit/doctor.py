@@ -8,11 +8,13 @@ dot-product, a missing TensorRT provider, no power sensor).
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import artifact
 from .config import DeviceSpec, ProjectConfig
 from .device import probes as P
 from .errors import EdgekitError
@@ -20,7 +22,6 @@ from .targets import TargetProfile, load_all, resolve
 from .transport import Transport, connect
 from .validate import device_python
 
-POWER_PY = Path(__file__).resolve().parent / "device" / "power.py"
 MIN_RUNNER_PYTHON = (3, 8)
 LOW_MEMORY_MB = 256
 LOW_DISK_MB = 500
@@ -87,17 +88,17 @@ def run_probes(conn: Transport, spec: DeviceSpec, profile: TargetProfile) -> Dic
             continue
         arg = "jetson" if (name == "python" and profile.family == "jetson") else ""
         facts[name] = run_probe(conn, probe, python, arg)
-    # power.py is the power engineer's module; ship a copy next to the probe and ask it directly.
-    if POWER_PY.is_file():
-        try:
-            conn.put(POWER_PY, ".edgekit/probe/power.py")
-            facts["power"] = run_probe(conn, P.PROBES["power"], python, "/")
-            if facts["power"] is None:
-                facts["power"] = {"error": "power.available_samplers failed on the device"}
-        except EdgekitError as exc:
-            facts["power"] = {"error": exc.message}
-    else:
-        facts["power"] = {"error": "edgekit.device.power is not available in this edgekit install"}
+    # The sensors are the device package's: ship it as a release holds it and ask it directly.
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            artifact.copy_device_files(Path(tmp))
+            for p in sorted(Path(tmp).rglob("*.py")):
+                conn.put(p, f".edgekit/probe/{p.relative_to(tmp).as_posix()}")
+        facts["power"] = run_probe(conn, P.PROBES["power"], python, "/")
+        if facts["power"] is None:
+            facts["power"] = {"error": "power.available_samplers failed on the device"}
+    except EdgekitError as exc:
+        facts["power"] = {"error": exc.message}
     return facts
 
 

@@ -88,13 +88,21 @@ class TargetProfile(_Strict):
     QDQ fusion and the conv layouts need; GPU targets run at this level (presets.runtime_level_for)."""
     intra_op_threads: int = Field(0, ge=0)
     """0 lets the runtime pick (one thread per physical core)."""
-    power_sensor: Literal[
-        "ina3221x", "ina3221-hwmon", "tegrastats", "rpi5-pmic", "rapl", "nvml", "estimate"
-    ] = "estimate"
+    power_sensor: str = "estimate"
+    """A registered power sensor (edgekit/device/sensors/, or a project plugin)."""
     nominal_watts_per_core: float = Field(2.0, gt=0)
     """Used only by the ``estimate`` sampler, whose results are always labelled as estimates."""
     min_python: str = "3.8"
     notes: List[str] = Field(default_factory=list)
+
+    @field_validator("power_sensor")
+    @classmethod
+    def _sensor(cls, v: str) -> str:
+        from .device.sensors import REGISTRY
+
+        if v not in REGISTRY:
+            raise ValueError(f"unknown power sensor '{v}', expected one of: {', '.join(REGISTRY)}")
+        return v
 
     @field_validator("min_python")
     @classmethod

@@ -14,9 +14,8 @@ SUMMARY_COLUMNS = [("device", "device"), ("target", "target"), ("release_id", "r
                    ("metric", "metric"), ("value", "value"), ("threshold", "threshold"), ("passed", "passed"),
                    ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
                    ("first_load_ms", "first load ms"), ("peak_rss_mb", "peak RSS MB")]
-METRIC_KEYS = ("top1", "top5", "cosine", "psnr_db", "max_abs", "max_rel")
-TASK_KEYS = ("detections", "sequences")
-"""Task metrics get a column only when a run computed them."""
+MAX_UNKNOWN_METRIC_COLUMNS = 8
+"""Columns for metric keys no registered metric claims (a plugin the report's host did not load)."""
 ESTIMATE_HEADING = "Power (ESTIMATE: CPU time x nominal watts, not a measurement)"
 POWER_LABELS = {"above idle": "Energy per inference above idle"}
 """carbon.summary_rows() labels that need more words as a column heading."""
@@ -147,13 +146,28 @@ def _guard_section(latest: Sequence[RunRecord]) -> List[str]:
     return ["<h2>Guards (latest run per device)</h2>", _table(cols, rows)]
 
 
+def metric_columns(latest: Sequence[RunRecord]) -> List[str]:
+    """The agreement table's columns, from the metric registry: each metric's keys the runs hold
+    (``top3`` with k = 3), a task metric's only when a run computed it; then, escaped and bounded,
+    keys no registered metric claims (a device's plugin metric)."""
+    from ..device.metrics import REGISTRY
+
+    present = {k for r in latest for k in r.metrics}
+    cols: List[str] = []
+    for metric in REGISTRY.values():
+        for key in metric.columns(present):
+            if key not in cols and (not metric.task or any(r.metrics.get(key) is not None for r in latest)):
+                cols.append(key)
+    claimed = set(cols) | {m.key() for m in REGISTRY.values()}
+    return cols + sorted(present - claimed)[:MAX_UNKNOWN_METRIC_COLUMNS]
+
+
 def to_html(runs: Sequence[RunRecord], latest: Sequence[RunRecord], plots: Sequence[tuple], generated: str) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgekit report</title><style>{CSS}</style></head><body>",
              "<h1>edgekit validation report</h1>",
              f"<p class='muted'>generated {html.escape(generated)} from {len(runs)} run(s) on {len(latest)} device(s)</p>",
              "<h2>Fleet (latest run per device)</h2>", _table(SUMMARY_COLUMNS, [r.summary() for r in latest])]
-    tasks = [k for k in TASK_KEYS if any(r.metrics.get(k) is not None for r in latest)]
-    metric_cols = [("device", "device")] + [(k, k) for k in METRIC_KEYS + tuple(tasks)]
+    metric_cols = [("device", "device")] + [(k, k) for k in metric_columns(latest)]
     parts += ["<h2>Agreement with the reference (latest run per device)</h2>",
               _table(metric_cols, [dict(device=r.device, **r.metrics) for r in latest])]
     parts += _guard_section(latest)
