@@ -104,3 +104,10 @@ def test_jetson_total_prefers_the_input_rail_over_the_sum() -> None:
 
 def test_counter_delta_reset_without_a_known_range_counts_from_zero() -> None:
     assert power.counter_delta(5000, 100, None) == 100
+
+
+def test_every_registered_sampler_has_a_row_in_the_readme_table() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in readme.splitlines() if line.startswith("| `")}
+    missing = set(power.REGISTRY) - rows
+    assert not missing, f"registered samplers without a row in README.md's sampler table: {missing}"
