@@ -185,3 +185,24 @@ def test_retry_failed_reruns_only_the_failed_hosts(project: Path) -> None:
     assert [h["host"] for h in json.loads(r.stdout)["hosts"]] == ["board-2"]
     r = _cli(["status", "-g", "edge", *cfg, "--limit", "nope"])
     assert r.exit_code == 2 and "--limit: no device named 'nope'" in r.stderr
+
+
+def test_keepalives_follow_server_alive_interval_else_15_s(sshd_fleet: SshdFleet, ssh_device: Callable,
+                                                           trust_hosts: Callable, no_user_ssh_config: Path,
+                                                           tmp_path: Path) -> None:
+    """A long validate is silent on the wire for minutes: the connection sends keepalives."""
+    from edgekit.transport import connect
+
+    server = sshd_fleet.servers[1]
+    trust_hosts(server)
+    cfg = load(write_project(tmp_path / "k", [ssh_device(server, "k")]))
+
+    def interval() -> int:
+        with connect(cfg.devices[0], cfg) as t:
+            assert t.run(["true"], cwd="/").ok
+            # paramiko keeps the interval in its packetizer (no public getter); the real object is read
+            return int(t.client.get_transport().packetizer._Packetizer__keepalive_interval)  # type: ignore[union-attr]
+
+    assert interval() == 15
+    (no_user_ssh_config / ".ssh" / "config").write_text(f"Host {server.host}\n    ServerAliveInterval 4\n")
+    assert interval() == 4
