@@ -16,10 +16,15 @@ def _release_package():
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path[:1] != [here]:
         sys.path.insert(0, here)
-    import edgekit.device
-
     shipped = os.path.join(here, "edgekit", "device")
-    if os.path.realpath(os.path.dirname(edgekit.device.__file__)) != os.path.realpath(shipped):
+    try:
+        import edgekit.device
+
+        # A namespace package (the release lost its __init__.py files) has no __file__.
+        found = getattr(edgekit.device, "__file__", None)
+    except ImportError:
+        found = None
+    if not found or os.path.realpath(os.path.dirname(found)) != os.path.realpath(shipped):
         sys.stderr.write("runner: %s holds no edgekit/device package; deploy the release again\n" % here)
         sys.exit(4)
     from edgekit.device import runner

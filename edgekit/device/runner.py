@@ -33,7 +33,7 @@ from .metrics import (HIGHER_IS_BETTER, all_metrics, further_checks, metric_key,
 from .reference import load_release, open_reference, run_feeds, split_reference, stream_carry  # noqa: F401
 from .sessions import (_import_tflite, _node_providers, classify, disabled_optimizers, main_provider,  # noqa: F401
                        open_onnxruntime, open_session, open_tflite, provider_plan, resolve_threads)
-from .timing import MAX_SAMPLES, measure_latency, percentiles, rss_mb, stride, time_window  # noqa: F401
+from .timing import CHUNK_S, MAX_ITERATIONS, MAX_SAMPLES, measure_latency, percentiles, rss_mb, stride, time_window  # noqa: F401
 
 RESULT_SCHEMA = 2
 EXIT_OK, EXIT_METRIC, EXIT_FAILURE = 0, 3, 4
@@ -140,7 +140,8 @@ def validate(args, result):
 
     def run_window():
         try:
-            return measure_latency(run, feeds[0], args.duration, warmup=args.warmup, repeat=args.repeat)
+            return measure_latency(run, feeds[0], args.duration, warmup=args.warmup, repeat=args.repeat,
+                                   max_iterations=args.max_iterations)
         except MemoryError:
             raise
         except Exception as exc:
@@ -198,7 +199,10 @@ def build_parser():
     p = sub.add_parser("validate", help="score the release against reference.npz and time it")
     p.add_argument("--release", required=True, help="release directory (holds manifest.json)")
     p.add_argument("--out", required=True, help="where to write the result JSON")
-    p.add_argument("--duration", type=float, default=2.0, help="minimum seconds per timed window")
+    p.add_argument("--duration", type=float, default=2.0,
+                   help="seconds per timed window (it ends earlier after --max-iterations runs)")
+    p.add_argument("--max-iterations", type=int, default=MAX_ITERATIONS,
+                   help="runs per timed window at most (it ends at whichever of this and --duration comes first)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before the first window")
     p.add_argument("--repeat", type=int, default=1, help="timed windows; their median is reported")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the profile's)")
@@ -220,14 +224,15 @@ def main(argv=None):
     result = {"schema": RESULT_SCHEMA, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "release": os.path.abspath(args.release), "versions": versions(), "device": device_facts(),
               "args": {"duration": args.duration, "warmup": args.warmup, "repeat": args.repeat,
+                       "max_iterations": args.max_iterations,
                        "threads": args.threads, "power": args.power},
               "ok": False, "power": None}
     code = EXIT_OK
     try:
         if np is None:
             raise RunnerError("runtime", "numpy cannot be imported by %s" % sys.executable, "pip install numpy")
-        if args.duration <= 0 or args.repeat < 1 or args.warmup < 0:
-            raise RunnerError("usage", "--duration must be > 0, --repeat >= 1 and --warmup >= 0")
+        if args.duration <= 0 or args.repeat < 1 or args.warmup < 0 or args.max_iterations < 1:
+            raise RunnerError("usage", "--duration must be > 0, --repeat and --max-iterations >= 1 and --warmup >= 0")
         validate(args, result)
         code = EXIT_OK if result["ok"] else EXIT_METRIC
     except RunnerError as exc:
