@@ -19,6 +19,7 @@ from .config import DeviceSpec, ProjectConfig
 from .deploy import (DEFAULT_LOCK_TIMEOUT_S, DeployResult, DeviceStatus, RollbackResult, deploy, rollback,
                      status, verified_files)
 from .errors import ConfigError, DeployError, EdgekitError, FleetError
+from .report.releases import record_deploy, record_rollback
 from .transport import connect
 
 Validate = Callable[..., Any]
@@ -96,13 +97,22 @@ def deploy_device(config: ProjectConfig, device: DeviceSpec, *, dist: Union[Path
                   lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> DeployResult:
     bundle = bundle_for(config, device, dist, target)
     with connect(device, config, accept_new_host_key=accept_new_host_key) as t:
-        return deploy(t, bundle, keep_releases=config.deploy.keep_releases, lock_timeout=lock_timeout)
+        res = deploy(t, bundle, keep_releases=config.deploy.keep_releases, lock_timeout=lock_timeout)
+    record_deploy(_runs(config), res)  # the report's release log (what is current where)
+    return res
 
 
 def rollback_device(config: ProjectConfig, device: DeviceSpec, *, to: Optional[str] = None, allow_none: bool = False,
                     accept_new_host_key: bool = False, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> RollbackResult:
     with connect(device, config, accept_new_host_key=accept_new_host_key) as t:
-        return rollback(t, to=to, allow_none=allow_none, lock_timeout=lock_timeout)
+        res = rollback(t, to=to, allow_none=allow_none, lock_timeout=lock_timeout)
+    record_rollback(_runs(config), res)
+    return res
+
+
+def _runs(config: ProjectConfig) -> Path:
+    """Where validate stores runs, and the report reads them and the release log."""
+    return cast(Path, config.resolve("runs"))
 
 
 def status_device(config: ProjectConfig, device: DeviceSpec, *, accept_new_host_key: bool = False) -> DeviceStatus:
@@ -180,6 +190,7 @@ def deploy_fleet(config: ProjectConfig, devices: Sequence[DeviceSpec], *, dist: 
                 bundle = bundles[device.name]
                 out.deploy = deploy(t, bundle, keep_releases=config.deploy.keep_releases, lock_timeout=lock_timeout,
                                     verified=checked[bundle])
+                record_deploy(_runs(config), out.deploy)
                 out.state, out.ok = "deployed", True
                 if check is not None and phase == "canary":
                     v = check(config, device, transport=t, duration=duration, accept_new_host_key=accept_new_host_key)
