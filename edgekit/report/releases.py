@@ -47,6 +47,8 @@ class ReleaseEvent(BaseModel):
     release: Optional[str] = None
     """The release the action was about: the one deployed, or the one rolled back from."""
     current: Optional[str] = None
+    target: Optional[str] = Field(default=None, max_length=256)
+    """The deployed bundle's target profile (deploys only)."""
 
     @property
     def when(self) -> datetime:
@@ -74,11 +76,13 @@ def log_path(runs_dir: Union[Path, str]) -> Path:
 
 
 def record(runs_dir: Union[Path, str], device: str, action: str, outcome: str, release: Optional[str],
-           current: Optional[str], when: Optional[datetime] = None) -> None:
+           current: Optional[str], when: Optional[datetime] = None, target: Optional[str] = None) -> None:
     """Append one event; never raises for a file-system problem (the deploy itself succeeded)."""
     when = when or datetime.now(timezone.utc)
     event = {"time": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "device": device, "action": action,
              "outcome": outcome, "release": release, "current": current}
+    if target is not None:
+        event["target"] = target
     line = (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
     try:
         Path(runs_dir).mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,8 @@ def deploy_outcome(result: Any) -> str:
 
 def record_deploy(runs_dir: Union[Path, str], result: Any) -> None:
     """Log a successful deploy (a ``DeployResult``): its release is now current."""
-    record(runs_dir, result.device, "deploy", deploy_outcome(result), result.release_id, result.release_id)
+    record(runs_dir, result.device, "deploy", deploy_outcome(result), result.release_id, result.release_id,
+           target=result.target)
 
 
 def record_rollback(runs_dir: Union[Path, str], result: Any) -> None:

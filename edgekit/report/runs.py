@@ -1,6 +1,7 @@
 """Reading run files (``runs/<UTC time>-<device>.json``) into values the renderers share."""
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,14 +37,21 @@ class RunRecord(RunFields):
 
     path: Path
     started: Optional[str] = None
+    mtime: Optional[float] = None
+    """When the file was last written (the host's clock), to place the run within its file name's second."""
 
     @property
     def when(self) -> datetime:
-        """When the host stored the run (the UTC second in its file name), else the device's
+        """When the host stored the run: the UTC second in its file name, refined by the file's
+        mtime when that falls within the same second (a copied file's does not); else the device's
         ``started``; runs with neither sort first."""
         stamp = _STAMP.match(self.path.name)
-        return (parse_time(stamp.group(1)) if stamp else None) or parse_time(self.started) \
-            or datetime.min.replace(tzinfo=timezone.utc)
+        named = parse_time(stamp.group(1)) if stamp else None
+        if named is None:
+            return parse_time(self.started) or datetime.min.replace(tzinfo=timezone.utc)
+        if self.mtime is not None and 0 <= self.mtime - named.timestamp() < 1:
+            return datetime.fromtimestamp(self.mtime, timezone.utc)
+        return named
 
     @property
     def emulated(self) -> bool:
@@ -101,8 +109,13 @@ def read_run(path: Path) -> RunRecord:
     facts = data.get("device") or {}
     device = host.get("device") or (facts.get("hostname") if isinstance(facts.get("hostname"), str) else None) \
         or Path(path).stem
-    return RunRecord(path=Path(path), device=device, device_facts=facts,
-                     **{k: v for k, v in data.items() if k in RunRecord.model_fields and k not in ("device", "path")})
+    try:
+        mtime: Optional[float] = os.stat(path).st_mtime
+    except OSError:
+        mtime = None
+    return RunRecord(path=Path(path), device=device, device_facts=facts, mtime=mtime,
+                     **{k: v for k, v in data.items() if k in RunRecord.model_fields
+                        and k not in ("device", "path", "mtime")})
 
 
 def find_runs(paths: Sequence[Path] = (), runs_dir: Optional[Path] = None) -> List[Path]:

@@ -6,9 +6,9 @@ A validation run always measures the release that is current at that moment, so 
 release; the device's status is that release's latest run, so a canary whose new release failed
 and was rolled back reads "rolled back" and is judged on the release it is back on.
 
-Times: events carry the host's UTC time in microseconds; a run is placed at the host's UTC second
-in its file name (``runs/<YYYYmmddTHHMMSSZ>-<device>.json``; ``started`` otherwise). Truncating
-to the second only ever moves a run earlier, so a rollback made after a run still sorts after it.
+Times: events carry the host's UTC time in microseconds; a run is placed where the host stored
+it (``RunRecord.when``: the UTC second in its file name, refined by the file's mtime). Neither is
+ever later than the moment the run was stored, so a rollback made after a run sorts after it.
 """
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ class DeviceState:
     """For a rolled-back device: the latest run of the release it left (the failed canary run)."""
     history: List[Dict[str, Any]] = field(default_factory=list)
     """Every run and event, oldest first (see ``history_rows``)."""
+    target: Optional[str] = None
+    """The target of the current release when no run says it (from its deploy event)."""
 
     @property
     def passing(self) -> bool:
@@ -61,7 +63,8 @@ class DeviceState:
     def row(self) -> Dict[str, Any]:
         """The run's summary row (or an empty one) with the device's current release and status."""
         base = (self.run or RunRecord(path=Path(""), device=self.device)).summary()
-        base.update(path=str(self.run.path) if self.run is not None else None, device=self.device, release_id=self.current, status=self.status,
+        base.update(path=str(self.run.path) if self.run is not None else None, device=self.device,
+                    target=base.get("target") or self.target, release_id=self.current, status=self.status,
                     rolled_back_from=self.rolled_back_from,
                     rolled_back_error=run_problem(self.abandoned) if self.abandoned is not None else None)
         return base
@@ -92,6 +95,7 @@ def _timeline(runs: Sequence[RunRecord], events: Sequence[ReleaseEvent]) -> List
 def device_state(device: str, runs: Sequence[RunRecord], events: Sequence[ReleaseEvent]) -> DeviceState:
     current: Optional[str] = None
     last_rollback: Optional[ReleaseEvent] = None
+    targets: Dict[Optional[str], str] = {}
     latest_of: Dict[Optional[str], RunRecord] = {}
     history: List[Dict[str, Any]] = []
     for when, _, item in _timeline(runs, events):
@@ -106,6 +110,8 @@ def device_state(device: str, runs: Sequence[RunRecord], events: Sequence[Releas
             continue
         history.append({"time": when, "event": item.action, "release_id": item.release, "result": item.outcome,
                         "note": f"now current: {item.current or 'none'}" if item.action == "rollback" else None})
+        if item.target is not None and item.release is not None:
+            targets[item.release] = item.target
         if item.outcome == FAILED:
             continue  # what is current after a failed action is not known: the next run says
         current = item.current
@@ -118,7 +124,7 @@ def device_state(device: str, runs: Sequence[RunRecord], events: Sequence[Releas
         status = NOT_VALIDATED
     else:
         status = PASS if run_passed(run) else FAILED
-    state = DeviceState(device, current, status, run, history=history)
+    state = DeviceState(device, current, status, run, history=history, target=targets.get(current))
     if last_rollback is not None:
         state.rolled_back_from = last_rollback.release
         state.abandoned = latest_of.get(last_rollback.release)
