@@ -90,9 +90,9 @@ def _notes(power: Mapping[str, Any], estimate: bool) -> List[str]:
     return [" ".join(n.split())[:300] for n in notes]
 
 
-POWER_COLUMNS = [("device", "device"), ("release_id", "release"), ("sampler", "sampler"), ("mean", "mean"),
-                 ("idle", "idle"), ("per_inference", "per inference"), ("above_idle", "above idle"),
-                 ("co2_1000", "CO2 / 1000 inf."), ("co2_day", "CO2 / day"), ("notes", "notes")]
+POWER_COLUMNS = [("device", "device"), ("per_inference", "energy per inference"), ("above_idle", "above idle"),
+                 ("co2_day", "CO2 per day"), ("co2_1000", "CO2 per 1000 inferences"), ("mean", "mean power"),
+                 ("idle", "idle power"), ("sampler", "sampler"), ("release_id", "release"), ("notes", "notes")]
 
 
 def power_row(r: RunRecord, estimate: bool, footnotes: Dict[str, int]) -> Dict[str, Any]:

@@ -61,9 +61,9 @@ def latency_histogram(runs: Sequence[RunRecord]) -> Optional[str]:
     drawn = [r for r in runs if any(_num(s) and s > 0 for s in r.latency.get("samples_ms") or [])]
     if not drawn:
         return None
-    cols = min(3, len(drawn))
+    cols = min(2, len(drawn))  # two across: each stays readable when a phone scales the image down
     rows = (len(drawn) + cols - 1) // cols
-    fig = _figure(3.4 * cols + 0.6, 2.8 * rows)
+    fig = _figure(3.8 * cols + 0.6, 2.8 * rows)
     for i, r in enumerate(drawn):
         ax = fig.add_subplot(rows, cols, i + 1)
         samples = sorted(s for s in r.latency["samples_ms"] if isinstance(s, (int, float)) and s > 0)

@@ -11,11 +11,16 @@ from .energy import power_markdown, power_sections
 from .runs import RunRecord, fmt_cell
 from .state import NOT_VALIDATED, PASS, DeviceState, fleet_state, history_rows, run_problem
 
-SUMMARY_COLUMNS = [("device", "device"), ("target", "target"), ("release_id", "release"), ("status", "status"),
+SUMMARY_COLUMNS = [("device", "device"), ("status", "status"), ("release_id", "release"), ("target", "target"),
                    ("metric", "metric"), ("value", "value"), ("threshold", "threshold"),
-                   ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
-                   ("first_load_ms", "first load ms"), ("peak_rss_mb", "peak RSS MB"), ("provider", "execution provider")]
-HISTORY_COLUMNS = [("time", "time (UTC)"), ("event", "event"), ("release_id", "release"), ("result", "result"),
+                   ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")]
+"""The fleet at a glance: narrow enough for a laptop screen without scrolling; on a phone the
+device and its status come first (the table scrolls, the device column stays)."""
+PERFORMANCE_COLUMNS = [("device", "device"), ("release_id", "release"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"),
+                       ("p99_ms", "p99 ms"), ("mean_ms", "mean ms"), ("iterations", "runs timed"),
+                       ("first_load_ms", "first load ms"), ("peak_rss_mb", "peak RSS MB"),
+                       ("provider", "execution provider"), ("runtime", "runtime")]
+HISTORY_COLUMNS = [("time", "time (UTC)"), ("event", "event"), ("result", "result"), ("release_id", "release"),
                    ("metric", "metric"), ("value", "value"), ("p50_ms", "p50 ms"), ("note", "note")]
 METRIC_KEYS = ("top1", "top5", "cosine", "psnr_db", "max_abs", "max_rel")
 TASK_KEYS = ("detections", "sequences")
@@ -23,7 +28,7 @@ TASK_KEYS = ("detections", "sequences")
 WRAP_KEYS = frozenset({"note", "reason", "finding", "error", "what"})
 """Free-text cells: they wrap (every other cell stays on one line, so 'raspberry-pi-5' never breaks)."""
 TEXT_KEYS = WRAP_KEYS | {"device", "target", "release_id", "status", "metric", "provider", "sampler", "event",
-                         "result", "time", "check", "output", "run", "notes", "passed"}
+                         "result", "time", "check", "output", "run", "notes", "passed", "runtime"}
 """Left-aligned columns (numbers align right)."""
 STATUS_CLASS = {PASS: "pass", "failed": "fail", "rolled back": "back", NOT_VALIDATED: "muted"}
 
@@ -38,7 +43,8 @@ h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid 
 table{border-collapse:collapse;margin:.4em 0;font-size:.88em;overflow-wrap:normal}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right;white-space:nowrap}
 th{background:#f3f3f3;white-space:normal;vertical-align:bottom} .l{text-align:left}
-td.wrap{white-space:normal;min-width:14em;max-width:36em}
+td.wrap{white-space:normal;overflow-wrap:anywhere;min-width:14em;max-width:36em}
+.scroll td:first-child{position:sticky;left:0;background:#fff} .scroll th:first-child{position:sticky;left:0}
 .fail{color:#c62828;font-weight:600} .pass{color:#2e7d32} .back{color:#a15c00;font-weight:600}
 img{max-width:100%;height:auto;border:1px solid #eee;margin:.4em 0} .muted{color:#777;font-size:.85em}
 .note{background:#fff8e1;border-left:4px solid #f9a825;padding:.4em .7em;font-size:.9em}
@@ -141,6 +147,13 @@ def _history_section(states: Sequence[DeviceState]) -> List[str]:
     return parts
 
 
+TRACE_PREFIX = "Power trace: "
+
+
+def _img(title: str, png: str) -> str:
+    return f"<img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
+
+
 def _counts(states: Sequence[DeviceState]) -> str:
     passed = sum(1 for s in states if s.passing)
     extra = [f"{n} {label}" for label, n in
@@ -168,14 +181,20 @@ def to_html(runs: Sequence[RunRecord], latest: Sequence[RunRecord], plots: Seque
     metric_cols = [("device", "device"), ("release_id", "release")] + [(k, k) for k in METRIC_KEYS + tuple(tasks)]
     parts += ["<h2>Agreement with the reference (current release per device)</h2>",
               _table(metric_cols, [{**r.metrics, "device": r.device, "release_id": r.release_id} for r in latest])]
+    parts += ["<h2>Latency and memory (current release per device)</h2>",
+              _table(PERFORMANCE_COLUMNS, [r.summary() for r in latest])]
     parts += _guard_section(latest)
     bad = problems(states)
     if bad:
         parts += ["<h2>Failures and rollbacks</h2>",
                   _table([("device", "device"), ("release_id", "release"), ("status", "status"), ("what", "what happened")],
                          bad)]
-    for title, png in plots:
-        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
+    traces = [(t, p) for t, p in plots if t.startswith(TRACE_PREFIX)]
+    for title, png in [(t, p) for t, p in plots if not t.startswith(TRACE_PREFIX)]:
+        parts.append(f"<h2>{html.escape(title)}</h2>{_img(title, png)}")
+    if traces:  # one heading for all: each trace is captioned by its device, run file and kind
+        parts.append("<h2>Power traces (current release per device)</h2>")
+        parts += [f"<h3>{html.escape(t[len(TRACE_PREFIX):])}</h3>{_img(t, p)}" for t, p in traces]
     parts += power_sections(latest, _table)
     parts += _history_section(states)
     parts.append("</body></html>")
