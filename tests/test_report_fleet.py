@@ -18,6 +18,8 @@ from typing import Any, Dict, List
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bundles import make_tiny_bundle
 from edgekit.cli import main
@@ -237,3 +239,20 @@ def test_release_mk_reports_land_beside_the_config_from_any_directory(tmp_path: 
                               f"CONFIG={cfg}"], capture_output=True, text=True, cwd=cwd, check=True).stdout
         lines.append([ln for ln in out.splitlines() if ln.startswith("edgekit report")])
     assert lines[0] == lines[1] == [f"edgekit report --runs-dir {cfg.parent}/runs --out {cfg.parent}/reports --fail-on-failure"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.one_of(st.binary(max_size=80), st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(
+    st.sampled_from(["time", "device", "action", "outcome", "release", "current", "target", "x"]),
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20), st.sampled_from([A, "deploy", "switched",
+                                                                                               "2025-01-01T00:00:00Z"]))))),
+    max_size=8))
+def test_fuzz_release_log_never_raises(tmp_path: Path, lines: List[bytes]) -> None:
+    """Whatever the log holds, reading it gives events or one warning per bad line, never an exception."""
+    log = tmp_path / RELEASE_LOG
+    log.write_bytes(b"\n".join(lines))
+    warnings: List[str] = []
+    events = read_log(log, warnings.append)
+    assert len(events) + len(warnings) <= sum(1 for ln in b"\n".join(lines).split(b"\n") if ln.strip())
+    assert all("\n" not in w for w in warnings)
+    fleet_state([], events)  # and the state is computed from whatever was accepted
