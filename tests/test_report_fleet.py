@@ -186,7 +186,7 @@ def test_failed_canary_rolled_back_then_a_failing_device(fleet: ProjectConfig, t
     deploy_device(cfg, devices[2])
     res = _report(cfg, tmp_path / "r2", "--fail-on-failure")
     assert res.exit_code == 0, res.output
-    assert re.search(rf"│ dev-2 +│ x86-avx2 +│ {bad} +│ not validated", res.output), res.output
+    assert re.search(rf"^dev-2 +x86-avx2 +{bad} +not validated ", res.output, re.M), res.output  # plain when piped
     assert not validate_device(cfg, devices[2], duration=0.05).ok
     res = _report(cfg, tmp_path / "r3")
     assert res.exit_code == 0  # without the flag the report only reports

@@ -22,6 +22,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..artifact import is_release_id
+from ..fleet_results import FAILED, REPAIRED, ROLLED_BACK, SWITCHED, UNCHANGED
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,8 @@ RELEASE_LOG = "releases.jsonl"
 MAX_LOG_BYTES = 16 * 1024 * 1024
 """Read at most the last 16 MB (about 100,000 events); older lines fall off the history."""
 
-SWITCHED, UNCHANGED, REPAIRED, ROLLED_BACK, FAILED = "switched", "unchanged", "repaired", "rolled back", "failed"
 OUTCOMES = (SWITCHED, UNCHANGED, REPAIRED, ROLLED_BACK, FAILED)
-"""The outcome labels the CLI's tables and JSON use too (the fleet commands' recap)."""
+"""The outcome labels of the fleet commands' tables, JSON and recap (fleet_results.py), logged as they are."""
 
 
 class ReleaseEvent(BaseModel):
@@ -73,6 +73,11 @@ def parse_time(text: Any) -> Optional[datetime]:
 
 def log_path(runs_dir: Union[Path, str]) -> Path:
     return Path(runs_dir) / RELEASE_LOG
+
+
+def project_runs(config: Any) -> Path:
+    """``<config dir>/runs``: where validate stores runs by default, and where deploys log."""
+    return Path(config.resolve("runs"))
 
 
 def record(runs_dir: Union[Path, str], device: str, action: str, outcome: str, release: Optional[str],
