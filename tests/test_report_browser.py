@@ -67,7 +67,8 @@ WRAPPER = """<!doctype html><html><head><meta charset="utf-8"></head><body style
 
 
 def chromium() -> str:
-    found = os.environ.get("EDGEKIT_TEST_CHROMIUM") or next(
+    named = os.environ.get("EDGEKIT_TEST_CHROMIUM")
+    found = shutil.which(named) if named else next(
         (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
     if not found:
         message = "Chromium is not installed: run tools/test-prereqs as root, or: sudo apt-get install -y chromium"
