@@ -84,8 +84,11 @@ def failure(res: ReportResult) -> Optional[EdgekitError]:
     if not res.failed:
         return None
     rows = {r["device"]: r for r in res.summary}
-    what = "; ".join(f"{d} (release {rows[d].get('release_id') or '?'}"
-                     + (f": {' '.join(str(rows[d]['error']).split())[:200]}" if rows[d].get("error") else "") + ")" for d in res.failed)
+    def one(d: str) -> str:
+        error = rows[d].get("error")
+        return f"{d} (release {rows[d].get('release_id') or '?'}" + (f": {' '.join(str(error).split())[:200]}" if error else "") + ")"
+
+    what = "; ".join(one(d) for d in res.failed)
     cls = DeviceError if any(rows[d].get("error") for d in res.failed) else AccuracyError
     return cls(f"{len(res.failed)} of {len(res.devices)} device(s) fail on their current release: {what}",
                hint=f"details in {res.html}")

@@ -85,9 +85,12 @@ def run_problem(run: RunRecord) -> str:
     return "not ok"
 
 
-def _timeline(runs: Sequence[RunRecord], events: Sequence[ReleaseEvent]) -> List[Tuple[datetime, int, Union[RunRecord, ReleaseEvent]]]:
+Item = Tuple[datetime, int, Union[RunRecord, ReleaseEvent]]
+
+
+def _timeline(runs: Sequence[RunRecord], events: Sequence[ReleaseEvent]) -> List[Item]:
     # On an exact tie the event goes first: a run truncated to that second was stored at or after it.
-    items: List[Tuple[datetime, int, Union[RunRecord, ReleaseEvent]]] = [(r.when, 1, r) for r in runs]
+    items: List[Item] = [(r.when, 1, r) for r in runs]
     items += [(e.when, 0, e) for e in events]
     return sorted(items, key=lambda t: (t[0], t[1]))
 
