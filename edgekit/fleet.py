@@ -18,6 +18,7 @@ from .deploy import DEFAULT_LOCK_TIMEOUT_S, DeployResult, DeviceStatus, Rollback
 from .errors import ConfigError, DeployError, FleetError
 from .fleet_engine import Validate
 from .fleet_results import NOT_ATTEMPTED, DeployOptions, Engine, FleetRun, OnResult, collect
+from .report.releases import project_runs, record_deploy, record_rollback
 from .transport import connect
 
 
@@ -142,13 +143,17 @@ def deploy_device(config: ProjectConfig, device: DeviceSpec, *, dist: Union[Path
                   lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> DeployResult:
     bundle = bundle_for(config, device, dist, target)
     with connect(device, config, accept_new_host_key=accept_new_host_key) as t:
-        return deploy(t, bundle, keep_releases=config.deploy.keep_releases, lock_timeout=lock_timeout)
+        res = deploy(t, bundle, keep_releases=config.deploy.keep_releases, lock_timeout=lock_timeout)
+    record_deploy(project_runs(config), res)  # the report's release log (what is current where)
+    return res
 
 
 def rollback_device(config: ProjectConfig, device: DeviceSpec, *, to: Optional[str] = None, allow_none: bool = False,
                     accept_new_host_key: bool = False, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> RollbackResult:
     with connect(device, config, accept_new_host_key=accept_new_host_key) as t:
-        return rollback(t, to=to, allow_none=allow_none, lock_timeout=lock_timeout)
+        res = rollback(t, to=to, allow_none=allow_none, lock_timeout=lock_timeout)
+    record_rollback(project_runs(config), res)
+    return res
 
 
 def status_device(config: ProjectConfig, device: DeviceSpec, *, accept_new_host_key: bool = False) -> DeviceStatus:

@@ -17,6 +17,7 @@ from .config import DeviceSpec, ProjectConfig
 from .errors import EdgekitError
 from .fleet_results import (FAILED, NOT_ATTEMPTED, OK, REPAIRED, ROLLED_BACK, SWITCHED, UNCHANGED, DeployOptions,
                             HostError, HostResult, ValidateOptions)
+from .report.releases import project_runs, record_deploy, record_rollback
 from .transport import Transport, connect
 
 Validate = Callable[..., Any]
@@ -149,6 +150,7 @@ class BuiltinEngine:
                          accept_new_host_key=options.accept_new_host_key) as t:
                 res = deploy(t, bundle, keep_releases=config.deploy.keep_releases, lock_timeout=options.lock_timeout,
                              verified=checked)
+                record_deploy(project_runs(config), res)  # the report's release log (what is current where)
                 out.deploy, out.outcome, out.ok = res, deploy_outcome(res), True
                 out.previous = res.previous
                 out.summary = (f"sent {_mb(res.uploaded_bytes)}" if res.uploaded_files else "nothing sent") \
@@ -196,6 +198,7 @@ class BuiltinEngine:
             with connect(with_timeout(device, options.connect_timeout), config,
                          accept_new_host_key=options.accept_new_host_key) as t:
                 rb = rollback(t, to=o.deploy.previous, allow_none=True, lock_timeout=options.lock_timeout)
+            record_rollback(project_runs(config), rb)
             o.outcome, o.release = ROLLED_BACK, rb.to_release
             o.summary = f"back on {rb.to_release or 'no release (none before)'}" + (f"; {o.summary}" if o.summary else "")
         except EdgekitError as exc:
@@ -248,6 +251,7 @@ class BuiltinEngine:
         def one(device: DeviceSpec) -> HostResult:
             with connect(with_timeout(device, connect_timeout), config, accept_new_host_key=accept_new_host_key) as t:
                 rb = rollback(t, to=to, lock_timeout=lock_timeout)
+            record_rollback(project_runs(config), rb)
             return HostResult(device.name, "rollback", ROLLED_BACK, True, release=rb.to_release,
                               previous=rb.from_release, data=rb, summary=f"from {rb.from_release or '-'}")
 

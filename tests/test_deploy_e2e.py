@@ -68,9 +68,11 @@ def test_release_flow_runs_one_edgekit_command_per_step() -> None:
         "edgekit build --config proj/edgekit.toml --target raspberry-pi-5",
         "edgekit deploy --config proj/edgekit.toml --inventory hosts.ini --device local",
         "edgekit validate --config proj/edgekit.toml --device local --runs-dir proj/runs",
-        "edgekit deploy --config proj/edgekit.toml --inventory hosts.ini --group fleet --canary 2",
-        "edgekit report --runs-dir proj/runs --out reports/",
+        "edgekit deploy --config proj/edgekit.toml --inventory hosts.ini --group fleet --canary 2 || \\",
+        "edgekit report --runs-dir proj/runs --out proj/reports --fail-on-failure",
     ]
+    # a failed rollout still writes the report (a rolled-back canary is on record), then fails
+    assert "edgekit report --runs-dir proj/runs --out proj/reports --fail-on-failure; exit 1; }" in out
     # every flag the flow passes exists on the real commands
     from edgekit.cli import main
 

@@ -198,27 +198,35 @@ def register(main: click.Group) -> None:
     @main.command("report")
     @click.argument("runs", nargs=-1, type=click.Path(exists=True))
     @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
-                  help="Where run files are, when no RUN is named.")
+                  help="Where run files (and the release log, releases.jsonl) are, when no RUN is named.")
     @click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+    @click.option("--fail-on-failure", is_flag=True,
+                  help="Exit non-zero when a device's current release fails (a rolled-back canary does not).")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-    def report_cmd(runs: Tuple[str, ...], runs_dir: str, out_dir: str, as_json: bool) -> None:
+    def report_cmd(runs: Tuple[str, ...], runs_dir: str, out_dir: str, fail_on_failure: bool, as_json: bool) -> None:
         """Write an HTML report (inline plots), a Markdown summary and JSON from run files."""
-        from ..report import build_report, load_runs
+        from ..report import build_report, failure, load_events, load_runs
 
-        records = load_runs([Path(r) for r in runs], Path(runs_dir), warn=lambda line: echo(f"warning: {line}", err=True))
-        res = build_report(records, Path(out_dir))
+        warn = lambda line: echo(f"warning: {line}", err=True)  # noqa: E731
+        records = load_runs([Path(r) for r in runs], Path(runs_dir), warn=warn)
+        res = build_report(records, Path(out_dir), events=load_events([Path(r) for r in runs], Path(runs_dir), warn=warn))
+        error = failure(res) if fail_on_failure else None
         if as_json:
             echo_json(res)
+            if error is not None:
+                raise error
             return
         def _latency(r: Dict[str, Any], key: str) -> str:
-            return _fmt(r[key]) + (" (emulated, not representative)" if r.get("emulated") and r[key] is not None else "")
+            return _fmt(r[key]) + (" (emulated, not representative)" if r.get("emulated") and r.get(key) is not None else "")
 
         def energy(r: Dict[str, Any]) -> str:
             mj = r.get("energy_per_inference_mj")
             return "-" if mj is None else _fmt(mj) + (" (ESTIMATE)" if r.get("power_is_estimate") else "")
 
         table(f"{res.passed}/{len(res.devices)} device(s) passed ({res.runs} run(s))",
-              ["device", "target", "metric", "value", "threshold", "passed", "p50 ms", "p99 ms", "mJ/inference"],
-              [(r["device"], r["target"], r["metric"], _fmt(r["value"]), _fmt(r["threshold"]),
-                "pass" if r["passed"] else "FAIL", _latency(r, "p50_ms"), _latency(r, "p99_ms"), energy(r)) for r in res.summary])
+              ["device", "target", "release", "status", "metric", "value", "threshold", "p50 ms", "p99 ms", "mJ/inference"],
+              [(r["device"], r.get("target"), r.get("release_id") or "-", r["status"], r.get("metric"), _fmt(r.get("value")),
+                _fmt(r.get("threshold")), _latency(r, "p50_ms"), _latency(r, "p99_ms"), energy(r)) for r in res.summary])
         echo(f"wrote {res.html}\nwrote {res.markdown}\nwrote {res.json_path}")
+        if error is not None:
+            raise error
