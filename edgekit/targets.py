@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import first_error
 from .errors import TargetError
+from .quantize.registry import PrecisionName
 
 TARGETS_DIR = Path(__file__).resolve().parent / "profiles"
 """Where the built-in profiles live: package data (overridable with EDGEKIT_TARGETS_DIR)."""
@@ -66,8 +67,9 @@ class QuantizationDefaults(_Strict):
     symmetric_weights: bool = True
     type_candidates: List[Tuple[QuantType, QuantType]] = Field(default_factory=list)
     """Extra (activation, weight) pairs to try and keep the better of (ARM: s8/s8 and u8/s8)."""
-    precisions: List[Literal["int8", "fp16", "fp32"]] = Field(default_factory=lambda: ["int8", "fp32"])
-    """Candidate precisions ``--precision auto`` chooses between."""
+    precisions: List[PrecisionName] = Field(default_factory=lambda: ["int8", "fp32"])
+    """Candidate precisions ``--precision auto`` chooses between, in preference order: names from the
+    candidate registry (``edgekit.quantize.registry``)."""
 
 
 class TargetProfile(_Strict):

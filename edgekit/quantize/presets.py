@@ -197,7 +197,10 @@ def provider_options_for(profile: TargetProfile, precision: str) -> Dict[str, Di
     ``trt_fp16_enable`` on an FP32 model (which ships only when FP16 missed the threshold) runs the
     precision that failed. So int8 stays only on int8 artifacts, fp16 on int8/fp16 ones.
     """
-    allowed = {"int8": {"int8", "fp16"}, "fp16": {"fp16"}}.get(precision, set())
+    from . import registry
+
+    # a .tflite 'as-converted' artifact (no builder) or FP32 lets the engine use nothing lower
+    allowed = registry.get(precision).engine_precisions if precision in registry.names() else frozenset()
     options: Dict[str, Dict[str, Any]] = {}
     for provider, opts in profile.runtime.provider_options.items():
         fixed = dict(opts)
