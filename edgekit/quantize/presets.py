@@ -17,7 +17,7 @@ to quantize) that the profile cannot know. The reasoning, from onnxruntime's own
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -175,14 +175,6 @@ def calibration_extra(preset: QuantPreset) -> Dict[str, Any]:
     if preset.calibration_method == "Percentile":
         opts["percentile"] = 99.999
     return opts
-
-
-def describe(presets: List[QuantPreset]) -> str:
-    return ", ".join(p.name for p in presets)
-
-
-def find(presets: List[QuantPreset], name: str) -> Optional[QuantPreset]:
-    return next((p for p in presets if p.name == name), None)
 
 
 PRECISION_FLAGS = {"trt_int8_enable": "int8", "trt_fp16_enable": "fp16"}
