@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -35,7 +35,9 @@ SENSITIVITY_SAMPLES = 8
 """Calibration feeds (not validation ones) used to rank nodes; the threshold is checked on validation."""
 
 def _prepare_base(model_path: Path, work_dir: Path) -> Path:
-    """The FP32 model every candidate starts from: opset >= 13 and every node named."""
+    """The FP32 model every candidate starts from: opset >= 13 and every node named. A build hands
+    in ``optimize.prepare``'s output, already upgraded (upgrade_opset then converts nothing); a
+    direct caller may hand in an older opset."""
     import onnx
 
     model = onnx.load(str(model_path))
@@ -61,6 +63,7 @@ def quantize_for_target(
     measure: Optional[Callable[..., Dict[str, List[float]]]] = None,
     calibration_cap: Optional[int] = None,
     guard: Optional[Dict[str, object]] = None,
+    feeds_checked: bool = False,
 ) -> QuantizeResult:
     """Build the candidates ``profile`` allows and keep the fastest that meets ``metric``.
 
@@ -70,7 +73,9 @@ def quantize_for_target(
     (``evaluate.measure_latency``'s signature) for latency pruning and the choice; tests inject one.
     ``calibration_cap`` (``[calibration] max_samples``) replaces the default cap on calibration samples.
     ``guard``: edgekit.toml's [validation.guard] settings; every candidate but FP32 must pass them
-    on every output (see ``edgekit.guard``).
+    on every output (see ``edgekit.guard``). ``feeds_checked``: the caller (the build) has already
+    checked every feed against the model's inputs (``calibration.check_feeds``), so it is not done twice.
+    The result's ``reference_outputs`` are the FP32 outputs on ``validation``, computed once here.
     """
     import onnx
 
@@ -85,9 +90,10 @@ def quantize_for_target(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
 
-    header = onnx.load(str(model_path), load_external_data=False)
-    cal.check_feeds(header, calibration, "calibration")
-    cal.check_feeds(header, validation, "validation")
+    if not feeds_checked:
+        header = onnx.load(str(model_path), load_external_data=False)
+        cal.check_feeds(header, calibration, "calibration")
+        cal.check_feeds(header, validation, "validation")
     say("preparing the FP32 base")
     base = _prepare_base(Path(model_path), work_dir)
     graph = onnx.load(str(base))
@@ -95,10 +101,13 @@ def quantize_for_target(
     index = metric.output_index([o.name for o in graph.graph.output])
     fp32_level = runtime_level_for("fp32", profile)
     fp32_session = make_session(base, fp32_level)
-    refs = run_outputs(fp32_session, validation, index, metric.stream_plan)
+    # every FP32 output on the validation set, once per build: the metric's references, the guards'
+    # and the bundle's reference.npz
+    all_refs = _guard.all_outputs(fp32_session, validation, metric.stream_plan)
+    refs = [o[index] for o in all_refs]
     guard_conf = _guard.arithmetic.settings(guard)
     out_names = [o.name for o in graph.graph.output]
-    guard_refs = _guard.all_outputs(fp32_session, validation, metric.stream_plan) if guard_conf["enabled"] else []
+    guard_refs = all_refs if guard_conf["enabled"] else []
     cap = int(calibration_cap) if calibration_cap else cal.MAX_CALIBRATION_SAMPLES
     calib = cal.select_samples(calibration, cap, seed)
     cal_note = cal.describe_selection(len(calib), len(calibration), cap, calibration_cap is not None)
@@ -148,7 +157,7 @@ def quantize_for_target(
         calibration={"method": profile.quantization.calibration_method, "samples": len(calib),
                      "given": len(calibration), "cap": cap, "note": cal_note, "digest": cal.feeds_digest(calib),
                      "used_by_chosen": chosen.method.startswith("static")},
-        seed=seed, fp32_size_bytes=file_size(base),
+        seed=seed, fp32_size_bytes=file_size(base), reference_outputs=all_refs,
     )
 
 

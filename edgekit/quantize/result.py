@@ -91,6 +91,9 @@ class QuantizeResult(BaseModel):
     """The chosen candidate's guard report (see Candidate.guard)."""
     fp32_size_bytes: int = 0
     """The FP32 model this build would ship (the same prepared graph), for size ratios."""
+    reference_outputs: Any = Field(default=None, exclude=True, repr=False)
+    """Every FP32 output per validation feed (sample-major), computed once by the engine: the build's
+    reference.npz. Never serialized."""
 
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QGemm",
