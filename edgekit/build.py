@@ -243,6 +243,7 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     from .guard import resolve as resolve_guard
     from .quantize.choose import guard_refusal
     from .quantize.candidates import file_size
+    from .quantize import registry
     from .quantize.evaluate import measure_latency
 
     say = progress or (lambda _msg: None)
@@ -290,7 +291,9 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     out_idx = metric.output_index([o["name"] for o in io["outputs"]])
     host_metric: Dict[str, Any] = {f"{q.precision}_vs_fp32": q.metric_after}
     if labels is not None:
-        chosen = run_model(bundle / "model.onnx", val, metric.stream_plan)
+        # the FP32 model's outputs are the references: not run a second time when it ships
+        chosen = reference if registry.is_reference(q.precision) else run_model(bundle / "model.onnx", val,
+                                                                                 metric.stream_plan)
         host_metric["task_accuracy"] = {
             "fp32": float(np.mean([np.argmax(r[out_idx]) == l for r, l in zip(reference, labels)])),
             q.precision: float(np.mean([np.argmax(c[out_idx]) == l for c, l in zip(chosen, labels)])),

@@ -90,6 +90,13 @@ class BuildContext:
 
         return Scorer(self.metric, self.validation, self.refs, self.index, level).score(path)
 
+    def reference_score(self) -> Dict[str, float]:
+        """The score of the FP32 base itself: its outputs are the references (computed once), so
+        nothing is run again."""
+        result = dict(self.metric.score(self.refs, self.refs, self.validation))
+        result["output_error"] = 0.0
+        return result
+
     def guard(self, path: Path, level: str) -> Dict[str, Any]:
         """The built-in guards on every output (summary form); every candidate but the reference
         must pass them to ship."""
