@@ -16,10 +16,12 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import pkgutil
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Set
+from types import ModuleType
+from typing import Any, Dict, List, Set
 
 from .errors import ConfigError
 
@@ -70,6 +72,21 @@ def import_one(spec: str) -> object:
         raise ConfigError(f"{ENV}: importing plugin '{spec}' failed: {type(exc).__name__}: {exc}") from None
     _modules[key] = module
     return module
+
+
+def register(registry: Dict[str, Any], key: str, cls: type, what: str) -> None:
+    """Put ``cls`` in ``registry`` under ``key`` (what every registry's ``__init_subclass__`` does);
+    the same class defined again (a module imported twice) replaces itself, another one is an error."""
+    old = registry.get(key)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise TypeError(f"{what} '{key}' is already registered by {old.__module__}.{old.__qualname__}")
+    registry[key] = cls
+
+
+def import_package(package: ModuleType) -> None:
+    """Import every module of ``package``: the built-in entries of a registry, one per file."""
+    for name in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+        importlib.import_module(f"{package.__name__}.{name}")
 
 
 def load(group: str) -> None:

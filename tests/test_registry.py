@@ -187,3 +187,19 @@ def test_toy_candidate_from_one_plugin_file_is_built_guarded_timed_and_chosen(di
     result = json.loads(val.stdout)
     assert result["ok"] is True and result["metric"]["passed"] is True and result["target"] == "toy-vnni"
     assert result["release_id"] == manifest["release_id"]
+
+
+def test_a_plugin_that_cannot_load_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.errors import ConfigError
+
+    monkeypatch.setenv("EDGEKIT_PLUGINS", str(tmp_path / "missing.py"))
+    with pytest.raises(ConfigError, match=r"EDGEKIT_PLUGINS: plugin file not found: .*missing.py"):
+        registry.names()
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise RuntimeError('boom')\n")
+    monkeypatch.setenv("EDGEKIT_PLUGINS", f"{bad},json")
+    with pytest.raises(ConfigError, match=r"importing plugin '.*bad.py' failed: RuntimeError: boom"):
+        exporters.names()
+    monkeypatch.setenv("EDGEKIT_PLUGINS", "no_such_module_here")
+    with pytest.raises(ConfigError, match=r"importing plugin 'no_such_module_here' failed: ModuleNotFoundError"):
+        registry.names()

@@ -19,12 +19,13 @@ This module imports nothing heavy: the config schema imports it.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Dict, List, Literal, Optional, Type
 
 from pydantic import AfterValidator
+
+from .. import plugins
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -50,10 +51,7 @@ class Exporter:
         name = cls.__dict__.get("source")
         if not name:
             return
-        old = Exporter.registry.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise TypeError(f"model source '{name}' is already registered by {old.__module__}.{old.__qualname__}")
-        Exporter.registry[name] = cls
+        plugins.register(Exporter.registry, name, cls, "model source")
 
     @classmethod
     def check_fields(cls, spec: "ModelSpec") -> Optional[str]:
@@ -77,10 +75,7 @@ def ensure_loaded() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        for mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-            importlib.import_module(f"{__name__}.{mod}")
-    from .. import plugins
-
+        plugins.import_package(sys.modules[__name__])
     plugins.load(PLUGIN_GROUP)
 
 

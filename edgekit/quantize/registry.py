@@ -36,14 +36,14 @@ file. This module imports nothing heavy: the targets schema and the CLI import i
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (TYPE_CHECKING, Annotated, Any, ClassVar, Dict, FrozenSet, Iterable, List, Literal, Optional, Tuple,
                     Type)
 
 from pydantic import AfterValidator
+
+from .. import plugins
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..targets import TargetProfile
@@ -132,10 +132,7 @@ class CandidateBuilder:
             return  # an intermediate base class
         if cls.family not in ("integer", "float"):
             raise TypeError(f"{cls.__qualname__}: family must be 'integer' or 'float', got {cls.family!r}")
-        old = CandidateBuilder.registry.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise TypeError(f"precision '{name}' is already registered by {old.__module__}.{old.__qualname__}")
-        CandidateBuilder.registry[name] = cls
+        plugins.register(CandidateBuilder.registry, name, cls, "precision")
 
     @classmethod
     def applies_to(cls, profile: "TargetProfile") -> str:
@@ -164,10 +161,7 @@ def ensure_loaded() -> None:
         _loaded = True
         from . import builders as package
 
-        for mod in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
-            importlib.import_module(f"{package.__name__}.{mod}")
-    from .. import plugins
-
+        plugins.import_package(package)
     plugins.load(PLUGIN_GROUP)  # cheap once loaded; EDGEKIT_PLUGINS may name more since
 
 
