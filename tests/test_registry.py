@@ -138,9 +138,9 @@ def _toy_project(digits_project: Path, tmp_path: Path) -> Path:
 
 def _edgekit(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, EDGEKIT_PLUGINS=str(TOY),
-               # this host lacks the target's VNNI (by override on a VNNI host too): candidates are
-               # timed, and the profile's order decides, so the toy ships on every machine
-               EDGEKIT_HOST_CPU_FLAGS="avx2 fma sse4_2", PYTHONPATH=os.pathsep.join(
+               # an x86 host without the target's VNNI (by override on any machine): candidates are
+               # timed, and the profile's order decides, so the toy ships everywhere
+               EDGEKIT_HOST_ARCH="x86_64", EDGEKIT_HOST_CPU_FLAGS="avx2 fma sse4_2", PYTHONPATH=os.pathsep.join(
                    [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     return subprocess.run([sys.executable, "-c", "from edgekit.cli import run; run()", *args], cwd=project, env=env,
                           capture_output=True, text=True, timeout=900)
