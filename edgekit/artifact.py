@@ -250,10 +250,6 @@ def bundle_dir(out: Path, model: str, target: str) -> Path:
     return Path(out) / model / target
 
 
-def iter_files(manifest: Dict[str, Any]) -> Iterable[str]:
-    return sorted(manifest["files"])
-
-
 def clean_dir(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)

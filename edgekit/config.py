@@ -21,6 +21,8 @@ from .device import plugins as device_plugins
 from .device.power import DEFAULT_GRID_G_PER_KWH
 from .device.sensors import REGISTRY as POWER_SAMPLERS
 from .errors import ConfigError
+from .exporters import SourceName
+from . import exporters
 
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 
@@ -38,7 +40,8 @@ class _Strict(BaseModel):
 
 class ModelSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    source: Literal["torch", "hf", "onnx", "tflite"]
+    source: SourceName
+    """A registered exporter (``edgekit.exporters``): torch, hf, onnx, tflite, or a plugin's."""
     factory: Optional[str] = None
     """torch: ``path/to/file.py:function`` returning a torch.nn.Module (weights loaded)."""
     path: Optional[Path] = None
@@ -50,11 +53,9 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _source_fields(self) -> "ModelSpec":
-        if self.source == "torch":
-            if not self.factory or ":" not in self.factory:
-                raise ValueError("source 'torch' needs factory = 'path/to/file.py:function'")
-        elif self.path is None:
-            raise ValueError(f"source '{self.source}' needs path")
+        missing = exporters.get(self.source).check_fields(self)
+        if missing:
+            raise ValueError(missing)
         return self
 
 
