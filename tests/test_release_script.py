@@ -27,7 +27,8 @@ def op(name: str, root: Path, req: Any, raw: bytes = b"") -> Dict[str, Any]:
 
 
 def files_of(bundle: Path) -> Dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in bundle.iterdir()}
+    return {str(p.relative_to(bundle)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in bundle.rglob("*") if p.is_file()}
 
 
 def test_one_operation_per_process_deploys_like_a_session(tmp_path: Path) -> None:
@@ -48,7 +49,7 @@ def test_one_operation_per_process_deploys_like_a_session(tmp_path: Path) -> Non
     st = op("status", root, {})
     assert st["current"] == rid and st["lock"] is None and st["partial"] == []
     assert os.readlink(root / "current") == f"releases/{rid}"
-    assert sorted(os.listdir(root / "releases" / rid)) == sorted(files)  # no owner mark left in the release
+    assert sorted(files_of(root / "releases" / rid)) == sorted(files)  # no owner mark left in the release
 
 
 def test_hostile_requests_are_refused_and_touch_nothing_outside(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def test_a_toy_transport_from_one_file_deploys_rolls_back_and_reports_status(tmp
     with connect(cfg.device("toy1"), cfg) as t:
         assert isinstance(t, toy_transport.ToyTransport)
         r1 = D.deploy(t, b1)
-        assert r1.switched and r1.uploaded_bytes == sum(p.stat().st_size for p in b1.iterdir())
+        assert r1.switched and r1.uploaded_bytes == sum(p.stat().st_size for p in b1.rglob("*") if p.is_file())
         again = D.deploy(t, b1)
         assert again.skipped and again.uploaded_bytes == 0
         r2 = D.deploy(t, b2)
@@ -82,8 +82,8 @@ def test_a_toy_transport_from_one_file_deploys_rolls_back_and_reports_status(tmp
         assert D.status(t).current == r1.release_id
         assert t.sessions == 6  # every operation went through the toy's own release sessions
     assert os.readlink(device_dir / "current") == f"releases/{r1.release_id}"
-    for name in os.listdir(b1):
-        assert (device_dir / "current" / name).read_bytes() == (b1 / name).read_bytes()
+    for p in (p for p in b1.rglob("*") if p.is_file()):  # the bundle's files, its device package included
+        assert (device_dir / "current" / p.relative_to(b1)).read_bytes() == p.read_bytes()
     assert sorted(os.listdir(device_dir / "releases")) == sorted([r1.release_id, r2.release_id])
 
 

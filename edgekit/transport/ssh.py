@@ -37,7 +37,8 @@ from ..device.bounded import HeadTail
 from ..errors import DeviceError
 from . import ReleaseSession, RunResult, Transport
 from .ssh_files import SftpFiles
-from .ssh_hosts import (Endpoint, PasswordPrompt, RecordNewHostKey, RefuseUnknownHostKey, load_known_hosts,
+from .ssh_hosts import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_S, Endpoint, PasswordPrompt, RecordNewHostKey,
+                        RefuseUnknownHostKey, connect_hint, connect_timeout_for, is_timeout, load_known_hosts,
                         load_ssh_config, resolve_endpoint, split_jump, tty_password_prompt)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 15.0
+CONNECT_TIMEOUT = DEFAULT_CONNECT_TIMEOUT
 MAX_JUMPS = 8
 READ_CHUNK = 1 << 20
 # What one command's stdout (and its stderr) may hold on the host: its first and last 8 MiB. Far
@@ -70,7 +71,8 @@ class SSHSettings:
     identity_file: Optional[str] = None
     known_hosts: List[Path] = field(default_factory=list)
     accept_new_host_key: bool = False
-    connect_timeout: float = CONNECT_TIMEOUT
+    connect_timeout: Optional[float] = None
+    """None: ConnectTimeout from ~/.ssh/config, else the default (see ssh_hosts.connect_timeout_for)."""
 
     @classmethod
     def from_device(cls, device: "DeviceSpec", config: Optional["ProjectConfig"] = None,
@@ -86,7 +88,8 @@ class SSHSettings:
             from ..errors import ConfigError
 
             raise ConfigError(f"device '{device.name}': transport 'ssh' needs host")
-        return cls(device.host, device.port, device.user, identity, known, accept_new_host_key)
+        return cls(device.host, device.port, device.user, identity, known, accept_new_host_key,
+                   getattr(device, "connect_timeout", None))
 
 
 class SSHTransport(SftpFiles, Transport, kind="ssh"):
@@ -99,7 +102,7 @@ class SSHTransport(SftpFiles, Transport, kind="ssh"):
                  known_hosts: Sequence[Path] = (), accept_new_host_key: bool = False,
                  ssh_config: Optional[paramiko.SSHConfig] = None,
                  password_prompt: Optional[PasswordPrompt] = tty_password_prompt,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: Optional[float] = None) -> None:
         self.name = name
         self.python = python
         self._path = path
@@ -110,7 +113,9 @@ class SSHTransport(SftpFiles, Transport, kind="ssh"):
         self._project_known_hosts = [Path(p) for p in known_hosts]
         self.accept_new_host_key = accept_new_host_key
         self.password_prompt = password_prompt
-        self.connect_timeout = connect_timeout
+        # --connect-timeout / the device's connect_timeout, else ConnectTimeout from ~/.ssh/config, else 10 s
+        self.connect_timeout = connect_timeout_for(connect_timeout, self.endpoint)
+        self._fatal: Optional[DeviceError] = None  # why connecting failed: every later call fails at once
         self._clients: List[paramiko.SSHClient] = []  # jump hosts first, the device last
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._aside_sftp: Optional[paramiko.SFTPClient] = None  # the lock heartbeat's own channel
@@ -128,7 +133,8 @@ class SSHTransport(SftpFiles, Transport, kind="ssh"):
                     **options: Any) -> "SSHTransport":
         s = SSHSettings.from_device(device, config, accept_new_host_key=bool(options.get("accept_new_host_key")))
         return cls(device.name, s.host, device.path, port=s.port, user=s.user, identity_file=s.identity_file,
-                   python=device.python, known_hosts=s.known_hosts, accept_new_host_key=s.accept_new_host_key)
+                   python=device.python, known_hosts=s.known_hosts, accept_new_host_key=s.accept_new_host_key,
+                   connect_timeout=s.connect_timeout)
 
     def release_session(self) -> ReleaseSession:
         from .ssh_session import SshRelease
@@ -166,18 +172,28 @@ class SSHTransport(SftpFiles, Transport, kind="ssh"):
     # ------------------------------------------------------------------------------------------
     @property
     def client(self) -> paramiko.SSHClient:
+        if self._fatal is not None:
+            # A refused host key, a timeout or a dead port is the device's answer for this whole
+            # command: asking again (doctor's next probe, validate's next step) would only wait again.
+            raise self._fatal
         if not self._clients:
             try:
-                self._dial(self.endpoint, depth=0)
+                try:
+                    self._dial(self.endpoint, depth=0)
+                except DeviceError as exc:
+                    if exc.details.get("kind") != "handshake":
+                        raise
+                    # A protocol hiccup during key exchange (seen once in hundreds of loopback connects
+                    # as paramiko's "Invalid packet blocking") is not the device's answer: one fresh try.
+                    # Never after a timeout (kind "timeout"): that would double the wait.
+                    log.debug("device %s: %s; retrying once", self.name, exc.message)
+                    self.close()
+                    time.sleep(0.2)
+                    self._dial(self.endpoint, depth=0)
             except DeviceError as exc:
-                if exc.details.get("kind") != "handshake":
-                    raise
-                # A protocol hiccup during key exchange (seen once in hundreds of loopback connects
-                # as paramiko's "Invalid packet blocking") is not the device's answer: one fresh try.
-                log.debug("device %s: %s; retrying once", self.name, exc.message)
+                self._fatal = exc
                 self.close()
-                time.sleep(0.2)
-                self._dial(self.endpoint, depth=0)
+                raise
         return self._clients[-1]
 
     @property
@@ -219,8 +235,11 @@ class SSHTransport(SftpFiles, Transport, kind="ssh"):
                 # peer's delayed ACK add ~40 ms to each exchange.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError as exc:
-                raise DeviceError(f"device '{self.name}': cannot connect to {where}: {exc.strerror or exc}",
-                                  hint="is the device on and its sshd running? (ssh -p PORT USER@HOST)") from None
+                timed_out = is_timeout(exc)
+                raise DeviceError(f"device '{self.name}': cannot connect to {where}: "
+                                  + (f"no answer within {self.connect_timeout:g} s" if timed_out else (exc.strerror or str(exc))),
+                                  hint=connect_hint(ep) + (" (or raise --connect-timeout)" if timed_out else ""),
+                                  kind="timeout" if timed_out else "unreachable") from None
         log.debug("device %s: connecting to %s as %s", self.name, where, ep.user)
         client = paramiko.SSHClient()
         self._clients.append(client)  # appended first, so close() also closes a half-open hop
@@ -248,7 +267,9 @@ class SSHTransport(SftpFiles, Transport, kind="ssh"):
 
         try:
             client.connect(ep.hostname, ep.port, username=ep.user, key_filename=keys or None,
-                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                           # start_client's own deadline a little after the banner's, so a silent
+                           # board fails on the banner wait with its real cause, once
+                           timeout=self.connect_timeout + 1.0, banner_timeout=self.connect_timeout,
                            auth_timeout=self.connect_timeout, sock=sock,  # type: ignore[arg-type]
                            allow_agent=True, look_for_keys=True, transport_factory=transport_factory)
         except paramiko.BadHostKeyException as exc:
@@ -267,8 +288,21 @@ class SSHTransport(SftpFiles, Transport, kind="ssh"):
             if "No authentication methods available" in str(exc):  # no key, no agent: nothing was tried
                 self._password_fallback(client, ep, exc)
                 return
+            if is_timeout(exc):  # accepted TCP, then silence (a hung board, a half-dead sshd)
+                raise DeviceError(f"device '{self.name}': {where} accepted the connection but sent no SSH greeting "
+                                  f"within {self.connect_timeout:g} s", kind="timeout",
+                                  hint=connect_hint(ep) + " (sshd not answering; or raise --connect-timeout)") from None
             raise DeviceError(f"device '{self.name}': SSH handshake with {where} failed: {exc}",
                               kind="handshake") from None
+        finally:
+            self._keepalive(client, ep)
+
+    @staticmethod
+    def _keepalive(client: paramiko.SSHClient, ep: Endpoint) -> None:
+        """Keepalives while the connection lives: a validate's runner is silent for minutes."""
+        transport = client.get_transport()
+        if transport is not None and transport.is_active():
+            transport.set_keepalive(int(ep.keepalive_s or DEFAULT_KEEPALIVE_S))
 
     def _password_fallback(self, client: paramiko.SSHClient, ep: Endpoint, exc: Exception) -> None:
         """Key auth failed: ask for a password if a person is there to type one; never from config."""
