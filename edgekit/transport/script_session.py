@@ -21,7 +21,11 @@ from . import ReleaseSession
 ANSWER_LIMIT = 32 << 20
 """Bytes of one answer line read: the largest (prepare) lists a release's file hashes."""
 CHUNK = 1 << 20
-SOURCE = Path(R.__file__).read_text(encoding="utf-8")
+_LAYOUT = Path(R.__file__).with_name("release_layout.py").read_text(encoding="utf-8")
+SOURCE = ("import sys, types\n"  # release_layout.py defined in memory, then release.py imports it
+          "_m = types.ModuleType('release_layout')\n"
+          f"exec(compile({_LAYOUT!r}, 'release_layout.py', 'exec'), _m.__dict__)\n"
+          "sys.modules['release_layout'] = _m\n" + Path(R.__file__).read_text(encoding="utf-8"))
 
 
 FIRST_LIMIT = 64 << 10
