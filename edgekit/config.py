@@ -225,7 +225,9 @@ class DeviceSpec(_Strict):
     name: str = Field(pattern=r"^[^\s\x00-\x1f\x7f-][^\s\x00-\x1f\x7f]*$", max_length=255)
     """Any name an Ansible inventory gives (unicode, IPv6, ...) but blanks and control characters;
     file names use edgekit.transport.inventory.safe_filename(name)."""
-    target: str
+    target: str = ""
+    """The target profile. Only an entry that adds settings to an inventory host of the same name
+    may leave it out (the inventory's edgekit_target then gives it; see edgekit.fleet.all_devices)."""
     transport: Literal["local", "ssh"] = "local"
     path: str = "~/edgekit"
     """The device directory that holds releases/ and current."""
@@ -236,6 +238,9 @@ class DeviceSpec(_Strict):
     python: str = "python3"
     """The device's interpreter (as Ansible's ansible_python_interpreter)."""
     groups: List[str] = Field(default_factory=list)
+    connect_timeout: Optional[Num] = Field(None, gt=0, le=3600)
+    """Seconds to reach the device (TCP, SSH greeting, key exchange, auth), each step; default:
+    ``ConnectTimeout`` from ~/.ssh/config, else 10. ``--connect-timeout`` wins over both."""
 
     @model_validator(mode="after")
     def _ssh_host(self) -> "DeviceSpec":
@@ -315,8 +320,12 @@ class ProjectConfig(_Strict):
         return [default] if default.is_dir() else []
 
     def device(self, name: str) -> DeviceSpec:
-        for d in self.devices:
+        """A device defined in this file alone (edgekit.fleet.select_devices also reads inventories)."""
+        for i, d in enumerate(self.devices):
             if d.name == name:
+                if not d.target:
+                    raise ConfigError(f"{self.path}: field 'devices.{i}.target': device '{name}' has no target "
+                                      "(only an entry adding settings to an inventory host may leave it out)")
                 return d
         known = ", ".join(d.name for d in self.devices) or "none"
         raise ConfigError(f"{self.path}: no device named '{name}' (devices: {known})")

@@ -24,6 +24,10 @@ POWER_PY = Path(__file__).resolve().parent / "device" / "power.py"
 MIN_RUNNER_PYTHON = (3, 8)
 LOW_MEMORY_MB = 256
 LOW_DISK_MB = 500
+UNREACHABLE = frozenset({"timeout", "unreachable", "host_key_unknown", "host_key_changed", "host_key_revoked",
+                         "host_key_ca_unsupported", "auth", "handshake", "connection_lost"})
+"""Error kinds that mean the device was never reached: doctor stops at the first and says so,
+instead of blaming the interpreter for eight probes that never ran."""
 
 
 class Check(BaseModel):
@@ -68,6 +72,8 @@ def run_probe(conn: Transport, probe: P.Probe, python: str, arg: str = "") -> An
     try:
         res = conn.run(probe.argv(python=python, device_path=conn.root, arg=arg), timeout=120, cwd="/")
     except EdgekitError as exc:
+        if exc.details.get("kind") in UNREACHABLE:
+            raise
         return {"error": exc.message}
     if not res.ok:
         if probe.optional:
@@ -95,6 +101,8 @@ def run_probes(conn: Transport, spec: DeviceSpec, profile: TargetProfile) -> Dic
             if facts["power"] is None:
                 facts["power"] = {"error": "power.available_samplers failed on the device"}
         except EdgekitError as exc:
+            if exc.details.get("kind") in UNREACHABLE:
+                raise
             facts["power"] = {"error": exc.message}
     else:
         facts["power"] = {"error": "edgekit.device.power is not available in this edgekit install"}

@@ -272,9 +272,9 @@ def test_a_canary_that_switched_and_then_failed_is_rolled_back(tmp_path: Path, s
             deploy_fleet(cfg, select_devices(cfg, group="edge"), canary=1, validate=lambda *a, **k: None)
     out = err.value.results.results["canary"]
     assert out.deploy is not None and out.deploy.release_id == new and out.deploy.switched
-    assert out.state == "rolled back" and out.rolled_back_to == ids[1]
+    assert out.outcome == "rolled back" and out.release == ids[1]
     assert os.readlink(canary_dir / "current") == f"releases/{ids[1]}"
-    assert err.value.results.results["second"].state == "not attempted"
+    assert err.value.results.results["second"].outcome == "not attempted"
 
 
 def test_a_canary_whose_link_dropped_at_the_switch_is_rolled_back(
@@ -320,11 +320,12 @@ def test_a_canary_whose_link_dropped_at_the_switch_is_rolled_back(
             deploy_fleet(cfg, select_devices(cfg, group="edge"), canary=1, validate=lambda *a, **k: None)
     assert dropped == [f"releases/{new}"]  # the switch really happened before the link dropped
     out = err.value.results.results["canary"]
-    assert "current could not be read back" in (out.error or "") and f"it is {old} or {new}" in (out.error or "")
+    assert out.error is not None and "current could not be read back" in out.error.message
+    assert f"it is {old} or {new}" in out.error.message
     assert out.deploy is not None and out.deploy.switched
-    assert out.state == "rolled back" and out.rolled_back_to == old
+    assert out.outcome == "rolled back" and out.release == old
     assert os.readlink(Path(str(spec["path"])) / "current") == f"releases/{old}"
-    assert err.value.results.results["second"].state == "not attempted"
+    assert err.value.results.results["second"].outcome == "not attempted"
 
 
 def test_bloated_device_files_are_read_bounded_and_garbage_history_is_dropped(

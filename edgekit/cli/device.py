@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from ..errors import AccuracyError, DeviceError
+from .fleet_output import host_options, is_single, run_fleet
 from .render import clean, echo, echo_json, kv, table
 
 
@@ -56,25 +57,60 @@ def _validation_rows(res: Any) -> List[Tuple[str, str]]:
         if not res.power.get("sampler"):  # power.py missing or failed: nothing was sampled
             rows.append(("power", f"unavailable: {res.power.get('reason')}"))
         else:  # labelled rows: an estimate says so on its energy and carbon lines
-            rows += [(f"power: {label.strip().lower()}", value) for label, value in summary_rows(res.power)]
+            rows += _watt_rows(res.power, [(f"power: {label.strip().lower()}", value)
+                                           for label, value in summary_rows(res.power)])
     rows.append(("result", str(res.result_path)))
     return rows
 
 
-def _device(config: Any, name: str, inventory: Optional[Path]) -> Any:
-    """A device from edgekit.toml or the Ansible inventory, as deploy finds it."""
-    from ..fleet import select_devices
+def format_watts(x: Any) -> str:
+    """Power for people: 3.79e-05 W reads as 37.9 uW, 0.0123 W as 12.3 mW."""
+    if not isinstance(x, (int, float)):
+        return "n/a"
+    for scale, unit in ((1.0, "W"), (1e-3, "mW"), (1e-6, "uW")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return "0 W" if x == 0 else f"{x * 1e6:.2g} uW"
 
-    return select_devices(config, device=name, inventory=inventory)[0]
+
+def _watt_rows(power: Dict[str, Any], rows: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    raw = {"mean power": power.get("mean_power_w"), "idle power": power.get("idle_power_w")}
+    return [(k, format_watts(raw[k.split(": ", 1)[-1]]) if k.split(": ", 1)[-1] in raw else v) for k, v in rows]
+
+
+def _select(config: Any, action: str, devices: Tuple[str, ...], group: Optional[str], inventory: Any,
+            limit: Optional[str], retry_failed: bool, connect_timeout: Optional[float]) -> List[Any]:
+    from .deploy import _select as select
+
+    return select(config, action, devices, group, inventory, limit, retry_failed, connect_timeout)
+
+
+def _missed(res: Any) -> str:
+    m = res.metric
+    missed = ([m] if not m.get("passed") else []) + [c for c in m.get("also") or [] if not c.get("passed")]
+    what = [f"{c.get('name')} = {_fmt(c.get('value'))} misses the threshold {_fmt(c.get('threshold'))}" for c in missed]
+    if res.guard is not None and not res.guard.get("passed", True):
+        found = res.guard.get("findings") or []
+        first = found[0].get("message") if found and isinstance(found[0], dict) else "?"
+        what.append(f"guards failed: {' '.join(str(first).split())[:300]}"
+                    + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
+    return "; ".join(what)
+
+
+_inventory = click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
+                          help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
+_config = click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
 
 
 def register(main: click.Group) -> None:
     @main.command("validate")
-    @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")
-    @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
-    @click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
-                  help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
-    @click.option("--duration", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Minimum seconds per timed window.")
+    @host_options
+    @_config
+    @_inventory
+    @click.option("--duration", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                  help="Seconds per timed window (a window also ends after 10000 runs).")
+    @click.option("--quick", is_flag=True, help="One short timed window (0.25 s, 2 warm-up runs, no idle baseline): "
+                                                "proves the release runs and meets its metric; not for timing.")
     @click.option("--threads", default=None, type=int, help="Intra-op threads (default: the target profile's).")
     @click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1), help="Timed windows; the median is reported.")
     @click.option("--power", default=None, metavar="SAMPLER",
@@ -90,18 +126,34 @@ def register(main: click.Group) -> None:
                   help="Largest result JSON fetched from the device [EDGEKIT_MAX_RESULT_MB, else 32].")
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def validate_cmd(device: str, config_path: str, inventory: Optional[Path], duration: float, threads: Optional[int], repeat: int,
+    def validate_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
+                     max_parallel: Optional[int], connect_timeout: Optional[float], config_path: str, inventory: Any,
+                     duration: float, quick: bool, threads: Optional[int], repeat: int,
                      power: Optional[str], power_rate: Optional[float], idle_s: Optional[float],
                      requests_per_s: Optional[float], grid_intensity: Optional[float], runs_dir: Optional[str],
                      max_result_mb: Optional[float], accept_new_host_key: bool, as_json: bool) -> None:
-        """Run the deployed release on a device: accuracy vs reference, latency, power and carbon."""
+        """Run the deployed release on devices: accuracy vs reference, latency, power and carbon."""
         from ..config import load
+        from ..fleet_engine import BuiltinEngine
+        from ..fleet_results import ValidateOptions
         from ..validate import power_settings, validate_device
 
         config = load(config_path)
+        hosts = _select(config, "validate", devices, group, inventory, limit, retry_failed, connect_timeout)
         settings = power_settings(config, sampler=power, rate_hz=power_rate, idle_s=idle_s,
                                   requests_per_s=requests_per_s, grid_g_per_kwh=grid_intensity)
-        res = validate_device(config, _device(config, device, inventory), duration=duration, threads=threads, repeat=repeat,
+        if not is_single(devices, group, limit, retry_failed):
+            options = ValidateOptions(duration=duration, quick=quick, threads=threads, repeat=repeat, power=settings,
+                                      runs_dir=Path(runs_dir) if runs_dir else None, max_result_mb=max_result_mb,
+                                      max_parallel=max_parallel or config.deploy.max_parallel,
+                                      accept_new_host_key=accept_new_host_key)
+            # A metric miss everywhere exits like a single device's (6); anything else is a device failure (8).
+            results = BuiltinEngine().validate(config, hosts, options)
+            run_fleet("validate", config, hosts, results, as_json,
+                      lambda run: AccuracyError.exit_code if all(r.error and r.error.kind == "metric" for r in
+                                                                 run.results.values() if not r.ok) else DeviceError.exit_code)
+            return
+        res = validate_device(config, hosts[0], duration=duration, threads=threads, repeat=repeat, quick=quick,
                               power=settings, accept_new_host_key=accept_new_host_key, runs_dir=runs_dir,
                               max_result_mb=max_result_mb)
         if as_json:
@@ -109,30 +161,30 @@ def register(main: click.Group) -> None:
         else:
             kv(f"validation on {res.device}", _validation_rows(res))
         if not res.ok:
-            m = res.metric
-            missed = ([m] if not m.get("passed") else []) + [c for c in m.get("also") or [] if not c.get("passed")]
-            what = [f"{c.get('name')} = {_fmt(c.get('value'))} misses the threshold {_fmt(c.get('threshold'))}" for c in missed]
-            if res.guard is not None and not res.guard.get("passed", True):
-                found = res.guard.get("findings") or []
-                first = found[0].get("message") if found and isinstance(found[0], dict) else "?"
-                what.append(f"guards failed: {' '.join(str(first).split())[:300]}"
-                            + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
-            raise AccuracyError(f"device '{res.device}': " + "; ".join(what), hint=f"details in {res.result_path}")
+            raise AccuracyError(f"device '{res.device}': " + _missed(res), hint=f"details in {res.result_path}")
 
     @main.command("doctor")
-    @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")
-    @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
-    @click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
-                  help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
+    @host_options
+    @_config
+    @_inventory
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--json", "as_json", is_flag=True, help="Print facts and checks as JSON.")
-    def doctor_cmd(device: str, config_path: str, inventory: Optional[Path], accept_new_host_key: bool, as_json: bool) -> None:
-        """Probe a device (CPU, memory, disk, runtimes, JetPack, power sensors) against its target."""
+    def doctor_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
+                   max_parallel: Optional[int], connect_timeout: Optional[float], config_path: str, inventory: Any,
+                   accept_new_host_key: bool, as_json: bool) -> None:
+        """Probe devices (CPU, memory, disk, runtimes, JetPack, power sensors) against their targets."""
         from ..config import load
         from ..doctor import doctor_device
+        from ..fleet_engine import BuiltinEngine
 
         config = load(config_path)
-        report = doctor_device(config, _device(config, device, inventory), accept_new_host_key=accept_new_host_key)
+        hosts = _select(config, "doctor", devices, group, inventory, limit, retry_failed, connect_timeout)
+        if not is_single(devices, group, limit, retry_failed):
+            results = BuiltinEngine().doctor(config, hosts, max_parallel=max_parallel or config.deploy.max_parallel,
+                                             accept_new_host_key=accept_new_host_key)
+            run_fleet("doctor", config, hosts, results, as_json, DeviceError.exit_code)
+            return
+        report = doctor_device(config, hosts[0], accept_new_host_key=accept_new_host_key)
         if as_json:
             echo_json(report)
         else:

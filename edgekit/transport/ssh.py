@@ -29,7 +29,8 @@ import paramiko
 from ..device.bounded import HeadTail
 from ..errors import DeviceError
 from . import RunResult, Transport
-from .ssh_hosts import (Endpoint, PasswordPrompt, RecordNewHostKey, RefuseUnknownHostKey, load_known_hosts,
+from .ssh_hosts import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_S, Endpoint, PasswordPrompt, RecordNewHostKey,
+                        RefuseUnknownHostKey, connect_hint, connect_timeout_for, is_timeout, load_known_hosts,
                         load_ssh_config, resolve_endpoint, split_jump, tty_password_prompt)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 15.0
+CONNECT_TIMEOUT = DEFAULT_CONNECT_TIMEOUT
 MAX_JUMPS = 8
 # OpenSSH's sftp-server accepts messages up to 256 KiB and advertises 256 KiB - 1 KiB as its write
 # limit (limits@openssh.com). Writes that large cut paramiko's per-request overhead ~8x against its
@@ -63,7 +64,7 @@ class SSHTransport(Transport):
                  known_hosts: Sequence[Path] = (), accept_new_host_key: bool = False,
                  ssh_config: Optional[paramiko.SSHConfig] = None,
                  password_prompt: Optional[PasswordPrompt] = tty_password_prompt,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: Optional[float] = None) -> None:
         self.name = name
         self.python = python
         self._path = path
@@ -72,7 +73,9 @@ class SSHTransport(Transport):
         self._project_known_hosts = [Path(p) for p in known_hosts]
         self.accept_new_host_key = accept_new_host_key
         self.password_prompt = password_prompt
-        self.connect_timeout = connect_timeout
+        # --connect-timeout / the device's connect_timeout, else ConnectTimeout from ~/.ssh/config, else 10 s
+        self.connect_timeout = connect_timeout_for(connect_timeout, self.endpoint)
+        self._fatal: Optional[DeviceError] = None  # why connecting failed: every later call fails at once
         self._clients: List[paramiko.SSHClient] = []  # jump hosts first, the device last
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._aside_sftp: Optional[paramiko.SFTPClient] = None  # the lock heartbeat's own channel
@@ -95,25 +98,35 @@ class SSHTransport(Transport):
         assert device.host, "DeviceSpec validation guarantees a host for ssh devices"
         return cls(device.name, device.host, device.path, port=device.port, user=device.user,
                    identity_file=identity, python=device.python, known_hosts=known,
-                   accept_new_host_key=accept_new_host_key)
+                   accept_new_host_key=accept_new_host_key, connect_timeout=getattr(device, "connect_timeout", None))
 
     # ------------------------------------------------------------------------------------------
     # Connection
     # ------------------------------------------------------------------------------------------
     @property
     def client(self) -> paramiko.SSHClient:
+        if self._fatal is not None:
+            # A refused host key, a timeout or a dead port is the device's answer for this whole
+            # command: asking again (doctor's next probe, validate's next step) would only wait again.
+            raise self._fatal
         if not self._clients:
             try:
-                self._dial(self.endpoint, depth=0)
+                try:
+                    self._dial(self.endpoint, depth=0)
+                except DeviceError as exc:
+                    if exc.details.get("kind") != "handshake":
+                        raise
+                    # A protocol hiccup during key exchange (seen once in hundreds of loopback connects
+                    # as paramiko's "Invalid packet blocking") is not the device's answer: one fresh try.
+                    # Never after a timeout (kind "timeout"): that would double the wait.
+                    log.debug("device %s: %s; retrying once", self.name, exc.message)
+                    self.close()
+                    time.sleep(0.2)
+                    self._dial(self.endpoint, depth=0)
             except DeviceError as exc:
-                if exc.details.get("kind") != "handshake":
-                    raise
-                # A protocol hiccup during key exchange (seen once in hundreds of loopback connects
-                # as paramiko's "Invalid packet blocking") is not the device's answer: one fresh try.
-                log.debug("device %s: %s; retrying once", self.name, exc.message)
+                self._fatal = exc
                 self.close()
-                time.sleep(0.2)
-                self._dial(self.endpoint, depth=0)
+                raise
         return self._clients[-1]
 
     @property
@@ -155,8 +168,11 @@ class SSHTransport(Transport):
                 # peer's delayed ACK add ~40 ms to each exchange.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError as exc:
-                raise DeviceError(f"device '{self.name}': cannot connect to {where}: {exc.strerror or exc}",
-                                  hint="is the device on and its sshd running? (ssh -p PORT USER@HOST)") from None
+                timed_out = is_timeout(exc)
+                raise DeviceError(f"device '{self.name}': cannot connect to {where}: "
+                                  + (f"no answer within {self.connect_timeout:g} s" if timed_out else (exc.strerror or str(exc))),
+                                  hint=connect_hint(ep) + (" (or raise --connect-timeout)" if timed_out else ""),
+                                  kind="timeout" if timed_out else "unreachable") from None
         log.debug("device %s: connecting to %s as %s", self.name, where, ep.user)
         client = paramiko.SSHClient()
         self._clients.append(client)  # appended first, so close() also closes a half-open hop
@@ -203,8 +219,21 @@ class SSHTransport(Transport):
             if "No authentication methods available" in str(exc):  # no key, no agent: nothing was tried
                 self._password_fallback(client, ep, exc)
                 return
+            if is_timeout(exc):  # accepted TCP, then silence (a hung board, a half-dead sshd)
+                raise DeviceError(f"device '{self.name}': {where} accepted the connection but sent no SSH greeting "
+                                  f"within {self.connect_timeout:g} s", kind="timeout",
+                                  hint=connect_hint(ep) + " (sshd not answering; or raise --connect-timeout)") from None
             raise DeviceError(f"device '{self.name}': SSH handshake with {where} failed: {exc}",
                               kind="handshake") from None
+        finally:
+            self._keepalive(client, ep)
+
+    @staticmethod
+    def _keepalive(client: paramiko.SSHClient, ep: Endpoint) -> None:
+        """Keepalives while the connection lives: a validate's runner is silent for minutes."""
+        transport = client.get_transport()
+        if transport is not None and transport.is_active():
+            transport.set_keepalive(int(ep.keepalive_s or DEFAULT_KEEPALIVE_S))
 
     def _password_fallback(self, client: paramiko.SSHClient, ep: Endpoint, exc: Exception) -> None:
         """Key auth failed: ask for a password if a person is there to type one; never from config."""
