@@ -46,8 +46,9 @@ CHANGED = frozenset({SWITCHED, REPAIRED, ROLLED_BACK})
 """Outcomes that changed the device (Ansible's ``changed``)."""
 
 ERROR_KINDS = ("timeout", "unreachable", "host_key_unknown", "host_key_changed", "host_key_revoked",
-               "host_key_ca_unsupported", "auth", "handshake", "connection_lost", "lock", "release_conflict",
-               "deploy", "validation", "metric", "device", "config", "not_attempted", "unexpected")
+               "host_key_ca_unsupported", "auth", "handshake", "connection_lost", "locked", "lock_failed",
+               "lock_lost", "no_space", "checksum_mismatch", "release_conflict", "deploy", "validation", "metric",
+               "device", "config", "not_attempted", "unexpected")
 """``HostError.kind`` values. Engines may add their own (the Ansible engine's ``ansible``), but map
 what they can to these, so scripts can branch on them whichever engine ran."""
 

@@ -318,3 +318,26 @@ def test_time_window_plans_iterations_to_fill_the_duration() -> None:
 def test_stride_keeps_at_most_the_limit_in_time_order() -> None:
     kept = runner.stride([float(i) for i in range(10_000)], limit=100)
     assert len(kept) == 100 and kept == sorted(kept) and kept[0] == 0.0
+
+
+def test_time_window_stops_at_max_iterations_before_the_duration() -> None:
+    """A 0.04 ms model must not spin for the whole --duration: the window ends at whichever of the
+    iteration cap and the duration comes first."""
+    stats, samples = runner.time_window(lambda feed: None, None, 5.0, max_iterations=2000)
+    assert stats["iterations"] == len(samples) == 2000
+    assert stats["window_s"] < 2.0  # far below the 5 s duration (a functional bound, not a timing claim)
+    stats, _ = runner.time_window(lambda feed: time.sleep(0.002), None, 0.1, max_iterations=10_000)
+    assert 0.1 <= stats["window_s"] < 1.0 and stats["iterations"] < 10_000  # the duration came first
+
+
+def test_time_window_checks_the_clock_between_chunks() -> None:
+    """Runs that slow down after a fast start cannot stretch the window by a whole plan."""
+    calls = []
+
+    def run(feed: object) -> None:
+        calls.append(1)
+        if len(calls) > 10:
+            time.sleep(0.001)  # 10 fast first runs, then slow ones
+
+    stats, _ = runner.time_window(run, None, 0.2)
+    assert 0.2 <= stats["window_s"] < 0.2 + runner.CHUNK_S * 30, stats["window_s"]

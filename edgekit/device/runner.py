@@ -202,8 +202,8 @@ def time_window(run, feed, duration_s, min_iterations=10, max_iterations=MAX_ITE
     ``min_iterations``), planning the iteration count from the measured cost.
 
     TVM's ``min_repeat_ms`` idea: time a few runs, then plan as many as fill the window. Plans are
-    cut into chunks of about CHUNK_S, so an estimate taken on a few fast first runs can overshoot
-    the window by one chunk, never by the whole window again.
+    cut into chunks of about CHUNK_S that at most double the runs done, so an estimate taken on a
+    few fast first runs can overshoot the window by one short chunk, never by the whole window.
     """
     clock = time.perf_counter
     samples = []
@@ -220,7 +220,9 @@ def time_window(run, feed, duration_s, min_iterations=10, max_iterations=MAX_ITE
             break
         per_run = max(elapsed / len(samples), 1e-7)
         wanted = int(math.ceil((duration_s - elapsed) / per_run))
-        planned = min(cap, len(samples) + max(1, min(wanted, int(CHUNK_S / per_run))))
+        # At most as many again as done so far: a cost estimated on fast first runs cannot plan
+        # thousands of slow ones before the clock is read again.
+        planned = min(cap, len(samples) + max(1, min(wanted, int(CHUNK_S / per_run), len(samples))))
     stats = percentiles(samples)
     stats["window_s"] = clock() - start
     return stats, samples

@@ -200,7 +200,9 @@ class SSHTransport(Transport):
 
         try:
             client.connect(ep.hostname, ep.port, username=ep.user, key_filename=keys or None,
-                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                           # start_client's own deadline a little after the banner's, so a silent
+                           # board fails on the banner wait with its real cause, once
+                           timeout=self.connect_timeout + 1.0, banner_timeout=self.connect_timeout,
                            auth_timeout=self.connect_timeout, sock=sock,  # type: ignore[arg-type]
                            allow_agent=True, look_for_keys=True, transport_factory=transport_factory)
         except paramiko.BadHostKeyException as exc:

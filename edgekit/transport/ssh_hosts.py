@@ -152,7 +152,9 @@ def is_timeout(exc: BaseException) -> bool:
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return True
     text = str(exc).lower()
-    return "timed out" in text or "timeout" in text or "error reading ssh protocol banner" in text
+    # "No existing session": paramiko's start_client gave up waiting for the key exchange (its
+    # deadline passed without an error), and connect then found no session.
+    return any(s in text for s in ("timed out", "timeout", "error reading ssh protocol banner", "no existing session"))
 
 
 def connect_hint(ep: Endpoint) -> str:
