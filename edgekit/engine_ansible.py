@@ -143,6 +143,9 @@ def inventory(config: ProjectConfig, devices: Sequence[DeviceSpec], policies: Di
     Ansible keeps a group's hosts in the order its source lists them)."""
     hosts = {}
     for d in devices:
+        if any(c in d.name for c in ":[],"):  # Ansible reads 'a:22' as a port and 'a[1:3]' as a range
+            raise ConfigError(f"device '{d.name}': the Ansible engine cannot use this name as an inventory host "
+                              "(':', '[', ']' or ',' in it)", hint="rename the device, or use --engine builtin")
         hv = host_vars(config, d, policies.get(d.name))
         hv.update((extra or {}).get(d.name, {}))
         hosts[d.name] = hv

@@ -111,6 +111,7 @@ class AnsibleEngine:
         }
         results: Dict[str, HostResult] = {}
         starts: Dict[str, float] = {}
+        released: set = set()
         batch = 0
         done: List[str] = []
 
@@ -146,7 +147,8 @@ class AnsibleEngine:
             if kind == "runner_on_unreachable":
                 out.error = unreachable(str(res.get("msg") or ""), host, policies.get(host))
                 out.release = None
-            elif action == RELEASE and "rollback" not in res and kind in ("runner_on_ok", "runner_on_failed"):
+            elif action == RELEASE and host not in released and kind in ("runner_on_ok", "runner_on_failed"):
+                released.add(host)  # the play's first release task; a later one is the canary's rollback
                 out.deploy = deploy_result(host, res.get("release"))
                 if kind == "runner_on_ok" and out.deploy is not None:
                     d = out.deploy

@@ -202,6 +202,30 @@ def test_changed_host_key_is_refused(one_board: Path, sshd: SshdServer, trust_ho
     assert not Path(cfg.devices[0].path).exists()
 
 
+def test_the_ansible_engine_honours_the_builtin_engines_lock(one_board: Path, sshd: SshdServer,
+                                                              trust_hosts: Callable) -> None:
+    """One lock for both engines: a live built-in deploy's lock (its owner alive, its heartbeat
+    beating) makes the Ansible engine wait and give up with the built-in engine's words."""
+    from edgekit.deploy_lock import DeviceLock
+    from edgekit.transport import connect
+
+    trust_hosts(sshd)
+    cfg = load(one_board)
+    devices = select_devices(cfg, group="edge")
+    with connect(cfg.devices[0], cfg) as t:
+        lock = DeviceLock(t, 5).acquire()
+        try:
+            with pytest.raises(FleetError) as err:
+                deploy_fleet(cfg, devices, engine=_engine("ansible"), lock_timeout=2)
+        finally:
+            lock.release()
+    res = err.value.results.results["board"]
+    assert res.error is not None and res.error.kind == "locked", res.error
+    assert "another deploy holds the lock" in res.error.message and "held by pid" in res.error.message
+    assert not os.path.lexists(Path(cfg.devices[0].path) / "current")
+    assert deploy_fleet(cfg, devices, engine=_engine("ansible")).results["board"].outcome == "switched"
+
+
 def test_validate_engine_ansible_stores_runs_like_the_builtin(twin_project: Path) -> None:
     cfg = load(twin_project)
     deploy_fleet(cfg, select_devices(cfg, group="ansible"), engine=_engine("ansible"))
@@ -292,3 +316,16 @@ def test_device_side_modules_parse_under_python_3_8() -> None:
     files = [str(p) for p in (COLLECTION / "plugins" / "modules").glob("*.py")]
     proc = subprocess.run([vermin, "-t=3.8-", "--no-tips", "--violations", *files], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_name_ansible_would_read_as_a_port_or_range_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from edgekit.config import DeviceSpec
+    from edgekit.engine_ansible import inventory
+    from edgekit.errors import ConfigError
+
+    cfg = load(write_project(tmp_path / "p", [{"name": "ok", "target": "x86-avx2", "path": str(tmp_path / "d")}]))
+    for name in ("pi:22", "pi[1:3]", "fe80::1"):
+        with pytest.raises(ConfigError, match=r"cannot use this name as an inventory host"):
+            inventory(cfg, [DeviceSpec(name=name, target="x86-avx2", path=str(tmp_path / "d"))], {})
+    inv = inventory(cfg, cfg.devices, {})
+    assert inv["all"]["children"]["edgekit"]["hosts"]["ok"]["ansible_connection"] == "local"
