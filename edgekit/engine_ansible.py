@@ -39,19 +39,18 @@ CONNECT_TIMEOUT_S = 10
 Event = Dict[str, Any]
 
 
-def collections_root() -> Path:
+def collections_root() -> Optional[Path]:
     """The directory holding ``ansible_collections/edgekit/fleet``: ``$EDGEKIT_ANSIBLE_COLLECTIONS``,
-    else the source tree edgekit runs from."""
+    else the source tree edgekit runs from; None when neither has it (an installed edgekit): then
+    Ansible's own collection paths must hold it (``ansible-galaxy collection install``)."""
     given = os.environ.get(COLLECTIONS_ENV)
     root = Path(given).expanduser() if given else Path(__file__).resolve().parent.parent
     if not (root / "ansible_collections" / "edgekit" / "fleet" / "galaxy.yml").is_file():
-        raise ConfigError(f"the edgekit.fleet Ansible collection is not under {root}/ansible_collections",
-                          hint=f"set {COLLECTIONS_ENV} to the directory that holds ansible_collections/")
+        if given:
+            raise ConfigError(f"{COLLECTIONS_ENV}={given}: no ansible_collections/edgekit/fleet/galaxy.yml there",
+                              hint=f"set {COLLECTIONS_ENV} to the directory that holds ansible_collections/")
+        return None
     return root
-
-
-def playbook(name: str) -> Path:
-    return collections_root() / "ansible_collections" / "edgekit" / "fleet" / "playbooks" / f"{name}.yml"
 
 
 def missing() -> Optional[str]:
@@ -172,6 +171,7 @@ def stream_playbook(name: str, inv: Dict[str, Any], extravars: Dict[str, Any], *
 
     exe = str(ansible_executable("ansible-playbook"))
     root = collections_root()
+    own = [str(root)] if root is not None else []
     events: "queue.Queue[Event]" = queue.Queue()
 
     def handler(event: Event) -> bool:
@@ -179,10 +179,11 @@ def stream_playbook(name: str, inv: Dict[str, Any], extravars: Dict[str, Any], *
         return False  # kept here only, not also written to the artifacts directory
 
     with tempfile.TemporaryDirectory(prefix="edgekit-ansible-") as private:
-        paths = [str(root)] + [p for p in os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep) if p]
+        # Ansible's own defaults stay on the path after ours (an installed collection is found there).
+        given = os.environ.get("ANSIBLE_COLLECTIONS_PATH", "~/.ansible/collections:/usr/share/ansible/collections")
         env = {
             "PATH": os.pathsep.join([str(Path(exe).parent), os.environ.get("PATH", "")]),
-            "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(paths),
+            "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(own + [p for p in given.split(os.pathsep) if p]),
             "ANSIBLE_HOST_KEY_CHECKING": "True",
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_NOCOLOR": "1",
@@ -192,7 +193,7 @@ def stream_playbook(name: str, inv: Dict[str, Any], extravars: Dict[str, Any], *
             "ANSIBLE_TIMEOUT": "30",
         }
         thread, runner = ansible_runner.run_async(
-            private_data_dir=private, playbook=str(playbook(name)), inventory=inv, extravars=extravars,
+            private_data_dir=private, playbook=f"{COLLECTION}.{name}", inventory=inv, extravars=extravars,
             forks=max(1, forks), quiet=True, event_handler=handler, envvars=env,
             settings={"suppress_ansible_output": True})
         while thread.is_alive() or not events.empty():

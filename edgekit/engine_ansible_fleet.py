@@ -60,6 +60,16 @@ def unreachable(msg: str, host: str, policy: Optional[SshPolicy]) -> HostError:
     return HostError(kind, f"device '{host}': cannot connect: {said}", policy.connect_hint if policy else None)
 
 
+def playbook_failure(end: Event) -> HostError:
+    """ansible-playbook itself failed (no host got a result): its last words, and what to do."""
+    said = text(end.get("output"), 600) or "no output"
+    hint = "run the same playbook with ansible-playbook -vvv to see why"
+    if "could not be found" in said or "couldn't resolve module/action 'edgekit.fleet" in said:
+        hint = ("install the collection (ansible-galaxy collection install, from ansible_collections/edgekit/fleet "
+                "of edgekit's source), or set EDGEKIT_ANSIBLE_COLLECTIONS to the directory holding ansible_collections/")
+    return HostError("ansible", f"ansible-playbook failed ({end.get('status')}, exit {end.get('rc')}): {said}", hint)
+
+
 def task_failure(res: Dict[str, Any]) -> HostError:
     kind = res.get("kind") if isinstance(res.get("kind"), str) else "ansible"
     hint = text(res.get("hint"), 500) if res.get("hint") else None
@@ -186,9 +196,7 @@ class AnsibleEngine:
                 yield self._finish(out, starts)
             elif failed or not results:
                 yield HostResult(h.name, "deploy", FAILED, False, engine=self.name, release=rids.get(h.name),
-                                 error=HostError("ansible", f"ansible-playbook failed ({end.get('status')}, exit "
-                                                 f"{end.get('rc')}): {text(end.get('output'), 600) or 'no output'}",
-                                                 "run the same playbook with ansible-playbook -vvv to see why"))
+                                 error=playbook_failure(end))
             else:
                 yield HostResult(h.name, "deploy", NOT_ATTEMPTED, False, engine=self.name,
                                  phase="after canary" if why.startswith("canary") else f"after {why.split(' failed')[0]}",
@@ -280,9 +288,7 @@ class AnsibleEngine:
             yield out
         for h in hosts:
             if h.name not in seen:
-                yield HostResult(h.name, "validate", FAILED, False, engine=self.name,
-                                 error=HostError("ansible", f"ansible-playbook failed ({end.get('status')}, exit "
-                                                 f"{end.get('rc')}): {text(end.get('output'), 600) or 'no output'}"))
+                yield HostResult(h.name, "validate", FAILED, False, engine=self.name, error=playbook_failure(end))
 
     # ------------------------------------------------------------------------------------------
     # shared

@@ -308,6 +308,36 @@ def test_galaxy_build_ships_the_device_release_script_itself(tmp_path: Path) -> 
             "playbooks/deploy.yml", "playbooks/validate.yml", "playbooks/rollback.yml", "README.md"} <= names
 
 
+def test_an_installed_collection_is_used_when_edgekit_has_no_source_tree(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wheel-installed edgekit has no ansible_collections/ beside it: the collection installed with
+    ansible-galaxy (as on an AWX controller) is used; without it, one error says how to install it."""
+    from edgekit.transport.inventory_ansible import ansible_executable
+
+    galaxy = str(ansible_executable("ansible-galaxy"))
+    subprocess.run([galaxy, "collection", "build", str(COLLECTION), "--output-path", str(tmp_path)], check=True,
+                   capture_output=True, timeout=120)
+    cfg = load(write_project(tmp_path / "p", [{"name": "pc", "target": "x86-avx2", "path": str(tmp_path / "dev"),
+                                                "groups": ["edge"]}]))
+    monkeypatch.setattr("edgekit.engine_ansible.collections_root", lambda: None)
+    empty = tmp_path / "nothing-installed"
+    empty.mkdir()
+    monkeypatch.setenv("ANSIBLE_COLLECTIONS_PATH", str(empty))
+    # PYTHONPATH holds this checkout, and Ansible also looks for collections along sys.path
+    monkeypatch.setenv("ANSIBLE_COLLECTIONS_SCAN_SYS_PATH", "False")
+    with pytest.raises(FleetError) as err:
+        deploy_fleet(cfg, cfg.devices, engine=_engine("ansible"))
+    e = err.value.results.results["pc"].error
+    assert e is not None and e.kind == "ansible" and "ansible-galaxy collection install" in (e.hint or ""), e
+
+    installed = tmp_path / "installed"
+    subprocess.run([galaxy, "collection", "install", str(next(tmp_path.glob("edgekit-fleet-*.tar.gz"))), "-p",
+                    str(installed)], check=True, capture_output=True, timeout=120)
+    monkeypatch.setenv("ANSIBLE_COLLECTIONS_PATH", str(installed))
+    run = deploy_fleet(cfg, cfg.devices, engine=_engine("ansible"))
+    assert run.results["pc"].outcome == "switched" and os.readlink(tmp_path / "dev" / "current").startswith("releases/")
+
+
 def test_device_side_modules_parse_under_python_3_8() -> None:
     """The modules run on the device with its Python (3.8 on JetPack 5), like edgekit/device/."""
     import sys
