@@ -228,7 +228,8 @@ class DeviceSpec(_Strict):
     target: str = ""
     """The target profile. Only an entry that adds settings to an inventory host of the same name
     may leave it out (the inventory's edgekit_target then gives it; see edgekit.fleet.all_devices)."""
-    transport: Literal["local", "ssh"] = "local"
+    transport: str = "local"
+    """A name from the transport registry (edgekit.transport.names(): local, ssh, and any registered)."""
     path: str = "~/edgekit"
     """The device directory that holds releases/ and current."""
     host: Optional[str] = None
@@ -241,6 +242,15 @@ class DeviceSpec(_Strict):
     connect_timeout: Optional[Num] = Field(None, gt=0, le=3600)
     """Seconds to reach the device (TCP, SSH greeting, key exchange, auth), each step; default:
     ``ConnectTimeout`` from ~/.ssh/config, else 10. ``--connect-timeout`` wins over both."""
+
+    @field_validator("transport")
+    @classmethod
+    def _known_transport(cls, v: str) -> str:
+        from .transport import names  # the registry is the one list of transports
+
+        if v not in names():
+            raise ValueError(f"unknown transport '{v}', expected one of: {', '.join(names())}")
+        return v
 
     @model_validator(mode="after")
     def _ssh_host(self) -> "DeviceSpec":

@@ -56,6 +56,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -185,62 +186,125 @@ def history_line(action, *ids):
 
 
 # -- the device directory -------------------------------------------------------------------------
-class Device(object):
+class PosixFs(object):
+    """The file operations the release logic needs, on this machine's files under ``root`` (paths
+    are relative to it). A host-side transport offers the same methods over its own link."""
+
     def __init__(self, root):
         self.root = os.path.abspath(os.path.expanduser(root))
-        self.owner = None  # our owner text, once the lock is ours
-        self._stop = None
-        self.raw_history = []
 
-    def p(self, rel):
-        return os.path.join(self.root, rel) if rel else self.root
+    def path(self, *parts):
+        return os.path.join(self.root, *[p for p in parts if p])
 
-    def read(self, rel, limit):
-        try:
-            fd = os.open(self.p(rel), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-        except OSError:
-            return ""
-        try:
-            with os.fdopen(fd, "rb") as f:
-                return f.read(limit).decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
-
-    def write(self, rel, data):
-        with open(self.p(rel), "wb") as f:
-            f.write(data)
+    def exists(self, rel):
+        return os.path.lexists(self.path(rel))
 
     def is_dir(self, rel):
+        return os.path.isdir(self.path(rel)) and not os.path.islink(self.path(rel))
+
+    def listdir(self, rel):
+        return sorted(os.listdir(self.path(rel)))
+
+    def readlink(self, rel):
         try:
-            return os.path.isdir(self.p(rel)) and not os.path.islink(self.p(rel))
+            return os.readlink(self.path(rel))
         except OSError:
-            return False
+            return None
+
+    def read_head(self, rel, limit):
+        fd = os.open(self.path(rel), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            return f.read(limit)
+
+    def write_bytes(self, rel, data):
+        with open(self.path(rel), "wb") as f:
+            f.write(data)
+
+    def mkdir(self, rel):
+        os.mkdir(self.path(rel))
+
+    def makedirs(self, rel):
+        os.makedirs(self.path(rel), exist_ok=True)
+
+    def rename(self, src, dst):
+        os.rename(self.path(src), self.path(dst))
+
+    def symlink(self, target, rel):
+        os.symlink(target, self.path(rel))
 
     def rmtree(self, rel):
-        path = self.p(rel)
+        path = self.path(rel)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         elif os.path.lexists(path):
             os.unlink(path)  # a file or a link, never followed
 
-    def free(self):
+    def free_bytes(self, rel):
         try:
-            st = os.statvfs(self.p("releases"))
+            st = os.statvfs(self.path(rel))
         except OSError:
             return None
         return st.f_bavail * st.f_frsize
 
-    def current(self):
+    def sha256_many(self, rels):
+        """{rel: sha256} of the regular files among ``rels`` (links are not followed)."""
+        return dict((r, h) for r, h in ((r, sha256_file(self.path(r))) for r in rels) if h)
+
+    def copy_many(self, pairs):
+        """Copy regular files (src, dst) within the device; a link or a missing source is skipped."""
+        for src, dst in pairs:
+            s = self.path(src)
+            if os.path.islink(s) or not os.path.isfile(s):
+                continue
+            self.rmtree(dst)
+            shutil.copyfile(s, self.path(dst))
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            for block in iter(lambda: f.read(CHUNK), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+class Device(object):
+    """The release layout of one device directory, over ``fs`` (PosixFs here, a transport's file
+    operations when the host drives it)."""
+
+    def __init__(self, fs):
+        self.fs = fs
+        self.root = fs.path()
+        self.owner = None  # our owner text, once the lock is ours
+        self._stop = None
+        self.raw_history = []
+
+    def p(self, rel):
+        return self.fs.path(rel)
+
+    def read(self, rel, limit):
         try:
-            return release_of(os.readlink(self.p("current")))
+            return self.fs.read_head(rel, limit).decode("utf-8", "replace").strip()
         except OSError:
-            return None
+            return ""
+
+    def free(self):
+        return self.fs.free_bytes("releases")
+
+    def current(self):
+        return release_of(self.fs.readlink("current"))
 
     def inspect(self):
         """(current, release and .partial names of releases/, other dot-names, reconciled history)."""
         current = self.current()
         try:
-            entries = sorted(os.listdir(self.p("releases")))
+            entries = self.fs.listdir("releases")
         except OSError:
             entries = []
         other = [d for d in entries if d.startswith(".")]
@@ -249,19 +313,8 @@ class Device(object):
         history = [line for line in self.raw_history if _HISTORY_LINE.match(line)]
         return current, dirs, other, reconcile(history, current)
 
-    def sha256(self, rel):
-        h = hashlib.sha256()
-        try:
-            fd = os.open(self.p(rel), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-            with os.fdopen(fd, "rb") as f:
-                for block in iter(lambda: f.read(CHUNK), b""):
-                    h.update(block)
-        except OSError:
-            return None
-        return h.hexdigest()
-
     def manifest_files(self, release):
-        """{name: sha256} of a release's manifest as the device holds it, plain names only."""
+        """(manifest, {name: sha256} of its plain names) as the device holds it: data, never trusted."""
         try:
             m = json.loads(self.read("releases/%s/%s" % (release, MANIFEST), MANIFEST_LIMIT) or "{}")
         except (ValueError, RecursionError):
@@ -274,7 +327,7 @@ class Device(object):
     # -- the lock -------------------------------------------------------------------------------
     def lock(self, owner, brk=None, heartbeat_s=None):
         try:
-            os.makedirs(self.p("releases"), exist_ok=True)
+            self.fs.makedirs("releases")
         except OSError as exc:
             raise Refused("lock_failed", "cannot create %s: %s" % (self.p("releases"), _os_text(exc)))
         if brk:
@@ -283,18 +336,18 @@ class Device(object):
             token = _token(owner)
             cand = "releases/%s%s" % (NEW_PREFIX, token[:16])
             try:
-                os.mkdir(self.p(cand))
-                self.write(cand + "/owner", owner.encode())
-                self.write(cand + "/heartbeat", b"0")
-                os.rename(self.p(cand), self.p(LOCK))
+                self.fs.mkdir(cand)
+                self.fs.write_bytes(cand + "/owner", owner.encode())
+                self.fs.write_bytes(cand + "/heartbeat", b"0")
+                self.fs.rename(cand, LOCK)
             except OSError as exc:
                 try:
-                    self.rmtree(cand)
+                    self.fs.rmtree(cand)
                 except OSError:
                     pass
-                if self.is_dir(LOCK):
+                if self.fs.is_dir(LOCK):
                     return self._held()
-                if os.path.lexists(self.p(LOCK)):
+                if self.fs.exists(LOCK):
                     self._not_a_directory()
                 raise Refused("lock_failed", "cannot take the deploy lock %s: %s" % (self.p(LOCK), _os_text(exc)))
             self.owner = owner
@@ -311,9 +364,9 @@ class Device(object):
                 "beat": self.read(LOCK + "/heartbeat", OWNER_LIMIT)}
 
     def _present(self):
-        if self.is_dir(LOCK):
+        if self.fs.is_dir(LOCK):
             return True
-        if os.path.lexists(self.p(LOCK)):
+        if self.fs.exists(LOCK):
             self._not_a_directory()
         return False
 
@@ -325,25 +378,26 @@ class Device(object):
         """Set a lock judged dead aside and remove it; give it back if it changed hands meanwhile."""
         aside = "releases/%s%s" % (STALE_PREFIX, uuid.uuid4().hex[:12])
         try:
-            os.rename(self.p(LOCK), self.p(aside))
+            self.fs.rename(LOCK, aside)
         except OSError:
             return
         try:
-            if self.read(aside + "/owner", OWNER_LIMIT) != held.strip() and not os.path.lexists(self.p(LOCK)):
-                os.rename(self.p(aside), self.p(LOCK))
+            if self.read(aside + "/owner", OWNER_LIMIT) != held.strip() and not self.fs.exists(LOCK):
+                self.fs.rename(aside, LOCK)
                 return
-            self.rmtree(aside)
+            self.fs.rmtree(aside)
         except OSError:
             pass  # a later deploy removes what is left aside
 
     def _beat(self, token, every, stop):
+        # Tagged with our token: a beat into a lock someone else took (ours broken) keeps nothing alive.
+        write = getattr(self.fs, "write_bytes_aside", self.fs.write_bytes)  # a host fs: its own channel
         n = 0
         while not stop.wait(every):
             n += 1
             try:
-                if self.still_held():
-                    self.write(LOCK + "/heartbeat", ("%d %s" % (n, token[:8])).encode())
-            except OSError:
+                write(LOCK + "/heartbeat", ("%d %s" % (n, token[:8])).encode())
+            except Exception:  # noqa: BLE001 - a lost link fails the deploy's own next request
                 pass
 
     def still_held(self):
@@ -365,8 +419,8 @@ class Device(object):
         released = False
         if self.still_held():
             aside = "releases/%s%s" % (STALE_PREFIX, _token(self.owner)[:12])
-            os.rename(self.p(LOCK), self.p(aside))  # released atomically: never a lock without owner
-            self.rmtree(aside)
+            self.fs.rename(LOCK, aside)  # released atomically: never a lock without its owner
+            self.fs.rmtree(aside)
             released = True
         self.owner = None
         return released
@@ -375,18 +429,18 @@ class Device(object):
     def claim(self, partial):
         """Make ``partial`` ours; a new one appears with our mark already inside."""
         mark = partial + "/" + PARTIAL_OWNER
-        if self.is_dir(partial):
-            self.write(mark, self.owner.encode())
+        if self.fs.is_dir(partial):
+            self.fs.write_bytes(mark, self.owner.encode())
             return
-        self.rmtree(partial)  # a file or a planted link: unlinked, never followed
+        self.fs.rmtree(partial)  # a file or a planted link: unlinked, never followed
         cand = "releases/%s%s-partial" % (NEW_PREFIX, _token(self.owner)[:16])
         try:
-            os.mkdir(self.p(cand))
-            self.write(cand + "/" + PARTIAL_OWNER, self.owner.encode())
-            os.rename(self.p(cand), self.p(partial))
+            self.fs.mkdir(cand)
+            self.fs.write_bytes(cand + "/" + PARTIAL_OWNER, self.owner.encode())
+            self.fs.rename(cand, partial)
         except BaseException:
             try:
-                self.rmtree(cand)
+                self.fs.rmtree(cand)
             except OSError:
                 pass
             raise
@@ -397,28 +451,28 @@ class Device(object):
         here = base
         for part in parts:
             here = here + "/" + part
-            if not self.is_dir(here):
-                if os.path.lexists(self.p(here)):
-                    self.rmtree(here)
-                os.mkdir(self.p(here))
+            if not self.fs.is_dir(here):
+                if self.fs.exists(here):
+                    self.fs.rmtree(here)
+                self.fs.mkdir(here)
 
     def point(self, target):
         tmp = "%s%s" % (CURRENT_TMP, uuid.uuid4().hex[:8])
-        os.symlink(target, self.p(tmp))
+        self.fs.symlink(target, tmp)
         try:
-            os.rename(self.p(tmp), self.p("current"))
+            self.fs.rename(tmp, "current")
         except BaseException:
-            self.rmtree(tmp)
+            self.fs.rmtree(tmp)
             raise
 
     def write_history(self, lines):
         text = "\n".join(lines[-HISTORY_LINES:]) + "\n"
         try:
-            self.write(HISTORY_TMP, text.encode())
-            os.rename(self.p(HISTORY_TMP), self.p("history"))
+            self.fs.write_bytes(HISTORY_TMP, text.encode())
+            self.fs.rename(HISTORY_TMP, "history")
         except BaseException:
             try:
-                self.rmtree(HISTORY_TMP)
+                self.fs.rmtree(HISTORY_TMP)
             except OSError:
                 pass
             raise
@@ -427,13 +481,13 @@ class Device(object):
         """Log ``line``, then point ``current`` at ``release`` (or drop it when None)."""
         self.write_history(history + [line])
         if release is None:
-            self.rmtree("current")
+            self.fs.rmtree("current")
         else:
             self.point("releases/" + release)
 
     def switch_leftovers(self):
         try:
-            entries = os.listdir(self.root)
+            entries = self.fs.listdir("")
         except OSError:
             return []
         return [e for e in entries
@@ -482,7 +536,7 @@ def op_status(dev, req):
                       "precision": text(q.get("precision")) if isinstance(q, dict) else None,
                       "files": len(files) if isinstance(files, dict) else 0})
     held = dev.read(LOCK + "/owner", OWNER_LIMIT)
-    lock = held if (held or os.path.lexists(dev.p(LOCK))) else None
+    lock = held if (held or dev.fs.exists(LOCK)) else None
     return {"current": current, "previous": previous, "releases": infos, "lock": lock,
             "partial": [d for d in dirs if d.endswith(PARTIAL)]}
 
@@ -502,11 +556,7 @@ def op_prepare(dev, req):
     current, dirs, other, history = dev.inspect()
     final, partial = "releases/" + rid, "releases/" + rid + PARTIAL
     names = sorted(files)
-    sums = {}
-    for d in (final, partial):
-        if dev.is_dir(d):
-            for n in names:
-                sums[d + "/" + n] = dev.sha256(d + "/" + n)
+    sums = dev.fs.sha256_many([d + "/" + n for d in (final, partial) if d.split("/")[1] in dirs for n in names])
     out = {"root": dev.root, "current": current, "history": history, "dirs": dirs,
            "history_clean": history == dev.raw_history, "free": dev.free(),
            "candidates": dict((d, dev.read("releases/%s/%s" % (d, PARTIAL_OWNER), OWNER_LIMIT))
@@ -535,15 +585,10 @@ def op_prepare(dev, req):
         raise Refused("no_space", "not enough space in %s: the release needs %.1f MB, %.1f MB free"
                       % (dev.p("releases"), need_bytes / 1e6, free / 1e6), need=need_bytes)
     dev.claim(partial)
-    for n in copies:
-        dev.ensure_dirs(partial, n)
-        src = "releases/%s/%s" % (current, by_hash[files[n]])
-        if os.path.islink(dev.p(src)) or not os.path.isfile(dev.p(src)):
-            continue
-        dst = dev.p(partial + "/" + n)
-        if os.path.lexists(dst):
-            dev.rmtree(partial + "/" + n)
-        shutil.copyfile(dev.p(src), dst)
+    for n in names:
+        if "/" in n:
+            dev.ensure_dirs(partial, n)
+    dev.fs.copy_many([("releases/%s/%s" % (current, by_hash[files[n]]), partial + "/" + n) for n in copies])
     out["copied"] = copies
     out["need"] = [n for n in names if n not in have and n not in copies]
     out["reused"] = len(names) - len(out["need"])
@@ -554,21 +599,22 @@ def op_upload(dev, req, stream):
     """Write the raw bytes that follow into the .partial; the whole declared length is always read,
     so the session stays in step even when a write fails."""
     listed = req.get("files")
-    if not isinstance(listed, list) or len(listed) > FILES_LIMIT:
-        raise Refused("bad_request", "files: expected a list of [name, size]")
-    for item in listed:
-        if not (isinstance(item, list) and len(item) == 2 and plain_name(item[0]) and isinstance(item[1], int)
-                and 0 <= item[1] < 1 << 50):
-            raise Refused("bad_request", "files: %r is not [plain name, size]" % (str(item)[:80],))
+    if not isinstance(listed, list) or len(listed) > FILES_LIMIT or not all(
+            isinstance(i, list) and len(i) == 2 and isinstance(i[1], int) and 0 <= i[1] < 1 << 50 for i in listed):
+        # Without sizes the bytes that follow cannot be skipped: the stream is lost, end the session.
+        raise Refused("bad_request", "files: expected a list of [name, size]", fatal=True)
     failure = None
     try:
+        for item in listed:
+            if not plain_name(item[0]):
+                raise Refused("bad_request", "files: %r is not a plain file name" % (str(item[0])[:80],))
         dev.require(req.get("owner"))
         partial = "releases/" + _rid(req) + PARTIAL
-        if not dev.is_dir(partial):
+        if not dev.fs.is_dir(partial):
             raise Refused("bad_request", "no upload in progress (prepare first)")
     except Refused as exc:
         failure = exc
-    written = 0
+    written, where = 0, None
     for name, size in listed:
         f = None
         if failure is None:
@@ -576,11 +622,11 @@ def op_upload(dev, req, stream):
                 dev.ensure_dirs(partial, name)
                 path = dev.p(partial + "/" + name)
                 if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
-                    dev.rmtree(partial + "/" + name)
+                    dev.fs.rmtree(partial + "/" + name)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
                 f = os.fdopen(fd, "wb")
             except OSError as exc:
-                failure = exc
+                failure, where = exc, name
         left = size
         while left:
             block = stream.read(min(CHUNK, left))
@@ -592,22 +638,22 @@ def op_upload(dev, req, stream):
                     f.write(block)
                     written += len(block)
                 except OSError as exc:
-                    failure, f = exc, _close(f)
+                    failure, where, f = exc, name, _close(f)
         if f is not None:
             try:
                 f.close()
             except OSError as exc:
-                failure = exc
+                failure, where = exc, name
     if isinstance(failure, Refused):
         raise failure
     if failure is not None:
         try:
-            dev.rmtree(partial)  # a full disk needs the space back more than a resumable upload
+            dev.fs.rmtree(partial)  # a full disk needs the space back more than a resumable upload
         except OSError:
             pass
-        raise Refused("write_failed", "writing %s failed: %s" % (getattr(failure, "filename", None) or partial,
+        raise Refused("write_failed", "writing %s failed: %s" % (dev.p(partial + "/" + where) if where else partial,
                                                                  failure.strerror or failure),
-                      no_space=failure.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG), free=dev.free())
+                      no_space=failure.errno in (errno.ENOSPC, errno.EDQUOT), free=dev.free())
     return {"written": written}
 
 
@@ -627,14 +673,17 @@ def op_commit(dev, req):
         raise Refused("bad_request", "keep: expected a whole number >= 1")
     current, dirs, other, history = dev.inspect()
     final, partial = "releases/" + rid, "releases/" + rid + PARTIAL
-    intact = rid in dirs and all(dev.sha256(final + "/" + n) == h for n, h in files.items())
+    names = sorted(files)
+    sums = dev.fs.sha256_many([final + "/" + n for n in names] if rid in dirs else [])
+    intact = rid in dirs and all(sums.get(final + "/" + n) == h for n, h in files.items())
     if not intact:
-        got = dict((n, dev.sha256(partial + "/" + n)) for n in sorted(files))
-        bad = [n for n in sorted(files) if got[n] != files[n]]
+        sums = dev.fs.sha256_many([partial + "/" + n for n in names])
+        got = dict((n, sums.get(partial + "/" + n)) for n in names)
+        bad = [n for n in names if got[n] != files[n]]
         if bad:
             retry = req.get("retry") or []
             if not (bad and set(bad) <= set(retry)):
-                dev.rmtree(partial)
+                dev.fs.rmtree(partial)
             raise Refused("checksum_mismatch", "checksum mismatch on the device after upload", files=bad,
                           got=dict((n, got[n]) for n in bad), resend=bool(bad and set(bad) <= set(retry)))
         dev.require(dev.owner)
@@ -642,14 +691,14 @@ def op_commit(dev, req):
             if current == rid:
                 dev.point(partial)
             aside = "releases/%s%s-%s" % (DAMAGED, rid, uuid.uuid4().hex[:6])
-            os.rename(dev.p(final), dev.p(aside))
-            os.rename(dev.p(partial), dev.p(final))
+            dev.fs.rename(final, aside)
+            dev.fs.rename(partial, final)
             if current == rid:
                 dev.point(final)
-            dev.rmtree(aside)
+            dev.fs.rmtree(aside)
         else:
-            os.rename(dev.p(partial), dev.p(final))
-        dev.rmtree(final + "/" + PARTIAL_OWNER)
+            dev.fs.rename(partial, final)
+        dev.fs.rmtree(final + "/" + PARTIAL_OWNER)
     switched = current != rid
     out = {"switched": False, "current": current}
     if switched:
@@ -675,9 +724,9 @@ def op_commit(dev, req):
               and (d.endswith(PARTIAL) or d.startswith((NEW_PREFIX, STALE_PREFIX, DAMAGED)))]
     out.update(previous=previous, pruned=doomed)
     for d in doomed + remove:
-        dev.rmtree("releases/" + d)
+        dev.fs.rmtree("releases/" + d)
     for e in dev.switch_leftovers():
-        dev.rmtree(e)
+        dev.fs.rmtree(e)
     return out
 
 
@@ -696,8 +745,9 @@ def op_rollback(dev, req):
             raise Refused("failed", "release %s is not on the device" % target)
         m, files = dev.manifest_files(target)
         listed = m.get("files")
+        sums = dev.fs.sha256_many(["releases/%s/%s" % (target, n) for n in sorted(files)])
         if not files or len(files) != len(listed or ()) or \
-                any(dev.sha256("releases/%s/%s" % (target, n)) != h for n, h in files.items()):
+                any(sums.get("releases/%s/%s" % (target, n)) != h for n, h in files.items()):
             raise Refused("failed", "release %s fails its checksums; not switching to it" % target)
     if target != current:
         dev.require(dev.owner)
@@ -763,6 +813,8 @@ def session(dev, stream, out):
             break
         out.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
         out.flush()
+        if reply.pop("fatal", False):
+            return 2
     if dev._stop is not None:
         dev._stop.set()  # the connection is gone: stop beating, so the lock can be judged stale
     return 0
@@ -773,7 +825,7 @@ def main(argv=None):
     if len(argv) != 3 or argv[1] != "--root" or argv[0] not in list(OPS) + ["session"]:
         sys.stderr.write("usage: release.py {%s|session} --root DIR < request.json\n" % "|".join(sorted(OPS)))
         return 2
-    dev = Device(argv[2])
+    dev = Device(PosixFs(argv[2]))
     if argv[0] == "session":
         return session(dev, sys.stdin.buffer, sys.stdout.buffer)
     try:
