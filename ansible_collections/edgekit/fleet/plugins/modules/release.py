@@ -210,10 +210,11 @@ def plan(dev, rid, files):
     (the locked prepare decides for real; this only spares transfers)."""
     current, dirs, _, _ = dev.inspect()
     final, partial = "releases/" + rid, "releases/" + rid + R.PARTIAL
-    intact = rid in dirs and all(dev.sha256(final + "/" + n) == h for n, h in files.items())
+    names = sorted(files)
+    sums = dev.fs.sha256_many([d + "/" + n for d in (final, partial) if d.split("/")[1] in dirs for n in names])
+    intact = rid in dirs and all(sums.get(final + "/" + n) == h for n, h in files.items())
     by_hash = dict((h, n) for n, h in dev.manifest_files(current)[1].items()) if current else {}
-    have_partial = dev.is_dir(partial)
-    need = [] if intact else [n for n in sorted(files) if not (have_partial and dev.sha256(partial + "/" + n) == files[n])
+    need = [] if intact else [n for n in names if sums.get(partial + "/" + n) != files[n]
                               and not (n != R.MANIFEST and files[n] in by_hash)]
     return {"current": current, "intact": intact, "need": need,
             "unchanged": intact and current == rid}
@@ -305,7 +306,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    dev = R.Device(p["path"])
+    dev = R.Device(R.PosixFs(p["path"]))
     name = p["name"] or "device"
     if p["keep_releases"] < 1:
         module.fail_json(msg="keep_releases: expected a whole number >= 1", kind="bad_request")
