@@ -212,8 +212,9 @@ def test_the_ansible_engine_honours_the_builtin_engines_lock(one_board: Path, ss
     trust_hosts(sshd)
     cfg = load(one_board)
     devices = select_devices(cfg, group="edge")
-    with connect(cfg.devices[0], cfg) as t:
-        lock = DeviceLock(t, 5).acquire()
+    with connect(cfg.devices[0], cfg) as t, t.release_session() as session:
+        lock = DeviceLock(session, t, 5)
+        lock.acquire()
         try:
             with pytest.raises(FleetError) as err:
                 deploy_fleet(cfg, devices, engine=_engine("ansible"), lock_timeout=2)

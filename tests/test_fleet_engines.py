@@ -1,7 +1,8 @@
 """The Ansible engine passes the same fleet end-to-end tests as the built-in one.
 
 Each test of tests/test_fleet.py that deploys through ``deploy_fleet`` (directly or through the CLI)
-runs again here with edgekit.fleet's default engine replaced by the Ansible engine: the very same
+(and the digits sample's fleet end-to-end test of test_deploy_e2e.py) runs again here with
+edgekit.fleet's default engine replaced by the Ansible engine: the very same
 test bodies and assertions, against the same three real sshd servers plus a local device, with
 ansible-core and ansible-runner doing the work through the edgekit.fleet collection. Left out:
 ``test_a_failed_batch_stops_later_batches_and_keeps_every_result`` injects a Python validator, which
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import test_deploy_e2e as E
 import test_fleet as F
 from ansible_support import require_ansible
 from test_fleet import fleet_project  # noqa: F401 -- the same fixture
@@ -41,3 +43,9 @@ def ansible_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_ansible_engine_passes_the_fleet_test(test: Callable[[Path], Any], ansible_by_default: None,
                                               fleet_project: Path) -> None:  # noqa: F811
     test(fleet_project)
+
+
+def test_ansible_engine_passes_the_digits_fleet_e2e(ansible_by_default: None, digits_project: Path, digits_bundle: Path,
+                                                    tmp_path: Path, sshd_fleet: Any, ssh_device: Callable,
+                                                    trust_hosts: Callable) -> None:
+    E.test_digits_sample_to_a_fleet(digits_project, digits_bundle, tmp_path, sshd_fleet, ssh_device, trust_hosts)

@@ -7,7 +7,8 @@
    of the manifest (edgekit.artifact.release_id), so a forged manifest cannot pass as a release.
 2. A read-only look on the device (the module with ``plan``) says whether the release is already
    current and which files neither a resumable ``.partial`` nor the current release can supply.
-3. Those files are transferred into Ansible's private temporary directory on the device.
+3. Those files are transferred, concatenated into one file (one transfer per device), into
+   Ansible's private temporary directory on the device.
 4. The module then does the release under the device lock with edgekit's device release script:
    prepare (resume, copy unchanged files from current), upload the staged files into the
    ``.partial``, verify every sha256, rename, switch, prune. If the locked look needs a file the
@@ -21,6 +22,8 @@ __metaclass__ = type
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_text
@@ -116,25 +119,34 @@ class ActionModule(ActionBase):
             result.update(look)
             return result
         need = list(look["plan"]["need"])
-        staged, sent, work = {}, 0, None
+        blobs, staged, sent, work = [], set(), 0, None
         try:
             for _ in range(ROUNDS):
                 todo = [n for n in need if n in files and n not in staged]
                 if todo:
+                    # One transfer per round: the files concatenated, in the order the module's upload
+                    # reads them back (name and size each), instead of a transfer per file.
                     work = work or self._make_tmp_path()
-                    for n in todo:
-                        remote = self._connection._shell.join_path(work, "edgekit-%d" % len(staged))
-                        self._transfer_file(os.path.join(bundle, n), remote)
-                        staged[n] = remote
-                        sent += sizes[n]
-                    self._fixup_perms2(list(staged.values()), execute=False)
-                out = self._execute_module(MODULE, module_args=dict(args, staged=staged), task_vars=task_vars)
+                    remote = self._connection._shell.join_path(work, "edgekit-%d" % len(blobs))
+                    fd, local = tempfile.mkstemp(prefix="edgekit-upload-")
+                    try:
+                        with os.fdopen(fd, "wb") as blob:
+                            for n in todo:
+                                with open(os.path.join(bundle, n), "rb") as f:
+                                    shutil.copyfileobj(f, blob, 1 << 20)
+                        self._transfer_file(local, remote)
+                    finally:
+                        os.unlink(local)
+                    self._fixup_perms2([remote], execute=False)
+                    blobs.append({"path": remote, "files": [[n, sizes[n]] for n in todo]})
+                    staged.update(todo)
+                    sent += sum(sizes[n] for n in todo)
+                out = self._execute_module(MODULE, module_args=dict(args, staged=blobs), task_vars=task_vars)
                 if out.get("failed") or "need_more" not in out:
                     break
                 need = [n for n in out["need_more"] if n in files]
                 if out.get("resend"):  # the device's copy from current was damaged: send fresh ones
-                    for n in need:
-                        staged.pop(n, None)
+                    staged.difference_update(need)
             else:
                 out = dict(failed=True, kind="failed", msg="the device kept asking for files (%s); another deploy "
                            "may be changing it: try again" % ", ".join(need[:5]))

@@ -37,7 +37,7 @@ options:
   files: {description: "Set by the action plugin: {name: sha256}.", type: dict}
   sizes: {description: "Set by the action plugin: {name: bytes}.", type: dict}
   target: {description: Set by the action plugin., type: str}
-  staged: {description: "Set by the action plugin: {name: staged path on the device}.", type: dict}
+  staged: {description: "Set by the action plugin: [{path, files: [[name, size], ...]}], files concatenated.", type: list, elements: dict}
   plan: {description: Set by the action plugin (a read-only look)., type: bool, default: false}
 author: edgekit contributors
 """
@@ -177,10 +177,14 @@ def acquire(dev, p, owner_text, owner):
         time.sleep(POLL_S)
 
 
-def abandoned(raw, token):
-    """A .partial or lock leftover nobody will finish (the judgement of DeviceLock.abandoned/leftover)."""
-    if not raw:
+def abandoned(name, raw, token):
+    """A .partial or lock leftover nobody will finish or use (edgekit/deploy_lock.py's
+    DeviceLock.abandoned): a lock set aside or a damaged release moved aside; a .partial unmarked (an
+    older edgekit), ours, or marked by a provably dead owner. An unmarked candidate lock is being made."""
+    if name.startswith((R.STALE_PREFIX, R.DAMAGED)):
         return True
+    if not raw:
+        return not name.startswith(R.NEW_PREFIX)
     o = _parse(raw)
     return o is not None and (o.get("token") == token or owner_dead(o, token))
 
@@ -220,11 +224,27 @@ def plan(dev, rid, files):
             "unchanged": intact and current == rid}
 
 
+def _blobs(raw):
+    """The action plugin's staged uploads: [{path, files: [[name, size], ...]}], each file holding
+    exactly its files' bytes one after another (checked: a short file would shift every later one)."""
+    blobs = []
+    for b in raw or []:
+        if not (isinstance(b, dict) and isinstance(b.get("path"), str) and isinstance(b.get("files"), list)):
+            raise Failed("bad_request", "staged: expected [{path, files: [[name, size], ...]}]")
+        listed = [[str(n), int(size)] for n, size in b["files"]]
+        if os.path.getsize(b["path"]) != sum(size for _, size in listed):
+            raise Failed("failed", "the staged upload %s does not hold the bytes of its files (%d, expected %d)"
+                         % (b["path"], os.path.getsize(b["path"]), sum(size for _, size in listed)))
+        blobs.append({"path": b["path"], "files": listed})
+    return blobs
+
+
 def deploy(dev, p, files, rid):
     t0 = time.time()
     owner = new_owner()
     owner_text = json.dumps(owner, sort_keys=True)
-    staged = dict((str(k), str(v)) for k, v in (p["staged"] or {}).items())
+    blobs = _blobs(p["staged"])
+    staged = set(n for b in blobs for n, _ in b["files"])
     sizes = dict((n, int(s)) for n, s in (p["sizes"] or {}).items())
     before, held = None, False
     try:
@@ -242,11 +262,13 @@ def deploy(dev, p, files, rid):
         missing = [n for n in need if n not in staged]
         if missing:
             return {"need_more": missing}
-        send = [n for n in sorted(files) if n in staged and (n in need or n in copied)]
+        # Every staged file is written, in the order the controller concatenated them (one it staged
+        # that the .partial meanwhile holds is written again, identical; a resent one last wins).
+        send = [[n, size] for b in blobs for n, size in b["files"]]
         if send:
-            ask(dev, {"op": "upload", "owner": owner_text, "release_id": rid,
-                      "files": [[n, os.path.getsize(staged[n])] for n in send]}, Staged([staged[n] for n in send]))
-        remove = [d for d, raw in (prep.get("candidates") or {}).items() if abandoned(raw, owner["token"])]
+            ask(dev, {"op": "upload", "owner": owner_text, "release_id": rid, "files": send},
+                Staged([b["path"] for b in blobs]))
+        remove = [d for d, raw in (prep.get("candidates") or {}).items() if abandoned(d, raw, owner["token"])]
         try:
             done = ask(dev, {"op": "commit", "owner": owner_text, "release_id": rid, "files": files,
                              "keep": p["keep_releases"], "remove": remove, "retry": copied})
@@ -261,7 +283,7 @@ def deploy(dev, p, files, rid):
             raise
         return {"release": {
             "release_id": rid, "target": p["target"], "previous": done.get("previous"),
-            "uploaded_files": len(send), "reused_files": len(files) - len(send),
+            "uploaded_files": len(staged), "reused_files": len(files) - len(staged),
             "skipped": bool(prep.get("intact")) and not done.get("switched"), "switched": bool(done.get("switched")),
             "repaired": bool(prep.get("intact")) is False and before == rid,
             "pruned": list(done.get("pruned") or []), "seconds": round(time.time() - t0, 3)}}
@@ -300,7 +322,7 @@ def main():
             files=dict(type="dict"),
             sizes=dict(type="dict", default={}),
             target=dict(type="str"),
-            staged=dict(type="dict", default={}),
+            staged=dict(type="list", elements="dict", default=[]),
             plan=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
