@@ -25,6 +25,7 @@ import os
 import queue
 import shlex
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence
@@ -32,10 +33,8 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 from .config import DeviceSpec, ProjectConfig
 from .errors import ConfigError, DeployError
 
-ENGINES = ("builtin", "ansible")
 COLLECTION = "edgekit.fleet"
 COLLECTIONS_ENV = "EDGEKIT_ANSIBLE_COLLECTIONS"
-CONNECT_TIMEOUT_S = 10
 Event = Dict[str, Any]
 
 
@@ -192,16 +191,22 @@ def stream_playbook(name: str, inv: Dict[str, Any], extravars: Dict[str, Any], *
             "ANSIBLE_SSH_RETRIES": "0",  # a timeout is not retried (the built-in engine does not either)
             "ANSIBLE_TIMEOUT": "30",
         }
+        stop = threading.Event()
         thread, runner = ansible_runner.run_async(
             private_data_dir=private, playbook=f"{COLLECTION}.{name}", inventory=inv, extravars=extravars,
-            forks=max(1, forks), quiet=True, event_handler=handler, envvars=env,
+            forks=max(1, forks), quiet=True, event_handler=handler, envvars=env, cancel_callback=stop.is_set,
             settings={"suppress_ansible_output": True})
-        while thread.is_alive() or not events.empty():
-            try:
-                yield events.get(timeout=0.1)
-            except queue.Empty:
-                continue
-        thread.join()
+        try:
+            while thread.is_alive() or not events.empty():
+                try:
+                    yield events.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+        finally:
+            # The caller stopped early (Ctrl-C, an error): ansible-playbook is stopped, not left running
+            # against the fleet with its private directory about to be removed.
+            stop.set()
+            thread.join()
         output = ""
         if runner.status != "successful":
             try:
