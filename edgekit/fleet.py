@@ -1,16 +1,16 @@
 """Devices from edgekit.toml and Ansible inventories, and operations on one device or a fleet.
 
-A fleet deploy fans out with bounded concurrency (``deploy.max_parallel``). With ``canary=N`` the
-first N devices get the release first and are validated *on the device*; a failed canary stops the
-rollout and switches the canary devices back to the release they had. The rest then follow in
-batches, each batch gating the next. A partial failure raises FleetError holding every device's
-outcome (Fabric's GroupResult/GroupException, as a value).
-"""
+A fleet deploy fans out with bounded concurrency (``deploy.max_parallel``) through an engine (the
+built-in one, edgekit/fleet_engine.py, unless another is given). With a canary (a count or device
+names) those devices get the release first and are validated *on the device*; a failed canary
+stops the rollout and is switched back to the release it had. The rest then follow in batches, each
+batch gating the next. Every device's result is a HostResult (edgekit/fleet_results.py); a partial
+failure raises FleetError holding the FleetRun (Fabric's GroupResult/GroupException, as a value)."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union, cast
+from typing import Dict, List, Optional, Sequence, Union, cast
 
 from . import artifact
 from .config import DeviceSpec, ProjectConfig

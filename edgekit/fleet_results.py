@@ -108,8 +108,6 @@ class HostResult:
         return self.outcome in CHANGED and not (self.outcome == ROLLED_BACK and self.action == "deploy")
 
     def to_json(self) -> Dict[str, Any]:
-        from .cli.render import to_jsonable  # plain conversion of dataclasses/pydantic models
-
         out: Dict[str, Any] = {"host": self.host, "action": self.action, "outcome": self.outcome, "ok": self.ok,
                                "changed": self.changed, "release": self.release, "previous": self.previous,
                                "phase": self.phase, "summary": self.summary, "seconds": self.seconds,
@@ -117,8 +115,24 @@ class HostResult:
         for key in ("deploy", "validation", "data"):
             value = getattr(self, key)
             if value is not None:
-                out[key] = to_jsonable(value)
+                out[key] = _jsonable(value)
         return out
+
+
+def _jsonable(value: Any) -> Any:
+    """Dataclasses (DeployResult, DeviceStatus) and pydantic models (ValidationResult, DoctorReport) as
+    plain JSON values."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "__dataclass_fields__"):
+        return _jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 @dataclass

@@ -147,6 +147,12 @@ def test_every_command_on_a_group_with_live_lines_recap_and_json(project: Path) 
     r = _cli(["validate", "-g", "edge", *cfg, "--quick"])
     assert r.exit_code == 0, r.stdout + r.stderr
     assert r.stdout.count(" ok ") == 3 and "p50" in r.stdout and "RECAP validate: ok=3" in r.stdout
+    r = _cli(["validate", "-d", "board-1", "-d", "board-0", *cfg, "--quick", "--duration", "5", "--json"])
+    data = json.loads(r.stdout)
+    assert [h["host"] for h in data["hosts"]] == ["board-1", "board-0"] and data["ok"]
+    for h in data["hosts"]:  # --quick: one short window however long --duration is
+        lat = h["validation"]["latency"]
+        assert lat["repeat"] == 1 and lat["warmup"] == 2 and lat["window_s"] < 1.0, lat
 
     r = _cli(["doctor", "-g", "edge", *cfg, "--json"])
     data = json.loads(r.stdout)
