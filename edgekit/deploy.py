@@ -110,14 +110,25 @@ class _Progress:
     """The device's last failure answer (it says what ``current`` is, read back there)."""
 
 
+def _rid(value: object) -> Optional[str]:
+    """A release id the device named, or None: its answers are data, never trusted."""
+    return value if isinstance(value, str) and artifact.is_release_id(value) else None
+
+
+def _line(value: object, limit: int = 500) -> str:
+    """A device's text for one line of output: printable characters only, bounded."""
+    return "".join(c for c in str(value)[:limit] if c.isprintable())
+
+
 def _refused(name: str, answer: Dict[str, Any], progress: Optional[_Progress] = None) -> DeployError:
     """A device's failure answer as a DeployError (its kind and fields kept in details)."""
     if progress is not None:
         progress.answer = answer
         progress.switch_requested = progress.switch_requested and bool(answer.get("switch_requested", True))
     extra = {k: v for k, v in answer.items() if k in ("files", "no_space", "free", "need")}
-    return DeployError(f"device '{name}': {answer.get('error') or 'the device refused'}",
-                       kind=str(answer.get("kind") or "failed"), hint=answer.get("hint"), **extra)
+    hint = answer.get("hint")
+    return DeployError(f"device '{name}': {_line(answer.get('error') or 'the device refused')}",
+                       kind=_line(answer.get("kind") or "failed", 40), hint=_line(hint) if hint else None, **extra)
 
 
 def deploy(transport: Transport, bundle: Path, *, keep_releases: int = 3, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
@@ -146,7 +157,7 @@ def deploy(transport: Transport, bundle: Path, *, keep_releases: int = 3, lock_t
             if prep.get("kind") == "no_space":
                 prep = dict(prep, hint="free space on the device, or lower deploy.keep_releases")
             raise _refused(name, prep, progress)
-        progress.before = prep.get("current")
+        progress.before = _rid(prep.get("current"))
         if prep.get("conflict"):
             raise DeployError(
                 f"device '{name}': release {rid} on the device holds another manifest.json (sha256 "
@@ -183,10 +194,10 @@ def deploy(transport: Transport, bundle: Path, *, keep_releases: int = 3, lock_t
         session.close()
     switched = bool(done.get("switched"))
     return DeployResult(
-        device=name, release_id=rid, target=str(manifest["target"]), previous=done.get("previous"),
+        device=name, release_id=rid, target=str(manifest["target"]), previous=_rid(done.get("previous")),
         uploaded_bytes=transport.bytes_sent - sent_before, uploaded_files=len(need),
-        reused_files=len(expected) - len(need), skipped=bool(prep.get("intact")) and not switched, switched=switched,
-        pruned=[str(d) for d in done.get("pruned") or []], seconds=round(time.perf_counter() - t0, 3),
+        reused_files=0 if prep.get("intact") else len(expected) - len(need), skipped=bool(prep.get("intact")) and not switched, switched=switched,
+        pruned=[d for d in done.get("pruned") or [] if _rid(d)], seconds=round(time.perf_counter() - t0, 3),
         transport=describe(transport))
 
 
@@ -229,14 +240,12 @@ def _try(action: Callable[[], object]) -> None:
 def _read_back(session: ReleaseSession, progress: _Progress) -> Tuple[Optional[str], str]:
     """(current, why it could not be read): from the device's own failure answer, else asked."""
     if progress.answer is not None and "current" in progress.answer:
-        now = progress.answer.get("current")
-        return (now if isinstance(now, str) and artifact.is_release_id(now) else None), ""
+        return _rid(progress.answer.get("current")), ""
     try:
         st = session.call({"op": "status"})
     except (EdgekitError, OSError) as err:
         return None, err.message if isinstance(err, EdgekitError) else os_text(err)
-    now = st.get("current")
-    return (now if isinstance(now, str) and artifact.is_release_id(now) else None), ""
+    return _rid(st.get("current")), ""
 
 
 def _failed(t: Transport, session: ReleaseSession, rid: str, target: str, exc: BaseException, progress: _Progress,
@@ -288,10 +297,10 @@ def rollback(transport: Transport, *, to: Optional[str] = None, allow_none: bool
         session.close()
     if not ans.get("ok"):
         if ans.get("errno") is not None:  # the filesystem failed, not the request
-            now = ans.get("current") or "none"
-            raise DeployError(f"rollback on '{transport.name}' failed: {ans.get('error')}; current is {now}")
-        raise DeployError(f"device '{transport.name}': {ans.get('error')}")
-    return RollbackResult(transport.name, ans.get("from"), ans.get("to"), round(time.perf_counter() - t0, 3))
+            now = _rid(ans.get("current")) or "none"
+            raise DeployError(f"rollback on '{transport.name}' failed: {_line(ans.get('error'))}; current is {now}")
+        raise DeployError(f"device '{transport.name}': {_line(ans.get('error'))}")
+    return RollbackResult(transport.name, _rid(ans.get("from")), _rid(ans.get("to")), round(time.perf_counter() - t0, 3))
 
 
 def _text(value: object) -> Optional[str]:
@@ -304,8 +313,8 @@ def status(transport: Transport) -> DeviceStatus:
     with transport.release_session() as session:
         st = session.call({"op": "status"})
     if not st.get("ok"):
-        raise DeployError(f"device '{transport.name}': status failed: {st.get('error')}")
-    ids = lambda v: v if isinstance(v, str) and artifact.is_release_id(v) else None  # noqa: E731
+        raise DeployError(f"device '{transport.name}': status failed: {_line(st.get('error'))}")
+    ids = _rid
     infos = [ReleaseInfo(str(r["id"]), bool(r.get("current")), bool(r.get("previous")), _text(r.get("target")),
                          _text(r.get("model")), _text(r.get("precision")), int(r.get("files") or 0))
              for r in st.get("releases") or [] if isinstance(r, dict) and ids(r.get("id"))]

@@ -176,16 +176,25 @@ class DeviceLock:
             req = {"op": "lock", "owner": self.text, "heartbeat_s": self.heartbeat_s}
             if brk is not None:
                 req["break"] = brk
-            answers = self.session.send([req, *follow])
+            # Marked held before asking: the answer comes back only after ``follow`` ran under the
+            # lock, and another thread of this process must not judge the lock dead meanwhile.
+            with _held_guard:
+                _held.add(self.token)
+            try:
+                answers = self.session.send([req, *follow])
+            except BaseException:
+                self.forget()
+                raise
             got, brk = answers[0], None
+            if not got.get("locked"):
+                self.forget()
             if not got.get("ok"):
-                raise DeployError(f"device '{name}': {got.get('error')}", hint=got.get("hint") or
+                raise DeployError(f"device '{name}': {_clean(got.get('error'), 500)}",
+                                  hint=_clean(got.get("hint"), 500) if got.get("hint") else
                                   "check that the device directory is writable (not a read-only or full filesystem)",
-                                  kind=str(got.get("kind") or "lock_failed"))
+                                  kind=_clean(got.get("kind") or "lock_failed", 40))
             if got.get("locked"):
                 self.held = True
-                with _held_guard:
-                    _held.add(self.token)
                 return answers[1:]
             held, beat = str(got.get("held") or "")[:OWNER_LIMIT], str(got.get("beat") or "")[:OWNER_LIMIT]
             owner = parse_owner(held)

@@ -43,6 +43,15 @@ def test_ssh_settings_live_on_the_ssh_transport(tmp_path: Path) -> None:
     assert isinstance(t, SSHTransport) and SSHTransport.Settings is SSHSettings
     assert (t.settings.host, t.settings.port, t.settings.user, t.settings.accept_new_host_key) == \
         ("192.0.2.1", 2222, "pi", True)
+    from edgekit import transport
+
+    transport.configure("ssh", accept_new_host_key=True)  # once, by the CLI: nothing in between passes it on
+    try:
+        assert connect(cfg.device("dev"), cfg).settings.accept_new_host_key is True  # type: ignore[attr-defined]
+        assert connect(cfg.device("dev"), cfg, accept_new_host_key=False).settings.accept_new_host_key is True  # type: ignore[attr-defined]
+    finally:
+        transport.OPTIONS.pop("ssh", None)
+    assert connect(cfg.device("dev"), cfg).settings.accept_new_host_key is False  # type: ignore[attr-defined]
     local = load(write_project(tmp_path / "q", [{"name": "dev", "target": "x86-avx2", "transport": "local",
                                                  "path": str(tmp_path / "d")}], bundles={}))
     connect(local.device("dev"), local, accept_new_host_key=True).close()  # a local device has no such setting

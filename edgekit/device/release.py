@@ -15,7 +15,8 @@ Layout of the device directory (ROOT)::
 Invocation::
 
     python3 release.py OP --root DIR      < one JSON object     > one JSON object
-    python3 release.py session --root DIR < JSON lines (+ raw bytes after "upload") > one JSON line each
+    python3 release.py session --root DIR [--requests JSON-LIST]
+                            < JSON lines (+ raw bytes after "upload") > one JSON line each
 
 Every answer is one JSON object with ``"ok"``; on failure ``"ok": false``, ``"kind"`` (lock_failed,
 locked, not_locked, lock_lost, no_space, write_failed, checksum_mismatch, release_conflict,
@@ -39,12 +40,20 @@ Operations (request fields -> answer fields):
 ``upload`` {owner, release_id, files [[name, size], ...]}, then exactly sum(size) raw bytes (session
     only) -> written (bytes). A write failure removes the .partial (a full disk needs the space
     back): kind write_failed, no_space (bool), free.
-``commit`` {owner, release_id, files, keep, remove [names judged abandoned], retry_copies (bool),
-    history_line} -> switched, previous, pruned, current. Verifies every file's sha256 in the
-    .partial (or the complete release), renames it into place, logs the history line, then points
-    ``current`` at it (a new link renamed over the old one), prunes, unlocks.
-``rollback`` {owner, to (optional), allow_none, history_line_for(from, to) is built here} -> from, to.
+``commit`` {owner, release_id, files, keep, remove [names the caller judged abandoned], retry [names
+    copied by prepare: on a mismatch of only those, the .partial is kept for re-sending them],
+    history_line (optional)} -> switched, previous, pruned, current; on a mismatch: kind
+    checksum_mismatch, files, got, resend. Verifies every file's sha256 in the .partial (or the
+    complete release), renames it into place, logs the history line, then points ``current`` at it
+    (a new link renamed over the old one), prunes, removes what a killed switch left. A failure
+    after the switch was requested carries ``switch_requested``; ``current`` is read back.
+``rollback`` {owner, to (optional release id), allow_none (bool)} -> from, to. Checks the target's
+    files against its manifest before switching; writes the "rollback" history line itself.
 ``unlock`` {owner} -> released (bool).
+
+Typical sequences. A session: lock+prepare, upload, commit+unlock. One process per operation (the
+Ansible module): lock, prepare, copy the ``need`` files into releases/<id>.partial/, commit, unlock
+(no heartbeat runs between processes: keep the stale time above the copy time).
 
 Everything read from the request or the device is hostile: names are checked (no absolute paths,
 no '..', no control characters), reads are bounded, links are never followed into, sizes are
@@ -60,7 +69,6 @@ import stat
 import sys
 import threading
 import time
-import uuid
 
 ID_LEN = 16
 PARTIAL = ".partial"
@@ -283,6 +291,7 @@ class Device(object):
         self.root = fs.path()
         self.owner = None  # our owner text, once the lock is ours
         self._stop = None
+        self.switch_requested = False
         self.raw_history = []
 
     def p(self, rel):
@@ -376,7 +385,7 @@ class Device(object):
 
     def _break(self, held):
         """Set a lock judged dead aside and remove it; give it back if it changed hands meanwhile."""
-        aside = "releases/%s%s" % (STALE_PREFIX, uuid.uuid4().hex[:12])
+        aside = "releases/%s%s" % (STALE_PREFIX, os.urandom(8).hex()[:12])
         try:
             self.fs.rename(LOCK, aside)
         except OSError:
@@ -457,7 +466,7 @@ class Device(object):
                 self.fs.mkdir(here)
 
     def point(self, target):
-        tmp = "%s%s" % (CURRENT_TMP, uuid.uuid4().hex[:8])
+        tmp = "%s%s" % (CURRENT_TMP, os.urandom(8).hex()[:8])
         self.fs.symlink(target, tmp)
         try:
             self.fs.rename(tmp, "current")
@@ -690,7 +699,7 @@ def op_commit(dev, req):
         if rid in dirs:  # our release with a damaged file: swapped for the fresh, verified copy
             if current == rid:
                 dev.point(partial)
-            aside = "releases/%s%s-%s" % (DAMAGED, rid, uuid.uuid4().hex[:6])
+            aside = "releases/%s%s-%s" % (DAMAGED, rid, os.urandom(8).hex()[:6])
             dev.fs.rename(final, aside)
             dev.fs.rename(partial, final)
             if current == rid:
@@ -706,7 +715,7 @@ def op_commit(dev, req):
         line = req.get("history_line") or history_line("deploy", rid)
         if not _HISTORY_LINE.match(line):
             raise Refused("bad_request", "history_line: not a line edgekit writes")
-        out["switch_requested"] = True
+        out["switch_requested"] = dev.switch_requested = True
         dev.switch(rid, history, line)
         out.update(switched=True, current=rid)
         history = history + [line]
@@ -769,6 +778,7 @@ def answer(dev, req, stream=None):
     if not isinstance(req, dict):
         return {"ok": False, "kind": "bad_request", "error": "expected a JSON object"}
     op = req.get("op")
+    dev.switch_requested = False
     try:
         if op == "upload" and stream is not None:
             out = op_upload(dev, req, stream)
@@ -783,6 +793,8 @@ def answer(dev, req, stream=None):
     except OSError as exc:
         out = {"ok": False, "kind": "failed", "error": _os_text(exc), "errno": exc.errno}
     out["current"] = dev.current()
+    if op == "commit":
+        out["switch_requested"] = dev.switch_requested
     return out
 
 
@@ -795,12 +807,15 @@ def _read_request(stream):
     return json.loads(line.decode("utf-8"))
 
 
-def session(dev, stream, out):
+def session(dev, stream, out, first=()):
     """JSON lines in, one JSON line out per request. The lock stays held (and beating) until
-    ``unlock`` or the end of input: a session cut off leaves its lock for the next deploy to judge."""
+    ``unlock`` or the end of input: a session cut off leaves its lock for the next deploy to judge.
+    ``first``: requests given on the command line, answered before stdin is read (over SSH they
+    travel with the exec request, sparing the wait for the channel's first window)."""
+    pending = list(first)
     while True:
         try:
-            req = _read_request(stream)
+            req = pending.pop(0) if pending else _read_request(stream)
         except (ValueError, RecursionError) as exc:
             out.write(json.dumps({"ok": False, "kind": "bad_request", "error": str(exc)[:200]}).encode() + b"\n")
             out.flush()
@@ -822,12 +837,20 @@ def session(dev, stream, out):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 3 or argv[1] != "--root" or argv[0] not in list(OPS) + ["session"]:
-        sys.stderr.write("usage: release.py {%s|session} --root DIR < request.json\n" % "|".join(sorted(OPS)))
+    first = []
+    if len(argv) == 5 and argv[0] == "session" and argv[3] == "--requests":
+        try:
+            first = json.loads(argv.pop(4)[:REQUEST_LIMIT])
+        except (ValueError, RecursionError):
+            first = None
+        argv.pop(3)
+    if len(argv) != 3 or argv[1] != "--root" or argv[0] not in list(OPS) + ["session"] or not isinstance(first, list):
+        sys.stderr.write("usage: release.py {%s|session [--requests JSON-LIST]} --root DIR < request.json\n"
+                         % "|".join(sorted(OPS)))
         return 2
     dev = Device(PosixFs(argv[2]))
     if argv[0] == "session":
-        return session(dev, sys.stdin.buffer, sys.stdout.buffer)
+        return session(dev, sys.stdin.buffer, sys.stdout.buffer, first)
     try:
         req = json.loads(sys.stdin.buffer.read(REQUEST_LIMIT).decode("utf-8") or "{}")
     except (ValueError, RecursionError) as exc:

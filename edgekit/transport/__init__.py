@@ -187,6 +187,18 @@ def transport_class(kind: str) -> Type[Transport]:
         raise ConfigError(f"unknown transport '{kind}', expected one of: {', '.join(names())}") from None
 
 
+OPTIONS: Dict[str, Dict[str, Any]] = {}
+"""Run-time settings per transport name, set once by the CLI (``configure("ssh",
+accept_new_host_key=True)``), so no module between the CLI and connect() has to pass them on."""
+
+
+def configure(kind: str, **options: Any) -> None:
+    OPTIONS.setdefault(kind, {}).update(options)
+
+
 def connect(device: "DeviceSpec", config: Optional["ProjectConfig"] = None, **options: Any) -> Transport:
-    """The transport for a [[devices]] table, by its ``transport`` name (see :data:`REGISTRY`)."""
-    return transport_class(device.transport).from_device(device, config, **options)
+    """The transport for a [[devices]] table, by its ``transport`` name (see :data:`REGISTRY`).
+    ``options`` are that connector's run-time settings; a falsy one never overrides ``configure``'s."""
+    merged = dict(OPTIONS.get(device.transport, {}))
+    merged.update({k: v for k, v in options.items() if v or k not in merged})
+    return transport_class(device.transport).from_device(device, config, **merged)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..device import release as R
 from ..errors import DeviceError
@@ -22,15 +23,24 @@ CHUNK = 1 << 20
 SOURCE = Path(R.__file__).read_text(encoding="utf-8")
 
 
-def script_argv(python: str, root: str) -> List[str]:
+FIRST_LIMIT = 64 << 10
+"""Bytes of first requests that ride on the command line (Linux takes 128 KiB per argument)."""
+
+
+def script_argv(python: str, root: str, first: Sequence[Dict[str, Any]] = ()) -> List[str]:
     """The command that runs the release script in session mode, its source inline: nothing needs
     installing on the device, and the device always runs the host's version of the logic."""
-    return [python, "-I", "-S", "-c", SOURCE, "session", "--root", root]
+    more = ["--requests", json.dumps(list(first))] if first else []
+    return [python, "-I", "-S", "-c", SOURCE, "session", "--root", root, *more]
 
 
-def script_command(python: str, root: str) -> str:
+def script_command(python: str, root: str, first: Sequence[Dict[str, Any]] = ()) -> str:
     """``script_argv`` for a remote shell; ``~/`` stays unexpanded (the script expands it)."""
-    return shlex.join(script_argv(python, root))
+    return shlex.join(script_argv(python, root, first))
+
+
+def fits_command_line(requests: Sequence[Dict[str, Any]]) -> bool:
+    return len(json.dumps(list(requests))) <= FIRST_LIMIT
 
 
 class Pipe:
@@ -51,7 +61,7 @@ class Pipe:
 
 
 class ScriptSession(ReleaseSession):
-    def __init__(self, name: str, pipe: Pipe, put_hook: Optional[Callable[..., int]] = None) -> None:
+    def __init__(self, name: str, pipe: Pipe) -> None:
         self.name = name
         self.pipe = pipe
         self.root: Optional[str] = None
@@ -59,8 +69,10 @@ class ScriptSession(ReleaseSession):
         self.bytes_sent = 0
         self._answered = 0
 
-    def send(self, requests: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        self.pipe.write(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
+    def send(self, requests: Sequence[Dict[str, Any]], *, sent: bool = False) -> List[Dict[str, Any]]:
+        """``sent``: the requests already went out (on the command line that started the script)."""
+        if not sent:
+            self.pipe.write(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
         return [self._answer() for _ in requests]
 
     def _answer(self) -> Dict[str, Any]:
@@ -113,3 +125,45 @@ class ScriptSession(ReleaseSession):
 
     def close(self) -> None:
         self.pipe.close()
+
+
+class ProcessPipe(Pipe):
+    """A local child process as the link (``ssh -S <ControlPath> host <command>``, a toy device)."""
+
+    def __init__(self, argv: Sequence[str], name: str) -> None:
+        self.name = name
+        try:
+            self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise DeviceError(f"device '{name}': cannot run {argv[0]}: {exc.strerror}", kind="connection_lost") from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except (BrokenPipeError, ValueError) as exc:
+            raise DeviceError(f"device '{self.name}': connection lost ({exc})", kind="connection_lost") from None
+
+    def readline(self, limit: int) -> bytes:
+        return self.proc.stdout.readline(limit)  # type: ignore[union-attr]
+
+    def ended(self) -> str:
+        try:
+            code = self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            return "no exit status"
+        tail = self.proc.stderr.read(1 << 16).decode("utf-8", "replace").strip().splitlines()  # type: ignore[union-attr]
+        return f"exit {code}" + (f": {tail[-1][:200]}" if tail else "")
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()  # end of input ends the session
+            self.proc.wait(30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f:
+                f.close()
+

@@ -4,9 +4,9 @@ shared by everything a command does (deploy, then validate: one connection).
 What it takes from the user's OpenSSH setup: ``~/.ssh/config`` (HostName, User, Port, IdentityFile,
 UserKnownHostsFile, ProxyJump, ProxyCommand), the ssh-agent, key files, and ``~/.ssh/known_hosts``
 plus the project's ``deploy.known_hosts``. Explicit values in edgekit.toml win over ~/.ssh/config,
-the way command-line options win over it for ``ssh``. ControlMaster/ControlPath/ControlPersist are
-not used: paramiko does not speak OpenSSH's multiplexing protocol, so a master another ``ssh``
-opened cannot carry edgekit's channels (see README, "Deploy protocol").
+the way command-line options win over it for ``ssh``. paramiko does not speak OpenSSH's multiplexing
+protocol; where the config gives the host a ControlPath and a master is up there, deploy's release
+session runs through ``ssh -S`` on it instead (see control_master), and everything else dials.
 
 Host keys are never trusted silently: an unknown key is refused with the command that trusts it,
 ``accept_new_host_key=True`` (an SSHSettings field) is an explicit trust-on-first-use that records
@@ -22,7 +22,9 @@ import logging
 import os
 import select
 import shlex
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -118,6 +120,7 @@ class SSHTransport(SftpFiles, Transport, kind="ssh"):
         self._aside_guard = threading.Lock()
         self._root: Optional[str] = None
         self._missing_keys: List[str] = []
+        self._master: Optional[str] = None
         self._stream: Optional["SshRelease"] = None
         """The release session whose stream put_many uses while a deploy uploads."""
         self.bytes_sent = 0
@@ -135,6 +138,24 @@ class SSHTransport(SftpFiles, Transport, kind="ssh"):
         from .ssh_session import SshRelease
 
         return SshRelease(self)
+
+    def control_master(self) -> Optional[str]:
+        """The socket of a live OpenSSH master for this device, where ~/.ssh/config gives the host a
+        ControlPath (``ssh -O check`` says it is up); None otherwise. Release sessions then run
+        through ``ssh -S`` on it (no handshake of our own); paramiko cannot use the socket itself."""
+        if self._master is None:
+            self._master = ""
+            path = self._ssh_config.lookup(self.endpoint.alias).get("controlpath")
+            if path and path.lower() != "none" and shutil.which("ssh") and os.path.exists(os.path.expanduser(path)):
+                path = os.path.expanduser(path)
+                ep = self.endpoint
+                try:
+                    check = subprocess.run(["ssh", "-S", path, "-O", "check", "-p", str(ep.port), "-l", ep.user, "--",
+                                            ep.hostname], capture_output=True, timeout=10)
+                    self._master = path if check.returncode == 0 else ""
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+        return self._master or None
 
     def put_many(self, pairs: Iterable[Tuple[Path, str]]) -> int:
         """Upload several files; returns bytes sent. During a deploy they travel in the release

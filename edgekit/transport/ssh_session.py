@@ -22,7 +22,7 @@ from ..device.bounded import HeadTail
 from ..device.release import PARTIAL
 from ..errors import DeviceError
 from . import FilesSession, ReleaseSession
-from .script_session import Pipe, ScriptSession, script_command
+from .script_session import Pipe, ProcessPipe, ScriptSession, fits_command_line, script_command
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ssh import SSHTransport
@@ -103,16 +103,29 @@ class SshRelease(ReleaseSession):
         self.impl: Optional[ReleaseSession] = None
         self._rid: Optional[str] = None
         self._owner = ""
-
-    def _start(self) -> ReleaseSession:
-        if self.impl is None:
-            self.impl = ScriptSession(self.t.name, ChannelPipe(self.t, script_command(self.t.python, self.t._path)))
-        return self.impl
+        self.via_master: Optional[str] = None
+        """The ControlPath of the OpenSSH master this session ran through, if it did."""
 
     def send(self, requests: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         fresh = self.impl is None
         try:
-            answers = self._start().send(requests)
+            if self.impl is None:
+                # The first requests ride on the exec's command line: the channel's window is 0 until
+                # sshd has started the command, so data sent with the exec would wait a round trip.
+                first = list(requests) if fits_command_line(requests) else []
+                command = script_command(self.t.python, self.t._path, first)
+                master = self.t.control_master()
+                if master:  # the user's OpenSSH master carries it: no handshake of our own
+                    ep = self.t.endpoint
+                    pipe: Pipe = ProcessPipe(["ssh", "-S", master, "-o", "ControlMaster=no", "-o", "BatchMode=yes",
+                                              "-p", str(ep.port), "-l", ep.user, "--", ep.hostname, command], self.t.name)
+                    self.via_master = master
+                else:
+                    pipe = ChannelPipe(self.t, command)
+                self.impl = ScriptSession(self.t.name, pipe)
+                answers = self.impl.send(requests, sent=bool(first))
+            else:
+                answers = self.impl.send(requests)
         except DeviceError as exc:
             if not (fresh and exc.details.get("kind") == "no_python"):
                 raise
