@@ -360,3 +360,31 @@ def test_a_name_ansible_would_read_as_a_port_or_range_is_refused_before_anything
             inventory(cfg, [DeviceSpec(name=name, target="x86-avx2", path=str(tmp_path / "d"))], {})
     inv = inventory(cfg, cfg.devices, {})
     assert inv["all"]["children"]["edgekit"]["hosts"]["ok"]["ansible_connection"] == "local"
+
+
+def _our_ansible_playbooks() -> List[int]:
+    """Processes running ansible-playbook whose parent is this test process."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"ansible-playbook" in cmd:
+            found.append(int(pid))
+    return found
+
+
+def test_a_caller_that_stops_early_stops_ansible_playbook(tmp_path: Path) -> None:
+    from edgekit.engine_ansible import stream_playbook
+    from edgekit.engine_ansible import inventory as make_inventory
+
+    cfg = load(write_project(tmp_path / "p", [{"name": "pc", "target": "x86-avx2", "path": str(tmp_path / "dev")}]))
+    events = stream_playbook("validate", make_inventory(cfg, cfg.devices, {}), {"edgekit_hosts": "edgekit"}, forks=1)
+    first = next(events)  # ansible-playbook has started and spoken
+    assert first.get("event") and _our_ansible_playbooks()
+    events.close()
+    assert _our_ansible_playbooks() == []
