@@ -40,6 +40,15 @@ def _deploy_rows(r: Any) -> list:
             ("pruned", ", ".join(r.pruned) or "-"), ("time", f"{r.seconds:.2f} s")]
 
 
+def _engine(name: str) -> Any:
+    """None (deploy_fleet's built-in default) or the Ansible engine."""
+    if name == "ansible":
+        from ..engine_ansible_fleet import AnsibleEngine
+
+        return AnsibleEngine()
+    return None
+
+
 def _select(config: Any, action: str, devices: Tuple[str, ...], group: Optional[str], inventory: Any,
             limit: Optional[str], retry_failed: bool, connect_timeout: Optional[float]) -> List[Any]:
     from ..fleet import select_devices
@@ -65,8 +74,9 @@ def register(main: click.Group) -> None:
     @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
                   help="Seconds of timed runs when validating canaries.")
     @click.option("--quick", is_flag=True, help="Validate canaries with one short timed window (see validate --quick).")
-    @click.option("--engine", type=click.Choice(["builtin"]), default="builtin", show_default=True,
-                  help="Who does the work: edgekit's own threads over SSH.")
+    @click.option("--engine", type=click.Choice(["builtin", "ansible"]), default="builtin", show_default=True,
+                  help="Who does the work: edgekit's own threads over SSH, or Ansible (the edgekit.fleet "
+                       "collection through ansible-runner; for big fleets).")
     @_lock
     @_accept
     @_json
@@ -81,7 +91,7 @@ def register(main: click.Group) -> None:
 
         config = load(config_path)
         hosts = _select(config, "deploy", devices, group, inventory, limit, retry_failed, connect_timeout)
-        if is_single(devices, group, limit, retry_failed) and canary.strip() in ("", "0"):
+        if is_single(devices, group, limit, retry_failed) and canary.strip() in ("", "0") and engine == "builtin":
             res = deploy_device(config, hosts[0], dist=dist, target=target,
                                 accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout)
             echo_json(res) if as_json else kv(f"deploy to {res.device}", _deploy_rows(res))
@@ -90,7 +100,8 @@ def register(main: click.Group) -> None:
         try:
             run = deploy_fleet(config, hosts, dist=dist, target=target, canary=canary, max_parallel=max_parallel,
                                batch_size=batch_size, duration=duration, quick=quick,
-                               accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout, on_result=live)
+                               accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout, on_result=live,
+                               engine=_engine(engine))
         except FleetError as exc:
             finish(exc.results, config, as_json, exc.exit_code)
             raise

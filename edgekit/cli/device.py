@@ -125,13 +125,15 @@ def register(main: click.Group) -> None:
     @click.option("--max-result-mb", default=None, type=click.FloatRange(min=0, min_open=True), metavar="MB",
                   help="Largest result JSON fetched from the device [EDGEKIT_MAX_RESULT_MB, else 32].")
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
+    @click.option("--engine", type=click.Choice(["builtin", "ansible"]), default="builtin", show_default=True,
+                  help="Who does the work: edgekit's own threads over SSH, or Ansible (the edgekit.fleet collection).")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     def validate_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
                      max_parallel: Optional[int], connect_timeout: Optional[float], config_path: str, inventory: Any,
                      duration: float, quick: bool, threads: Optional[int], repeat: int,
                      power: Optional[str], power_rate: Optional[float], idle_s: Optional[float],
                      requests_per_s: Optional[float], grid_intensity: Optional[float], runs_dir: Optional[str],
-                     max_result_mb: Optional[float], accept_new_host_key: bool, as_json: bool) -> None:
+                     max_result_mb: Optional[float], accept_new_host_key: bool, engine: str, as_json: bool) -> None:
         """Run the deployed release on devices: accuracy vs reference, latency, power and carbon."""
         from ..config import load
         from ..fleet_engine import BuiltinEngine
@@ -142,16 +144,22 @@ def register(main: click.Group) -> None:
         hosts = _select(config, "validate", devices, group, inventory, limit, retry_failed, connect_timeout)
         settings = power_settings(config, sampler=power, rate_hz=power_rate, idle_s=idle_s,
                                   requests_per_s=requests_per_s, grid_g_per_kwh=grid_intensity)
-        if not is_single(devices, group, limit, retry_failed):
+        if not is_single(devices, group, limit, retry_failed) or engine == "ansible":
             options = ValidateOptions(duration=duration, quick=quick, threads=threads, repeat=repeat, power=settings,
                                       runs_dir=Path(runs_dir) if runs_dir else None, max_result_mb=max_result_mb,
                                       max_parallel=max_parallel or config.deploy.max_parallel,
                                       accept_new_host_key=accept_new_host_key)
             # A metric miss everywhere exits like a single device's (6); anything else is a device failure (8).
-            results = BuiltinEngine().validate(config, hosts, options)
+            if engine == "ansible":
+                from ..engine_ansible_fleet import AnsibleEngine
+
+                results = AnsibleEngine().validate(config, hosts, options)
+            else:
+                results = BuiltinEngine().validate(config, hosts, options)
             run_fleet("validate", config, hosts, results, as_json,
                       lambda run: AccuracyError.exit_code if all(r.error and r.error.kind == "metric" for r in
-                                                                 run.results.values() if not r.ok) else DeviceError.exit_code)
+                                                                 run.results.values() if not r.ok) else DeviceError.exit_code,
+                      engine=engine)
             return
         res = validate_device(config, hosts[0], duration=duration, threads=threads, repeat=repeat, quick=quick,
                               power=settings, accept_new_host_key=accept_new_host_key, runs_dir=runs_dir,
