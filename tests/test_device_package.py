@@ -113,3 +113,14 @@ def test_the_launcher_refuses_a_release_without_its_package(tmp_path: Path) -> N
                            "--out", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip() == f"runner: {bundle} holds no edgekit/device package; deploy the release again"
+
+
+def test_running_a_release_writes_no_bytecode_into_it(tmp_path: Path) -> None:
+    """A switched release is immutable: the launcher's imports must not add __pycache__ to it."""
+    bundle = _bundle(tmp_path)
+    env = {k: v for k, v in _bare_env().items() if k != "PYTHONDONTWRITEBYTECODE"}
+    proc = subprocess.run([sys.executable, str(bundle / "runner.py"), "validate", "--release", str(bundle),
+                           "--out", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr  # no manifest: one line
+    assert json.loads((tmp_path / "r.json").read_text())["error"]["kind"], proc.stderr  # the package did load
+    assert not [p for p in bundle.rglob("__pycache__")]

@@ -14,6 +14,8 @@ def _release_package():
     """edgekit.device from the release beside this file; never an edgekit installed elsewhere on
     the device, whose runner would not be the one the release's manifest hashes."""
     here = os.path.dirname(os.path.abspath(__file__))
+    # A release is immutable once switched: importing its package must not write __pycache__ into it.
+    sys.dont_write_bytecode = True
     if sys.path[:1] != [here]:
         sys.path.insert(0, here)
     shipped = os.path.join(here, "edgekit", "device")
