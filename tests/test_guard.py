@@ -258,7 +258,7 @@ def test_guards_run_again_on_the_device(tmp_path: Path) -> None:
     res = runner.invoke(main, ["report", "--runs-dir", str(cfg.parent / "runs"), "--out", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output
     html = (tmp_path / "rep" / "report.html").read_text()
-    assert "Guards (latest run per device)" in html and "output0" in html and "FAIL" in html
+    assert "Guards (current release per device)" in html and "output0" in html and "FAIL" in html
     assert "FAIL: output0" in (tmp_path / "rep" / "report.md").read_text()
 
 

@@ -371,6 +371,9 @@ def test_a_preempted_read_is_taken_again() -> None:
             time.sleep(next(delays))
             return {"power_w": 1.0}
 
+    # Defining a Sampler registers it; a test's own sampler must not outlive the test (the
+    # registry coverage tests would then find a sampler without cases or a README row).
+    power.REGISTRY.pop("jittery", None)
     rec = power._Recorder(Jittery(), time.monotonic)
     rec.take()
     rec.take()
