@@ -8,6 +8,9 @@ reached (a failed canary or batch ends the play) are ``not attempted``.
 Everything in an event that came from a device (messages, hints, the runner's JSON) is treated as
 hostile: text is bounded here and cleaned where it is printed, and a validation result goes through
 the same checks as the built-in engine's (report.schema.read_result) before it is stored in runs/.
+
+Deploys and canary rollbacks go into the report's release log (report/releases.py) as the built-in
+engine writes them, so ``edgekit report`` knows what is current whichever engine rolled out.
 """
 from __future__ import annotations
 
@@ -18,11 +21,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from .config import DeviceSpec, ProjectConfig
-from .deploy import DeployResult
+from .deploy import DeployResult, RollbackResult
 from .engine_ansible import END, SshPolicy, inventory, ssh_policy, stream_playbook
 from .errors import EdgekitError
 from .fleet_results import (FAILED, NOT_ATTEMPTED, OK, ROLLED_BACK, DeployOptions, HostError, HostResult,
                             ValidateOptions)
+from .report.releases import project_runs, record_deploy, record_rollback
 
 Event = Dict[str, Any]
 RELEASE, VALIDATE = "edgekit.fleet.release", "edgekit.fleet.validate"
@@ -162,6 +166,7 @@ class AnsibleEngine:
                 out.deploy = deploy_result(host, res.get("release"))
                 if kind == "runner_on_ok" and out.deploy is not None:
                     d = out.deploy
+                    record_deploy(project_runs(config), d)  # the report's release log, as the built-in engine
                     out.outcome, out.ok, out.previous = deploy_outcome(d), True, d.previous
                     out.summary = (f"sent {_mb(d.uploaded_bytes)}" if d.uploaded_files else "nothing sent") \
                         + (f", {d.reused_files} file(s) reused" if d.reused_files else "")
@@ -170,6 +175,7 @@ class AnsibleEngine:
                     out.release = _rid(res.get("current"))
             elif action == RELEASE and isinstance(res.get("rollback"), dict) and kind == "runner_on_ok":
                 to = _rid(res["rollback"].get("to"))
+                record_rollback(project_runs(config), RollbackResult(host, _rid(res["rollback"].get("from")), to))
                 out.outcome, out.release, out.ok = ROLLED_BACK, to, False
                 out.summary = f"back on {to or 'no release (none before)'}" + (f"; {out.summary}" if out.summary else "")
             elif action == RELEASE and kind == "runner_on_failed":  # the rollback itself failed
