@@ -110,7 +110,7 @@ class AnsibleEngine:
         checked = {b: verified_files(b) for b in set(bundles.values())}  # refused here, before any host
         names = set(options.canary)
         ordered = [h for h in hosts if h.name in names] + [h for h in hosts if h.name not in names]
-        policies = self._policies(config, ordered, options.accept_new_host_key, options.connect_timeout)
+        policies = self._policies(config, ordered, options.connect_timeout)
         rids = {h.name: str(checked[bundles[h.name]][0]["release_id"]) for h in ordered}
         extra = {h.name: {"edgekit_bundle": str(Path(bundles[h.name]).resolve())} for h in ordered}
         size = max(1, options.batch_size or options.max_parallel)
@@ -260,7 +260,7 @@ class AnsibleEngine:
             "edgekit_max_result_bytes": max_result_bytes(options.max_result_mb)}
         if options.threads is not None:
             extravars["edgekit_validate_threads"] = options.threads
-        policies = self._policies(config, hosts, options.accept_new_host_key, options.connect_timeout)
+        policies = self._policies(config, hosts, options.connect_timeout)
         seen: Dict[str, HostResult] = {}
         end: Event = {}
         for ev in stream_playbook("validate", inventory(config, hosts, policies), extravars, forks=options.max_parallel):
@@ -300,9 +300,9 @@ class AnsibleEngine:
     # shared
     # ------------------------------------------------------------------------------------------
     @staticmethod
-    def _policies(config: ProjectConfig, hosts: Sequence[DeviceSpec], accept_new: bool,
-                  timeout: Optional[float]) -> Dict[str, SshPolicy]:
-        return {h.name: ssh_policy(config, h, accept_new, timeout) for h in hosts if h.transport == "ssh"}
+    def _policies(config: ProjectConfig, hosts: Sequence[DeviceSpec], timeout: Optional[float]) -> Dict[str, SshPolicy]:
+        # --accept-new-host-key is the SSH connector's setting (transport.configure), as for connect()
+        return {h.name: ssh_policy(config, h, None, timeout) for h in hosts if h.transport == "ssh"}
 
     @staticmethod
     def _runner_settings(config: ProjectConfig, duration: float, quick: bool, power: Any = None) -> tuple:

@@ -186,6 +186,9 @@ def test_unknown_host_key_is_refused_even_when_ansible_is_told_not_to_check(one_
     r = _cli(["deploy", "-g", "edge", "--config", str(one_board), "--engine", "ansible", "--accept-new-host-key"])
     assert r.exit_code == 0, r.output
     assert f"[{sshd.host}]:{sshd.port} {sshd.public_key_line()}" in known.read_text()  # recorded as the built-in does
+    from edgekit.transport import OPTIONS
+
+    assert not OPTIONS.get("ssh", {}).get("accept_new_host_key")  # the flag held for that command only
     assert os.readlink(Path(cfg.devices[0].path) / "current").startswith("releases/")
 
 
@@ -197,8 +200,14 @@ def test_changed_host_key_is_refused(one_board: Path, sshd: SshdServer, trust_ho
     line = " ".join(Path(str(other) + ".pub").read_text().split()[:2])
     (no_user_ssh_config / ".ssh" / "known_hosts").write_text(f"[{sshd.host}]:{sshd.port} {line}\n")
     cfg = load(one_board)
-    with pytest.raises(FleetError) as err:
-        deploy_fleet(cfg, select_devices(cfg, group="edge"), engine=_engine("ansible"), accept_new_host_key=True)
+    from edgekit import transport
+
+    transport.configure("ssh", accept_new_host_key=True)  # what --accept-new-host-key sets: a changed key still fails
+    try:
+        with pytest.raises(FleetError) as err:
+            deploy_fleet(cfg, select_devices(cfg, group="edge"), engine=_engine("ansible"))
+    finally:
+        transport.OPTIONS.pop("ssh", None)
     res = err.value.results.results["board"]
     assert res.error is not None and res.error.kind == "host_key_changed", res.error
     assert not Path(cfg.devices[0].path).exists()
