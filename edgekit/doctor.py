@@ -265,12 +265,12 @@ def evaluate(profile: TargetProfile, facts: Dict[str, Any], python: str = "pytho
     return checks
 
 
-def doctor_device(config: ProjectConfig, device: Union[str, DeviceSpec], *, transport: Optional[Transport] = None,
-                  accept_new_host_key: bool = False) -> DoctorReport:
+def doctor_device(config: ProjectConfig, device: Union[str, DeviceSpec], *,
+                  transport: Optional[Transport] = None) -> DoctorReport:
     spec = config.device(device) if isinstance(device, str) else device
     profile = resolve(spec.target, project_dirs=config.target_dirs())
     own = transport is None
-    conn = transport or connect(spec, config, accept_new_host_key=accept_new_host_key)
+    conn = transport or connect(spec, config)
     try:
         facts = run_probes(conn, spec, profile)
     finally:

@@ -85,11 +85,15 @@ class SshPolicy:
     connect_hint: str
 
 
-def ssh_policy(config: Optional[ProjectConfig], device: DeviceSpec, accept_new_host_key: bool,
+def ssh_policy(config: Optional[ProjectConfig], device: DeviceSpec, accept_new_host_key: Optional[bool] = None,
                connect_timeout: Optional[float] = None) -> SshPolicy:
-    """OpenSSH options giving ``device`` the built-in engine's host-key policy, trust store and timeout."""
+    """OpenSSH options giving ``device`` the built-in engine's host-key policy, trust store and timeout.
+    ``accept_new_host_key`` None: the SSH connector's setting (``transport.configure``, set by the CLI)."""
+    from .transport import OPTIONS
     from .transport.ssh_hosts import connect_hint, connect_timeout_for, load_ssh_config, resolve_endpoint, trust_hint
 
+    if accept_new_host_key is None:
+        accept_new_host_key = bool(OPTIONS.get("ssh", {}).get("accept_new_host_key", False))
     cfg = Path("~/.ssh/config").expanduser()
     ep = resolve_endpoint(load_ssh_config(), device.host or device.name, port=device.port, user=device.user,
                           identity_file=device.identity_file)

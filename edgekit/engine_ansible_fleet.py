@@ -8,6 +8,9 @@ reached (a failed canary or batch ends the play) are ``not attempted``.
 Everything in an event that came from a device (messages, hints, the runner's JSON) is treated as
 hostile: text is bounded here and cleaned where it is printed, and a validation result goes through
 the same checks as the built-in engine's (report.schema.read_result) before it is stored in runs/.
+
+Deploys and canary rollbacks go into the report's release log (report/releases.py) as the built-in
+engine writes them, so ``edgekit report`` knows what is current whichever engine rolled out.
 """
 from __future__ import annotations
 
@@ -18,11 +21,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from .config import DeviceSpec, ProjectConfig
-from .deploy import DeployResult
+from .deploy import DeployResult, RollbackResult
 from .engine_ansible import END, SshPolicy, inventory, ssh_policy, stream_playbook
 from .errors import EdgekitError
 from .fleet_results import (FAILED, NOT_ATTEMPTED, OK, ROLLED_BACK, DeployOptions, HostError, HostResult,
                             ValidateOptions)
+from .report.releases import project_runs, record_deploy, record_rollback
 
 Event = Dict[str, Any]
 RELEASE, VALIDATE = "edgekit.fleet.release", "edgekit.fleet.validate"
@@ -106,7 +110,7 @@ class AnsibleEngine:
         checked = {b: verified_files(b) for b in set(bundles.values())}  # refused here, before any host
         names = set(options.canary)
         ordered = [h for h in hosts if h.name in names] + [h for h in hosts if h.name not in names]
-        policies = self._policies(config, ordered, options.accept_new_host_key, options.connect_timeout)
+        policies = self._policies(config, ordered, options.connect_timeout)
         rids = {h.name: str(checked[bundles[h.name]][0]["release_id"]) for h in ordered}
         extra = {h.name: {"edgekit_bundle": str(Path(bundles[h.name]).resolve())} for h in ordered}
         size = max(1, options.batch_size or options.max_parallel)
@@ -162,6 +166,7 @@ class AnsibleEngine:
                 out.deploy = deploy_result(host, res.get("release"))
                 if kind == "runner_on_ok" and out.deploy is not None:
                     d = out.deploy
+                    record_deploy(project_runs(config), d)  # the report's release log, as the built-in engine
                     out.outcome, out.ok, out.previous = deploy_outcome(d), True, d.previous
                     out.summary = (f"sent {_mb(d.uploaded_bytes)}" if d.uploaded_files else "nothing sent") \
                         + (f", {d.reused_files} file(s) reused" if d.reused_files else "")
@@ -170,6 +175,7 @@ class AnsibleEngine:
                     out.release = _rid(res.get("current"))
             elif action == RELEASE and isinstance(res.get("rollback"), dict) and kind == "runner_on_ok":
                 to = _rid(res["rollback"].get("to"))
+                record_rollback(project_runs(config), RollbackResult(host, _rid(res["rollback"].get("from")), to))
                 out.outcome, out.release, out.ok = ROLLED_BACK, to, False
                 out.summary = f"back on {to or 'no release (none before)'}" + (f"; {out.summary}" if out.summary else "")
             elif action == RELEASE and kind == "runner_on_failed":  # the rollback itself failed
@@ -254,7 +260,7 @@ class AnsibleEngine:
             "edgekit_max_result_bytes": max_result_bytes(options.max_result_mb)}
         if options.threads is not None:
             extravars["edgekit_validate_threads"] = options.threads
-        policies = self._policies(config, hosts, options.accept_new_host_key, options.connect_timeout)
+        policies = self._policies(config, hosts, options.connect_timeout)
         seen: Dict[str, HostResult] = {}
         end: Event = {}
         for ev in stream_playbook("validate", inventory(config, hosts, policies), extravars, forks=options.max_parallel):
@@ -294,9 +300,9 @@ class AnsibleEngine:
     # shared
     # ------------------------------------------------------------------------------------------
     @staticmethod
-    def _policies(config: ProjectConfig, hosts: Sequence[DeviceSpec], accept_new: bool,
-                  timeout: Optional[float]) -> Dict[str, SshPolicy]:
-        return {h.name: ssh_policy(config, h, accept_new, timeout) for h in hosts if h.transport == "ssh"}
+    def _policies(config: ProjectConfig, hosts: Sequence[DeviceSpec], timeout: Optional[float]) -> Dict[str, SshPolicy]:
+        # --accept-new-host-key is the SSH connector's setting (transport.configure), as for connect()
+        return {h.name: ssh_policy(config, h, None, timeout) for h in hosts if h.transport == "ssh"}
 
     @staticmethod
     def _runner_settings(config: ProjectConfig, duration: float, quick: bool, power: Any = None) -> tuple:

@@ -139,25 +139,24 @@ def bundle_for(config: ProjectConfig, device: DeviceSpec, dist: Union[Path, str,
 # One device
 # ----------------------------------------------------------------------------------------------
 def deploy_device(config: ProjectConfig, device: DeviceSpec, *, dist: Union[Path, str, None] = None,
-                  target: Optional[str] = None, accept_new_host_key: bool = False,
-                  lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> DeployResult:
+                  target: Optional[str] = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> DeployResult:
     bundle = bundle_for(config, device, dist, target)
-    with connect(device, config, accept_new_host_key=accept_new_host_key) as t:
+    with connect(device, config) as t:
         res = deploy(t, bundle, keep_releases=config.deploy.keep_releases, lock_timeout=lock_timeout)
     record_deploy(project_runs(config), res)  # the report's release log (what is current where)
     return res
 
 
 def rollback_device(config: ProjectConfig, device: DeviceSpec, *, to: Optional[str] = None, allow_none: bool = False,
-                    accept_new_host_key: bool = False, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> RollbackResult:
-    with connect(device, config, accept_new_host_key=accept_new_host_key) as t:
+                    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> RollbackResult:
+    with connect(device, config) as t:
         res = rollback(t, to=to, allow_none=allow_none, lock_timeout=lock_timeout)
     record_rollback(project_runs(config), res)
     return res
 
 
-def status_device(config: ProjectConfig, device: DeviceSpec, *, accept_new_host_key: bool = False) -> DeviceStatus:
-    with connect(device, config, accept_new_host_key=accept_new_host_key) as t:
+def status_device(config: ProjectConfig, device: DeviceSpec) -> DeviceStatus:
+    with connect(device, config) as t:
         return status(t)
 
 
@@ -167,17 +166,16 @@ def status_device(config: ProjectConfig, device: DeviceSpec, *, accept_new_host_
 def deploy_fleet(config: ProjectConfig, devices: Sequence[DeviceSpec], *, dist: Union[Path, str, None] = None,
                  target: Optional[str] = None, canary: Union[int, Sequence[str], None] = 0,
                  max_parallel: Optional[int] = None, batch_size: Optional[int] = None, validate: Optional[Validate] = None,
-                 duration: float = 1.0, quick: bool = False, accept_new_host_key: bool = False,
-                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S, connect_timeout: Optional[float] = None,
-                 engine: Optional[Engine] = None, on_result: Optional[OnResult] = None) -> FleetRun:
+                 duration: float = 1.0, quick: bool = False, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+                 connect_timeout: Optional[float] = None, engine: Optional[Engine] = None,
+                 on_result: Optional[OnResult] = None) -> FleetRun:
     """Deploy to ``devices`` (see the module docstring) with ``engine`` (the built-in one by default);
     ``on_result`` sees each host's result as it finishes. Raises FleetError, holding the FleetRun,
     unless every device succeeded."""
     t0 = time.perf_counter()
     canaries = choose_canaries(devices, canary)
     options = DeployOptions(canary=canaries, batch_size=batch_size, max_parallel=max(1, max_parallel or config.deploy.max_parallel),
-                            duration=duration, quick=quick, lock_timeout=lock_timeout,
-                            accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout)
+                            duration=duration, quick=quick, lock_timeout=lock_timeout, connect_timeout=connect_timeout)
     # Every bundle is found and checked (once each) before any device is touched: a missing or
     # damaged build fails the whole command.
     profiles: Dict[str, str] = {}

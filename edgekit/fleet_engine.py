@@ -21,7 +21,7 @@ from .report.releases import project_runs, record_deploy, record_rollback
 from .transport import Transport, connect
 
 Validate = Callable[..., Any]
-"""``validate(config, device, *, transport=..., duration=..., accept_new_host_key=...)`` returning an
+"""``validate(config, device, *, transport=..., duration=...)`` returning an
 object with ``.ok`` (edgekit.validate.validate_device by default)."""
 HostAction = Callable[[DeviceSpec], HostResult]
 
@@ -146,8 +146,7 @@ class BuiltinEngine:
         start = time.perf_counter()
         out = HostResult(device.name, "deploy", FAILED, False, phase=phase, release=str(checked[0]["release_id"]))
         try:
-            with connect(with_timeout(device, options.connect_timeout), config,
-                         accept_new_host_key=options.accept_new_host_key) as t:
+            with connect(with_timeout(device, options.connect_timeout), config) as t:
                 res = deploy(t, bundle, keep_releases=config.deploy.keep_releases, lock_timeout=options.lock_timeout,
                              verified=checked)
                 record_deploy(project_runs(config), res)  # the report's release log (what is current where)
@@ -173,7 +172,6 @@ class BuiltinEngine:
                       out: HostResult) -> None:
         try:
             v = self._validator()(config, device, transport=t, duration=options.duration,
-                                  accept_new_host_key=options.accept_new_host_key,
                                   **({"quick": True} if options.quick else {}))
         except EdgekitError as exc:
             out.ok, out.outcome = False, FAILED
@@ -195,8 +193,7 @@ class BuiltinEngine:
         from .deploy import rollback
 
         try:
-            with connect(with_timeout(device, options.connect_timeout), config,
-                         accept_new_host_key=options.accept_new_host_key) as t:
+            with connect(with_timeout(device, options.connect_timeout), config) as t:
                 rb = rollback(t, to=o.deploy.previous, allow_none=True, lock_timeout=options.lock_timeout)
             record_rollback(project_runs(config), rb)
             o.outcome, o.release = ROLLED_BACK, rb.to_release
@@ -215,7 +212,7 @@ class BuiltinEngine:
             try:
                 v = self._validator()(config, with_timeout(device, options.connect_timeout), duration=options.duration,
                                       threads=options.threads, repeat=options.repeat, power=options.power,
-                                      accept_new_host_key=options.accept_new_host_key, runs_dir=options.runs_dir,
+                                      runs_dir=options.runs_dir,
                                       max_result_mb=options.max_result_mb, quick=options.quick)
             except EdgekitError as exc:
                 out.error = HostError.from_exception(exc)
@@ -231,11 +228,11 @@ class BuiltinEngine:
         return fan_out(hosts, "validate", one, options.max_parallel)
 
     def status(self, config: ProjectConfig, hosts: Sequence[DeviceSpec], *, max_parallel: int,
-               accept_new_host_key: bool = False, connect_timeout: Optional[float] = None) -> Iterator[HostResult]:
+               connect_timeout: Optional[float] = None) -> Iterator[HostResult]:
         from .deploy import status
 
         def one(device: DeviceSpec) -> HostResult:
-            with connect(with_timeout(device, connect_timeout), config, accept_new_host_key=accept_new_host_key) as t:
+            with connect(with_timeout(device, connect_timeout), config) as t:
                 st = status(t)
             lock = f"; LOCKED by {st.lock.get('host', '?')}" if st.lock else ""
             return HostResult(device.name, "status", OK, True, release=st.current, previous=st.previous, data=st,
@@ -244,12 +241,11 @@ class BuiltinEngine:
         return fan_out(hosts, "status", one, max_parallel)
 
     def rollback(self, config: ProjectConfig, hosts: Sequence[DeviceSpec], *, max_parallel: int, to: Optional[str] = None,
-                 lock_timeout: float = 60.0, accept_new_host_key: bool = False,
-                 connect_timeout: Optional[float] = None) -> Iterator[HostResult]:
+                 lock_timeout: float = 60.0, connect_timeout: Optional[float] = None) -> Iterator[HostResult]:
         from .deploy import rollback
 
         def one(device: DeviceSpec) -> HostResult:
-            with connect(with_timeout(device, connect_timeout), config, accept_new_host_key=accept_new_host_key) as t:
+            with connect(with_timeout(device, connect_timeout), config) as t:
                 rb = rollback(t, to=to, lock_timeout=lock_timeout)
             record_rollback(project_runs(config), rb)
             return HostResult(device.name, "rollback", ROLLED_BACK, True, release=rb.to_release,
@@ -258,11 +254,11 @@ class BuiltinEngine:
         return fan_out(hosts, "rollback", one, max_parallel)
 
     def doctor(self, config: ProjectConfig, hosts: Sequence[DeviceSpec], *, max_parallel: int,
-               accept_new_host_key: bool = False, connect_timeout: Optional[float] = None) -> Iterator[HostResult]:
+               connect_timeout: Optional[float] = None) -> Iterator[HostResult]:
         from .doctor import doctor_device
 
         def one(device: DeviceSpec) -> HostResult:
-            rep = doctor_device(config, with_timeout(device, connect_timeout), accept_new_host_key=accept_new_host_key)
+            rep = doctor_device(config, with_timeout(device, connect_timeout))
             warn = len(rep.warnings)
             out = HostResult(device.name, "doctor", OK if rep.ok else FAILED, rep.ok, data=rep,
                              summary=f"{len(rep.checks)} check(s), {warn} warning(s), {len(rep.failures)} failed")

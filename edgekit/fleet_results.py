@@ -212,7 +212,6 @@ class DeployOptions:
     """Seconds of timed runs when validating canaries."""
     quick: bool = False
     lock_timeout: float = 60.0
-    accept_new_host_key: bool = False
     connect_timeout: Optional[float] = None
     """Seconds to reach each host (None: ConnectTimeout from ~/.ssh/config, else 10)."""
 
@@ -230,7 +229,6 @@ class ValidateOptions:
     runs_dir: Optional[Path] = None
     max_result_mb: Optional[float] = None
     max_parallel: int = 8
-    accept_new_host_key: bool = False
     connect_timeout: Optional[float] = None
 
 

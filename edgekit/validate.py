@@ -195,9 +195,8 @@ def _store_run(folder: Path, device: str, data: Dict[str, Any]) -> Path:
 
 def validate_device(config: ProjectConfig, device: Union[str, DeviceSpec], *, duration: float = 2.0,
                     threads: Optional[int] = None, repeat: int = 1, power: Union[str, PowerSpec, None] = None,
-                    transport: Optional[Transport] = None, accept_new_host_key: bool = False,
-                    runs_dir: Union[Path, str, None] = None, warmup: Optional[int] = None,
-                    runner_args: Optional[List[str]] = None, timeout: Optional[float] = None,
+                    transport: Optional[Transport] = None, runs_dir: Union[Path, str, None] = None,
+                    warmup: Optional[int] = None, runner_args: Optional[List[str]] = None, timeout: Optional[float] = None,
                     max_result_mb: Optional[float] = None, quick: bool = False) -> ValidationResult:
     """Run the current release's runner on ``device`` and return its result.
 
@@ -220,7 +219,7 @@ def validate_device(config: ProjectConfig, device: Union[str, DeviceSpec], *, du
         warmup = QUICK_WARMUP if warmup is None else warmup
         settings = settings.model_copy(update={"idle_s": 0.0})
     own = transport is None
-    conn = transport or connect(spec, config, accept_new_host_key=accept_new_host_key)
+    conn = transport or connect(spec, config)  # SSH trust settings: transport.configure (the CLI sets them)
     try:
         current = conn.path("current")
         # cwd "/": the device directory itself may not exist yet (nothing deployed).

@@ -7,6 +7,8 @@
   the same ssh-keyscan hint (even when the environment tells Ansible not to check host keys), and
   --accept-new-host-key records the key where the built-in engine records it.
 - ``edgekit validate --engine ansible`` stores run files like the built-in engine.
+- Both engines write the report's release log alike (deploys: switched, unchanged, repaired; the
+  failed canary's rollback), so ``edgekit report`` reads a canary Ansible rolled back as "rolled back".
 - The collection works without edgekit's CLI: plain ``ansible-playbook``, check mode included, and
   ``ansible-galaxy collection build`` ships the device release script as a regular file.
 """
@@ -184,6 +186,9 @@ def test_unknown_host_key_is_refused_even_when_ansible_is_told_not_to_check(one_
     r = _cli(["deploy", "-g", "edge", "--config", str(one_board), "--engine", "ansible", "--accept-new-host-key"])
     assert r.exit_code == 0, r.output
     assert f"[{sshd.host}]:{sshd.port} {sshd.public_key_line()}" in known.read_text()  # recorded as the built-in does
+    from edgekit.transport import OPTIONS
+
+    assert not OPTIONS.get("ssh", {}).get("accept_new_host_key")  # the flag held for that command only
     assert os.readlink(Path(cfg.devices[0].path) / "current").startswith("releases/")
 
 
@@ -195,8 +200,14 @@ def test_changed_host_key_is_refused(one_board: Path, sshd: SshdServer, trust_ho
     line = " ".join(Path(str(other) + ".pub").read_text().split()[:2])
     (no_user_ssh_config / ".ssh" / "known_hosts").write_text(f"[{sshd.host}]:{sshd.port} {line}\n")
     cfg = load(one_board)
-    with pytest.raises(FleetError) as err:
-        deploy_fleet(cfg, select_devices(cfg, group="edge"), engine=_engine("ansible"), accept_new_host_key=True)
+    from edgekit import transport
+
+    transport.configure("ssh", accept_new_host_key=True)  # what --accept-new-host-key sets: a changed key still fails
+    try:
+        with pytest.raises(FleetError) as err:
+            deploy_fleet(cfg, select_devices(cfg, group="edge"), engine=_engine("ansible"))
+    finally:
+        transport.OPTIONS.pop("ssh", None)
     res = err.value.results.results["board"]
     assert res.error is not None and res.error.kind == "host_key_changed", res.error
     assert not Path(cfg.devices[0].path).exists()
@@ -245,6 +256,52 @@ def test_validate_engine_ansible_stores_runs_like_the_builtin(twin_project: Path
     assert r.exit_code == 6, r.output
     h = json.loads(r.output[: r.output.rindex("}") + 1])["hosts"][0]
     assert h["outcome"] == "failed" and h["error"]["kind"] == "metric"
+
+
+def test_ansible_engine_writes_the_release_log_like_the_builtin(twin_project: Path, tmp_path: Path) -> None:
+    """Same CLI steps with each engine on its twin group: every releases.jsonl line matches (times
+    aside), and the report reads the canary Ansible rolled back as "rolled back", not "failed"."""
+    from edgekit.report.releases import RELEASE_LOG, read_log
+
+    cfg = load(twin_project)
+    conf = ["--config", str(twin_project)]
+    good = str(json.loads((cfg.root / "dist/tiny/x86-avx2/manifest.json").read_text())["release_id"])
+
+    def both(*args: str, code: int = 0) -> None:
+        for engine in ("builtin", "ansible"):
+            r = _cli([*args, "-g", engine, *conf, "--engine", engine])
+            assert r.exit_code == code, (engine, r.output)
+
+    both("deploy")
+    both("validate", "--quick")  # the good release passes: the rolled-back canary goes back onto it
+    both("deploy")  # unchanged everywhere
+    for d in cfg.devices:
+        if d.name in ("b-1", "a-1"):
+            (Path(d.path) / "releases" / good / "model.onnx").write_bytes(b"damaged")
+    both("deploy")  # repaired on *-1, unchanged on the rest
+    bad = rebuild(cfg, seed=9, corrupt_reference=True)
+    both("deploy", "--canary", "1", "--duration", "0.1", code=7)  # the real validation fails on *-0
+
+    lines: Dict[str, List[Tuple[Any, ...]]] = {}
+    for e in read_log(cfg.root / "runs" / RELEASE_LOG):
+        lines.setdefault(e.device, []).append((e.action, e.outcome, e.release, e.current, e.target))
+    assert sorted(lines) == sorted(d.name for d in cfg.devices)
+    for suffix in ("0", "1", "2", "local"):
+        assert lines["a-" + suffix] == lines["b-" + suffix], suffix
+    deployed = ("deploy", "switched", good, good, "x86-avx2")
+    unchanged = ("deploy", "unchanged", good, good, "x86-avx2")
+    assert lines["a-0"] == [deployed, unchanged, unchanged, ("deploy", "switched", bad, bad, "x86-avx2"),
+                            ("rollback", "rolled back", bad, good, None)]
+    assert lines["a-1"] == [deployed, unchanged, ("deploy", "repaired", good, good, "x86-avx2")]
+    assert lines["a-2"] == [deployed, unchanged, unchanged]  # not attempted after the canary: no line
+
+    r = _cli(["report", "--runs-dir", str(cfg.root / "runs"), "--out", str(tmp_path / "r"), "--fail-on-failure", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["rolled_back"] == ["a-0", "b-0"] and data["failed"] == [] and data["passed"] == 8
+    rows = {row["device"]: row for row in data["summary"]}
+    for name in ("a-0", "b-0"):
+        assert (rows[name]["release_id"], rows[name]["status"], rows[name]["rolled_back_from"]) == (good, "rolled back", bad)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,8 +360,13 @@ def test_galaxy_build_ships_the_device_release_script_itself(tmp_path: Path) -> 
         member = tar.getmember("plugins/module_utils/edgekit_release.py")
         assert member.isfile()  # the link resolved: the artifact carries the file, not a dangling link
         shipped = tar.extractfile(member).read()  # type: ignore[union-attr]
+        # ... with the layout module it imports (without it: "No module named 'release_layout'")
+        layout = tar.getmember("plugins/module_utils/release_layout.py")
+        assert layout.isfile()
+        shipped_layout = tar.extractfile(layout).read()  # type: ignore[union-attr]
         names = set(tar.getnames())
     assert shipped == (ROOT / "edgekit" / "device" / "release.py").read_bytes()
+    assert shipped_layout == (ROOT / "edgekit" / "device" / "release_layout.py").read_bytes()
     assert {"plugins/modules/release.py", "plugins/modules/validate.py", "plugins/action/release.py",
             "playbooks/deploy.yml", "playbooks/validate.yml", "playbooks/rollback.yml", "README.md"} <= names
 

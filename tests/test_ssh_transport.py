@@ -297,3 +297,39 @@ def test_a_failed_key_exchange_is_retried_once(sshd: SshdServer, sshd_fleet: Ssh
     with pytest.raises(DeviceError, match="Invalid packet blocking"), transport(sshd, sshd_fleet) as t:
         t.run(["true"])
     assert calls["n"] == 2
+
+
+def test_cli_accept_new_host_key_reaches_each_connection_for_that_command_only(
+        tmp_path: Path, sshd_fleet: SshdFleet, ssh_device: Callable, no_user_ssh_config: Path) -> None:
+    """The CLI puts --accept-new-host-key into the SSH settings once (nothing in between passes it
+    on): a single-device command and a fleet's threads both honour it, and the next command without
+    the flag refuses an unknown key again."""
+    import json
+
+    from click.testing import CliRunner
+    from sshd_fixtures import write_project
+
+    from edgekit.cli import main
+    from edgekit.transport import OPTIONS
+
+    one, two = sshd_fleet.servers[:2]
+    cfg = write_project(tmp_path / "proj", [ssh_device(one, "one", groups=["g"]), ssh_device(two, "two", groups=["g"])])
+    known = no_user_ssh_config / ".ssh" / "known_hosts"
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(main, [*args, "--config", str(cfg)], catch_exceptions=False)
+
+    r = cli("deploy", "-d", "one")
+    assert r.exit_code not in (0, 70) and "host key" in r.output and not known.exists(), r.output
+    r = cli("deploy", "-d", "one", "--accept-new-host-key")
+    assert r.exit_code == 0, r.output
+    assert known.read_text() == one.known_hosts_line()
+    assert not OPTIONS.get("ssh", {}).get("accept_new_host_key")  # reset when the command ended
+    r = cli("status", "-g", "g", "--json")  # "two" is still unknown: refused, nothing recorded
+    assert r.exit_code == 7, r.output
+    hosts = {h["host"]: h for h in json.loads(r.output[: r.output.rindex("}") + 1])["hosts"]}
+    assert hosts["one"]["ok"] and hosts["two"]["error"]["kind"] == "host_key_unknown"
+    assert known.read_text() == one.known_hosts_line()
+    r = cli("status", "-g", "g", "--accept-new-host-key")  # the fleet engine's threads see the setting
+    assert r.exit_code == 0, r.output
+    assert known.read_text() == one.known_hosts_line() + two.known_hosts_line()

@@ -11,15 +11,16 @@ from typing import Any, List, Optional, Tuple
 
 import click
 
-from .fleet_output import LiveLines, finish, host_options, is_single, read_limit, run_fleet
+from .fleet_output import (LiveLines, accept_new_host_key_option, finish, host_options, is_single, read_limit,
+                           run_fleet)
 from .render import echo, echo_json, kv, table
 
 _config = click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("edgekit.toml"),
                        show_default=True, help="The project file.")
 _inventory = click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
                           help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
-_accept = click.option("--accept-new-host-key", is_flag=True,
-                       help="Trust an SSH host key seen for the first time and record it (a changed key is always refused).")
+_accept = accept_new_host_key_option(
+    help="Trust an SSH host key seen for the first time and record it (a changed key is always refused).")
 _json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 _lock = click.option("--lock-timeout", type=float, default=60.0, show_default=True,
                      help="Seconds to wait for another deploy to the same device to finish.")
@@ -83,7 +84,7 @@ def register(main: click.Group) -> None:
     def deploy_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
                    max_parallel: Optional[int], connect_timeout: Optional[float], config_path: Path, inventory: Any,
                    target: Optional[str], dist: Optional[Path], canary: str, batch_size: Optional[int], duration: float,
-                   quick: bool, engine: str, lock_timeout: float, accept_new_host_key: bool, as_json: bool) -> None:
+                   quick: bool, engine: str, lock_timeout: float, as_json: bool) -> None:
         """Push the bundle to devices as an atomic, verified release and make it current."""
         from ..config import load
         from ..errors import FleetError
@@ -92,16 +93,14 @@ def register(main: click.Group) -> None:
         config = load(config_path)
         hosts = _select(config, "deploy", devices, group, inventory, limit, retry_failed, connect_timeout)
         if is_single(devices, group, limit, retry_failed) and canary.strip() in ("", "0") and engine == "builtin":
-            res = deploy_device(config, hosts[0], dist=dist, target=target,
-                                accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout)
+            res = deploy_device(config, hosts[0], dist=dist, target=target, lock_timeout=lock_timeout)
             echo_json(res) if as_json else kv(f"deploy to {res.device}", _deploy_rows(res))
             return
         live = LiveLines([h.name for h in hosts], quiet=as_json)
         try:
             run = deploy_fleet(config, hosts, dist=dist, target=target, canary=canary, max_parallel=max_parallel,
-                               batch_size=batch_size, duration=duration, quick=quick,
-                               accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout, on_result=live,
-                               engine=_engine(engine))
+                               batch_size=batch_size, duration=duration, quick=quick, lock_timeout=lock_timeout,
+                               on_result=live, engine=_engine(engine))
         except FleetError as exc:
             finish(exc.results, config, as_json, exc.exit_code)
             raise
@@ -117,7 +116,7 @@ def register(main: click.Group) -> None:
     @_json
     def rollback_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
                      max_parallel: Optional[int], connect_timeout: Optional[float], config_path: Path, inventory: Any,
-                     to_release: Optional[str], lock_timeout: float, accept_new_host_key: bool, as_json: bool) -> None:
+                     to_release: Optional[str], lock_timeout: float, as_json: bool) -> None:
         """Switch devices' current release back to the previous one."""
         from ..config import load
         from ..fleet import rollback_device
@@ -126,8 +125,7 @@ def register(main: click.Group) -> None:
         config = load(config_path)
         hosts = _select(config, "rollback", devices, group, inventory, limit, retry_failed, connect_timeout)
         if is_single(devices, group, limit, retry_failed):
-            res = rollback_device(config, hosts[0], to=to_release, accept_new_host_key=accept_new_host_key,
-                                  lock_timeout=lock_timeout)
+            res = rollback_device(config, hosts[0], to=to_release, lock_timeout=lock_timeout)
             if as_json:
                 echo_json(res)
             else:
@@ -135,8 +133,7 @@ def register(main: click.Group) -> None:
                                                  ("time", f"{res.seconds:.2f} s")])
             return
         results = BuiltinEngine().rollback(config, hosts, max_parallel=max_parallel or config.deploy.max_parallel,
-                                           to=to_release, lock_timeout=lock_timeout,
-                                           accept_new_host_key=accept_new_host_key)
+                                           to=to_release, lock_timeout=lock_timeout)
         run_fleet("rollback", config, hosts, results, as_json, 7)
 
     @main.command("status")
@@ -147,7 +144,7 @@ def register(main: click.Group) -> None:
     @_json
     def status_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
                    max_parallel: Optional[int], connect_timeout: Optional[float], config_path: Path, inventory: Any,
-                   accept_new_host_key: bool, as_json: bool) -> None:
+                   as_json: bool) -> None:
         """Show devices' current release, the previous ones and their targets."""
         from ..config import load
         from ..fleet import status_device
@@ -156,11 +153,10 @@ def register(main: click.Group) -> None:
         config = load(config_path)
         hosts = _select(config, "status", devices, group, inventory, limit, retry_failed, connect_timeout)
         if not is_single(devices, group, limit, retry_failed):
-            results = BuiltinEngine().status(config, hosts, max_parallel=max_parallel or config.deploy.max_parallel,
-                                             accept_new_host_key=accept_new_host_key)
+            results = BuiltinEngine().status(config, hosts, max_parallel=max_parallel or config.deploy.max_parallel)
             run_fleet("status", config, hosts, results, as_json, 7)
             return
-        st = status_device(config, hosts[0], accept_new_host_key=accept_new_host_key)
+        st = status_device(config, hosts[0])
         if as_json:
             echo_json(st)
             return

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from ..errors import AccuracyError, DeviceError
-from .fleet_output import host_options, is_single, run_fleet
+from .fleet_output import accept_new_host_key_option, host_options, is_single, run_fleet
 from .render import clean, echo, echo_json, kv, table
 
 
@@ -124,7 +124,7 @@ def register(main: click.Group) -> None:
     @click.option("--runs-dir", default=None, type=click.Path(file_okay=False), help="Where run files go [runs/ beside edgekit.toml].")
     @click.option("--max-result-mb", default=None, type=click.FloatRange(min=0, min_open=True), metavar="MB",
                   help="Largest result JSON fetched from the device [EDGEKIT_MAX_RESULT_MB, else 32].")
-    @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
+    @accept_new_host_key_option(help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--engine", type=click.Choice(["builtin", "ansible"]), default="builtin", show_default=True,
                   help="Who does the work: edgekit's own threads over SSH, or Ansible (the edgekit.fleet collection).")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -133,7 +133,7 @@ def register(main: click.Group) -> None:
                      duration: float, quick: bool, threads: Optional[int], repeat: int,
                      power: Optional[str], power_rate: Optional[float], idle_s: Optional[float],
                      requests_per_s: Optional[float], grid_intensity: Optional[float], runs_dir: Optional[str],
-                     max_result_mb: Optional[float], accept_new_host_key: bool, engine: str, as_json: bool) -> None:
+                     max_result_mb: Optional[float], engine: str, as_json: bool) -> None:
         """Run the deployed release on devices: accuracy vs reference, latency, power and carbon."""
         from ..config import load
         from ..fleet_engine import BuiltinEngine
@@ -147,8 +147,7 @@ def register(main: click.Group) -> None:
         if not is_single(devices, group, limit, retry_failed) or engine == "ansible":
             options = ValidateOptions(duration=duration, quick=quick, threads=threads, repeat=repeat, power=settings,
                                       runs_dir=Path(runs_dir) if runs_dir else None, max_result_mb=max_result_mb,
-                                      max_parallel=max_parallel or config.deploy.max_parallel,
-                                      accept_new_host_key=accept_new_host_key)
+                                      max_parallel=max_parallel or config.deploy.max_parallel)
             # A metric miss everywhere exits like a single device's (6); anything else is a device failure (8).
             if engine == "ansible":
                 from ..engine_ansible_fleet import AnsibleEngine
@@ -162,7 +161,7 @@ def register(main: click.Group) -> None:
                       engine=engine)
             return
         res = validate_device(config, hosts[0], duration=duration, threads=threads, repeat=repeat, quick=quick,
-                              power=settings, accept_new_host_key=accept_new_host_key, runs_dir=runs_dir,
+                              power=settings, runs_dir=runs_dir,
                               max_result_mb=max_result_mb)
         if as_json:
             echo_json(res)
@@ -175,11 +174,11 @@ def register(main: click.Group) -> None:
     @host_options
     @_config
     @_inventory
-    @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
+    @accept_new_host_key_option(help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--json", "as_json", is_flag=True, help="Print facts and checks as JSON.")
     def doctor_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
                    max_parallel: Optional[int], connect_timeout: Optional[float], config_path: str, inventory: Any,
-                   accept_new_host_key: bool, as_json: bool) -> None:
+                   as_json: bool) -> None:
         """Probe devices (CPU, memory, disk, runtimes, JetPack, power sensors) against their targets."""
         from ..config import load
         from ..doctor import doctor_device
@@ -188,11 +187,10 @@ def register(main: click.Group) -> None:
         config = load(config_path)
         hosts = _select(config, "doctor", devices, group, inventory, limit, retry_failed, connect_timeout)
         if not is_single(devices, group, limit, retry_failed):
-            results = BuiltinEngine().doctor(config, hosts, max_parallel=max_parallel or config.deploy.max_parallel,
-                                             accept_new_host_key=accept_new_host_key)
+            results = BuiltinEngine().doctor(config, hosts, max_parallel=max_parallel or config.deploy.max_parallel)
             run_fleet("doctor", config, hosts, results, as_json, DeviceError.exit_code)
             return
-        report = doctor_device(config, hosts[0], accept_new_host_key=accept_new_host_key)
+        report = doctor_device(config, hosts[0])
         if as_json:
             echo_json(report)
         else:

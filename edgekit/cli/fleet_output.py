@@ -22,6 +22,21 @@ STYLE = {"switched": "green", "unchanged": "cyan", "repaired": "yellow", "rolled
 LAST_FAILED_DIR = ".edgekit"
 
 
+def accept_new_host_key_option(help: str) -> Callable[..., Any]:
+    """``--accept-new-host-key``, put into the SSH connector's settings here, once (issue #11): nothing
+    between the command and ``transport.connect`` passes it on. It holds for this command only: the
+    previous setting comes back when the command ends, so one invocation never leaks trust into the
+    next in the same process (tests, an embedding program)."""
+    def apply(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        from ..transport import OPTIONS, configure
+
+        before = bool(OPTIONS.get("ssh", {}).get("accept_new_host_key", False))
+        configure("ssh", accept_new_host_key=bool(value))
+        ctx.find_root().call_on_close(lambda: configure("ssh", accept_new_host_key=before))
+
+    return click.option("--accept-new-host-key", is_flag=True, expose_value=False, callback=apply, help=help)
+
+
 def host_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """-d/--device (repeatable), -g/--group, --limit, --retry-failed, --max-parallel, --connect-timeout."""
     options = [
