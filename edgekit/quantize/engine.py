@@ -158,6 +158,13 @@ def quantize_for_target(
                 cands.append(cand)
                 files[cand.name] = path
                 extras[cand.name] = extra
+            # Rescue methods (issue #14: CLE, NNCF, layouts, SmoothQuant) only where the built-in int8
+            # is not already a clean full-int8 pass: they cost a build each and compete on measurement.
+            clean = any(c.precision == "int8" and c.passed and not c.refused and not c.kept_float for c in cands)
+            for cand, path, extra in ([] if clean else _methods(ctx)):
+                cands.append(cand)
+                files[cand.name] = path
+                extras[cand.name] = extra
 
     latency: Dict[str, object] = {"host_matches_target": host_ok}
     say("choosing")
@@ -179,7 +186,7 @@ def quantize_for_target(
         calibration={"method": profile.quantization.calibration_method, "samples": len(calib),
                      "given": len(calibration), "cap": cap, "note": cal_note, "digest": cal.feeds_digest(calib),
                      "used_by_chosen": chosen.method.startswith("static")},
-        seed=seed, fp32_size_bytes=file_size(base),
+        seed=seed, fp32_size_bytes=file_size(base), methods_skipped=getattr(ctx, "method_skips", {}),
     )
 
 
@@ -391,6 +398,13 @@ def _dynamic(ctx: _Ctx):
                         "fallback_search": search}, score0
 
 
+def _methods(ctx: _Ctx):
+    """The extra full-int8 methods (edgekit/quantize/methods), scored and guarded like ``_static``."""
+    from .methods.candidates import from_engine
+
+    return from_engine(ctx, _calibrated, _check, EXACT_INT8_LEVEL)
+
+
 def _int8_candidate(cand: Candidate, path: Path, note: str) -> Candidate:
     """Record honestly: ``passed`` is the metric (false when only reverting every node reached it);
     a fallback note that rules the candidate out (too little int8 left) and a file with no quantized
@@ -484,7 +498,7 @@ def _set_tag(excluded: Sequence[str]) -> str:
 def _cleanup(work_dir: Path, keep: set) -> None:
     """Drop the fallback's intermediate files; the chosen and candidate files stay."""
     keep_names = {p.name for p in keep} | {p.name + ".data" for p in keep}
-    for pattern in ("static-*.onnx*", "dynamic-*.onnx*"):
+    for pattern in ("static-*.onnx*", "dynamic-*.onnx*", "method-*.onnx*"):
         for p in work_dir.glob(pattern):
             if p.name not in keep_names:
                 p.unlink(missing_ok=True)

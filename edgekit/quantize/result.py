@@ -89,6 +89,9 @@ class QuantizeResult(BaseModel):
     """The chosen candidate's guard report (see Candidate.guard)."""
     fp32_size_bytes: int = 0
     """The FP32 model this build would ship (the same prepared graph), for size ratios."""
+    methods_skipped: Dict[str, str] = Field(default_factory=dict)
+    """Quantization methods (edgekit/quantize/methods) that were due but not built, and why (NNCF not
+    installed, budget spent, nothing to equalize...); empty when every due method ran or none was due."""
 
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QGemm",
