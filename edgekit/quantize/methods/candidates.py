@@ -101,7 +101,6 @@ def method_candidates(ctx: Any, scorer_for: Callable[[], Any], check: Callable[[
             skipped[method] = "the build budget was nearly spent"
             continue
         ctx.say(f"method: {method}")
-        started = time.monotonic()
         try:
             path, name, rec = build_method(method, ctx.base, ctx.work_dir, preset, calibration_cache, ctx.calib,
                                            always_float)
@@ -117,7 +116,8 @@ def method_candidates(ctx: Any, scorer_for: Callable[[], Any], check: Callable[[
         qn = quantized_node_count(path)
         if passed and not refused and qn == 0:
             refused = "no node is quantized: this file is a float model, not int8"
-        note = f"method {method}, built in {time.monotonic() - started:.1f} s (full int8, no fallback)"
+        # no build time here: the recipe must be the same bytes on a rebuild
+        note = f"method {method} (full int8, no fallback)"
         if emulate:
             note += f"; scored as exact int8 arithmetic (onnxruntime '{score_level}' level)"
         cand = Candidate(name=f"int8-{method}", precision="int8", method=name, metric=score, passed=passed,
