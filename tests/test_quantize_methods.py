@@ -174,3 +174,42 @@ def test_methods_are_build_candidates_when_plain_int8_needs_rescue(tmp_path: Pat
     json.dumps(result.model_dump(mode="json", exclude={"model_path"}))
     if result.method == "static-qdq+cle":
         assert result.preset["equalization"]["pairs"] == 2
+
+
+def _pi5_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str, flags: str, measure=None):
+    monkeypatch.setenv(targets.HOST_ARCH_ENV, arch)
+    monkeypatch.setenv(targets.HOST_FLAGS_ENV, flags)
+    profile = targets.load_all()["raspberry-pi-5"]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    model = optimize.prepare(_mobile_block(tmp_path / "m.onnx", spread=0.3), tmp_path / "p.onnx", profile)
+    return quantize_for_target(model, tmp_path / "w", profile, _feeds(16, 1), _feeds(16, 2),
+                               MetricSpec("cosine", 0.99), measure=measure)
+
+
+def test_fp16_on_the_pi5_is_a_scored_candidate_never_assumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built and scored from an x86 host, but the profile order (int8, fp32, fp16) keeps it from
+    shipping unless a host with the board's CPU times it faster."""
+    result = _pi5_build(tmp_path, monkeypatch, "x86_64", "avx2 fma")
+    fp16 = next(c for c in result.candidates if c.name == "fp16")
+    assert fp16.metric is not None and fp16.passed and fp16.metric["value"] > 0.999
+    assert result.precision == "int8" and "profile order" in result.reason
+
+
+def test_fp16_on_the_pi5_ships_when_the_board_times_it_fastest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a host with the board's ISA the choice is timing: given rounds where fp16 is clearly the
+    fastest (an injected measurement: this host is not an A76), fp16 ships; given rounds where it
+    is slow, it does not."""
+    def timing(fast: str):
+        def measure(models, feed, levels, threads, deadline=None, control=None, **kw):
+            speed = {"fp16": 1.0 if fast == "fp16" else 9.0, "fp32": 6.0}
+            out = {n: [speed.get(n, 4.0)] * 12 for n in models}
+            if control:
+                out[control + " (A/A)"] = list(out[control])
+            return out
+        return measure
+
+    flags = "asimd asimddp asimdhp fphp"
+    fast = _pi5_build(tmp_path / "a", monkeypatch, "aarch64", flags, measure=timing("fp16"))
+    assert fast.precision == "fp16" and fast.method == "fp16"
+    slow = _pi5_build(tmp_path / "b", monkeypatch, "aarch64", flags, measure=timing("int8"))
+    assert slow.precision == "int8"

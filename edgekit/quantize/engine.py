@@ -158,10 +158,7 @@ def quantize_for_target(
                 cands.append(cand)
                 files[cand.name] = path
                 extras[cand.name] = extra
-            # Rescue methods (issue #14: CLE, NNCF, layouts, SmoothQuant) only where the built-in int8
-            # is not already a clean full-int8 pass: they cost a build each and compete on measurement.
-            clean = any(c.precision == "int8" and c.passed and not c.refused and not c.kept_float for c in cands)
-            for cand, path, extra in ([] if clean else _methods(ctx)):
+            for cand, path, extra in _methods(ctx, cands):  # issue #14: CLE, NNCF, layouts, SmoothQuant
                 cands.append(cand)
                 files[cand.name] = path
                 extras[cand.name] = extra
@@ -398,11 +395,11 @@ def _dynamic(ctx: _Ctx):
                         "fallback_search": search}, score0
 
 
-def _methods(ctx: _Ctx):
+def _methods(ctx: _Ctx, built: List[Candidate]):
     """The extra full-int8 methods (edgekit/quantize/methods), scored and guarded like ``_static``."""
     from .methods.candidates import from_engine
 
-    return from_engine(ctx, _calibrated, _check, EXACT_INT8_LEVEL)
+    return from_engine(ctx, built, _calibrated, _check, EXACT_INT8_LEVEL)
 
 
 def _int8_candidate(cand: Candidate, path: Path, note: str) -> Candidate:

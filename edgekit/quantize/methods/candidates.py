@@ -7,7 +7,8 @@ Which methods a model gets, by family (``presets.model_family``):
 * cnn: ``cle`` (cross-layer equalization, then the profile's primary static preset), ``nncf``
   (NNCF PTQ with fast bias correction), and the layouts the profile's preset is not
   (``per-tensor`` weights, ``qoperator`` format);
-* transformer: ``nncf-smoothquant`` (NNCF PTQ, transformer patterns, SmoothQuant alpha 0.95);
+* transformer: ``nncf-smoothquant`` (NNCF PTQ, transformer patterns, SmoothQuant alpha 0.95), also
+  when dynamic int8 passed, if this host can time the target (``due``);
 * generic: ``nncf``.
 A method that cannot run (NNCF not installed, a GPU target, budget spent) is skipped with the reason
 in ``skipped``; that never fails the build.
@@ -127,10 +128,21 @@ def method_candidates(ctx: Any, scorer_for: Callable[[], Any], check: Callable[[
     ctx.method_skips = skipped
 
 
-def from_engine(ctx: Any, calibrated: Callable[[Any, QuantPreset], Path], check: Callable[[Any, Path, str], Dict[str, object]],
+def due(ctx: Any, built: List[Candidate]) -> bool:
+    """Whether to build the methods at all. They cost a build each, so: when the built-in int8 is
+    not a clean full-int8 pass (it missed, was refused, or kept nodes float: rescue), and for a
+    transformer on a host that can time the target (static int8 after SmoothQuant has no per-run
+    activation quantization, so it may beat the dynamic int8 that passed: only timing can say)."""
+    clean = any(c.precision == "int8" and c.passed and not c.refused and not c.kept_float for c in built)
+    return not clean or (ctx.family == "transformer" and ctx.host_ok)
+
+
+def from_engine(ctx: Any, built: List[Candidate], calibrated: Callable[[Any, QuantPreset], Path], check: Callable[[Any, Path, str], Dict[str, object]],
                 exact_level: str) -> Iterator[Tuple[Candidate, Path, Dict[str, Any]]]:
     """``method_candidates`` wired to the engine's context: the same scoring level as its static
     candidate, its calibration caches for the FP32 base, a fresh calibration for a rewritten model."""
+    if not due(ctx, built):
+        return
     from .. import calibration as cal
     from ..evaluate import Scorer
     from ..graph import activation_matmuls
