@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 if TYPE_CHECKING:  # numpy loads only when a reference is written, so deploy starts fast
     import numpy as np
@@ -225,10 +225,6 @@ def verify_bundle(bundle: Path, manifest: Optional[Dict[str, Any]] = None) -> Di
 
 def bundle_dir(out: Path, model: str, target: str) -> Path:
     return Path(out) / model / target
-
-
-def iter_files(manifest: Dict[str, Any]) -> Iterable[str]:
-    return sorted(manifest["files"])
 
 
 def clean_dir(path: Path) -> None:

@@ -19,6 +19,8 @@ from pydantic import (AllowInfNan, BaseModel, ConfigDict, Field, Strict, Validat
 
 from .device.power import DEFAULT_GRID_G_PER_KWH, REGISTRY as POWER_SAMPLERS
 from .errors import ConfigError
+from .exporters import SourceName
+from . import exporters
 
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 METRICS = ("top1", "topk", "cosine", "psnr", "max_abs", "max_rel", "detections", "sequences")
@@ -37,7 +39,8 @@ class _Strict(BaseModel):
 
 class ModelSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    source: Literal["torch", "hf", "onnx", "tflite"]
+    source: SourceName
+    """A registered exporter (``edgekit.exporters``): torch, hf, onnx, tflite, or a plugin's."""
     factory: Optional[str] = None
     """torch: ``path/to/file.py:function`` returning a torch.nn.Module (weights loaded)."""
     path: Optional[Path] = None
@@ -49,11 +52,9 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _source_fields(self) -> "ModelSpec":
-        if self.source == "torch":
-            if not self.factory or ":" not in self.factory:
-                raise ValueError("source 'torch' needs factory = 'path/to/file.py:function'")
-        elif self.path is None:
-            raise ValueError(f"source '{self.source}' needs path")
+        missing = exporters.get(self.source).check_fields(self)
+        if missing:
+            raise ValueError(missing)
         return self
 
 

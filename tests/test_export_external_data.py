@@ -111,10 +111,8 @@ def test_external_data_kept_past_the_protobuf_limit(project: Path, tmp_path: Pat
     """With the limit lowered to a few bytes the tiny model takes the >2 GB path end to end:
     export, prepare, quantize and bundle keep the weights in a .data file beside each model."""
     from edgekit import optimize
-    from edgekit.quantize import candidates
 
     monkeypatch.setattr(optimize, "PROTOBUF_LIMIT", 64)
-    monkeypatch.setattr(candidates, "PROTOBUF_LIMIT", 64)
     result = _build(project, tmp_path / "dist")
     assert result.exit_code == 0, result.output
     bundle = Path(json.loads(result.stdout)["bundle"])

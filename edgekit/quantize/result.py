@@ -6,6 +6,8 @@ from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .registry import PrecisionName
+
 
 class KeptFloat(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -20,7 +22,7 @@ class Candidate(BaseModel):
 
     name: str
     """e.g. ``int8-static-u8s8-rr-pc``, ``int8-dynamic``, ``fp16``, ``fp32``."""
-    precision: Literal["int8", "fp16", "fp32"]
+    precision: PrecisionName
     method: str
     metric: Optional[Dict[str, float]] = None
     """MetricSpec.score on the validation feeds vs FP32 (None: could not run on this host)."""
@@ -50,7 +52,7 @@ class QuantizeResult(BaseModel):
     model_path: Path
     """The chosen ONNX file, inside work_dir (excluded from the manifest)."""
     target: str
-    precision: Literal["int8", "fp16", "fp32"]
+    precision: PrecisionName
     method: str
     """``static-qdq``, ``static-qoperator``, ``dynamic``, ``fp16`` or ``fp32``."""
     preset: Dict[str, Any] = Field(default_factory=dict)
@@ -92,6 +94,9 @@ class QuantizeResult(BaseModel):
     methods_skipped: Dict[str, str] = Field(default_factory=dict)
     """Quantization methods (edgekit/quantize/methods) that were due but not built, and why (NNCF not
     installed, budget spent, nothing to equalize...); empty when every due method ran or none was due."""
+    reference_outputs: Any = Field(default=None, exclude=True, repr=False)
+    """Every FP32 output per validation feed (sample-major), computed once by the engine: the build's
+    reference.npz. Never serialized."""
 
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QGemm",

@@ -137,16 +137,19 @@ def due(ctx: Any, built: List[Candidate]) -> bool:
     return not clean or (ctx.family == "transformer" and ctx.host_ok)
 
 
-def from_engine(ctx: Any, built: List[Candidate], calibrated: Callable[[Any, QuantPreset], Path], check: Callable[[Any, Path, str], Dict[str, object]],
-                exact_level: str) -> Iterator[Tuple[Candidate, Path, Dict[str, Any]]]:
-    """``method_candidates`` wired to the engine's context: the same scoring level as its static
-    candidate, its calibration caches for the FP32 base, a fresh calibration for a rewritten model."""
+def as_built(ctx: Any, built: List[Candidate], calibrated: Callable[[Any, QuantPreset], Path],
+             exact_level: str) -> Iterator[Any]:
+    """The methods as registry ``Built`` candidates of the int8 builder (edgekit/quantize/builders/int8.py):
+    scored at the level its static candidate is (exact int8 arithmetic where this host's kernels are
+    not the target's), guarded by ``ctx.guard``, calibrated through the builder's cache for the FP32
+    base and afresh for a rewritten (equalized) model."""
     if not due(ctx, built):
         return
     from .. import calibration as cal
     from ..evaluate import Scorer
     from ..graph import activation_matmuls
     from ..presets import calibration_extra, runtime_level_for
+    from ..registry import Built
 
     emulate = not ctx.host_ok and not ctx.profile.is_gpu
     level = exact_level if emulate else runtime_level_for("static", ctx.profile)
@@ -160,8 +163,9 @@ def from_engine(ctx: Any, built: List[Candidate], calibrated: Callable[[Any, Qua
                              extra=calibration_extra(preset), large=ctx.large)
 
     always = activation_matmuls(ctx.graph) if ctx.family == "transformer" else []
-    yield from method_candidates(ctx, lambda: Scorer(ctx.metric, ctx.validation, ctx.refs, ctx.index, level),
-                                 lambda path, lvl: check(ctx, path, lvl), cache, always, level, emulate)
+    for cand, path, extra in method_candidates(ctx, lambda: Scorer(ctx.metric, ctx.validation, ctx.refs, ctx.index, level),
+                                               ctx.guard, cache, always, level, emulate):
+        yield Built(cand, path, recipe=extra["preset"])
 
 
 def _guard_text(report: Dict[str, object]) -> str:
