@@ -449,10 +449,9 @@ def markdown(report: Dict[str, Any], command: str) -> str:
                 recipe = f"{r['precision']} {r['method']}" + (f", {r['kept_float']} kept float" if r["kept_float"] else "")
                 tried = [c["name"] for c in r["candidates"] if c["name"].startswith("int8-") and c.get("metric")]
                 recipe += f" (int8 candidates: {', '.join(tried)})" if tried else ""
+            peak = f"{d['peak_mb']:.0f}" if "peak_mb" in d else "-"
             lines.append(f"| {v} | {t['p50_ms']:.3f} | {t['speedup_p50']:.2f}x | {t['speedup_paired']:.2f}x | {q} | "
-                         f"{d['size_bytes'] / 1e6:.2f} | {d.get('build_s', 0):.1f} | "
-                         f"{d['peak_mb']:.0f} | {recipe} |" if "peak_mb" in d else
-                         f"{d['size_bytes'] / 1e6:.2f} | {d.get('build_s', 0):.1f} | - | {recipe} |")
+                         f"{d['size_bytes'] / 1e6:.2f} | {d.get('build_s', 0):.1f} | {peak} | {recipe} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
