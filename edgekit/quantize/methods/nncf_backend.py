@@ -49,7 +49,7 @@ def _nncf():
 
 
 def recipe(preset: str = "performance", transformer: bool = False, fast_bias_correction: bool = True,
-           smooth_quant_alpha: Optional[float] = None, overflow_fix: str = "disable",
+           smooth_quant_alpha: Optional[float] = None, overflow_fix: Optional[str] = None,
            ignored: Sequence[str] = (), subset_size: int = 300) -> Dict[str, Any]:
     """The recipe, as the manifest records it (plain JSON values)."""
     return {"backend": "nncf", "preset": preset, "model_type": "transformer" if transformer else None,
@@ -61,12 +61,13 @@ def _advanced(nncf, rec: Dict[str, Any]):
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
                                                        AdvancedSmoothQuantParameters, OverflowFix)
 
-    kw: Dict[str, Any] = {"overflow_fix": OverflowFix(rec["overflow_fix"])}
+    kw: Dict[str, Any] = {}
+    if rec.get("overflow_fix"):  # None: NNCF's own default
+        kw["overflow_fix"] = OverflowFix(rec["overflow_fix"])
     alpha = rec.get("smooth_quant_alpha")
-    if rec.get("model_type") == "transformer":
-        # -1 disables SmoothQuant for that op group (NNCF's convention)
-        a = -1.0 if alpha is None else float(alpha)
-        kw["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=a, convolution=-1.0)
+    if rec.get("model_type") == "transformer" and alpha is not None:
+        # None keeps NNCF's default (SmoothQuant on MatMuls for transformers); -1 disables it
+        kw["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=float(alpha), convolution=-1.0)
     return AdvancedQuantizationParameters(**kw)
 
 
