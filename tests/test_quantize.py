@@ -89,7 +89,8 @@ def test_quantize_cnn_for_arm(cnn_model: Path, tmp_path: Path) -> None:
     assert result.family == "cnn"
     assert result.latency_ms["host_matches_target"] is False  # an ARM board, measured from x86
     # CNNs: static int8 (onnxruntime's advice); dynamic is not tried once static passes.
-    assert [c.name for c in result.candidates] == [result.candidates[0].name, "fp32"]
+    # (fp16 is the Pi 5's last candidate: built and scored, shipped only when the board times it fastest)
+    assert [c.name for c in result.candidates] == [result.candidates[0].name, "fp32", "fp16"]
     assert result.candidates[0].name.startswith("int8-static-")
     assert result.reason and messages
     # The manifest stores this; it must be JSON.

@@ -158,6 +158,7 @@ def quantize_for_target(
                      "given": len(calibration), "cap": cap, "note": cal_note, "digest": cal.feeds_digest(calib),
                      "used_by_chosen": chosen.method.startswith("static")},
         seed=seed, fp32_size_bytes=file_size(base), reference_outputs=all_refs,
+        methods_skipped=getattr(ctx, "method_skips", {}),
     )
 
 

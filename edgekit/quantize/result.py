@@ -91,6 +91,9 @@ class QuantizeResult(BaseModel):
     """The chosen candidate's guard report (see Candidate.guard)."""
     fp32_size_bytes: int = 0
     """The FP32 model this build would ship (the same prepared graph), for size ratios."""
+    methods_skipped: Dict[str, str] = Field(default_factory=dict)
+    """Quantization methods (edgekit/quantize/methods) that were due but not built, and why (NNCF not
+    installed, budget spent, nothing to equalize...); empty when every due method ran or none was due."""
     reference_outputs: Any = Field(default=None, exclude=True, repr=False)
     """Every FP32 output per validation feed (sample-major), computed once by the engine: the build's
     reference.npz. Never serialized."""

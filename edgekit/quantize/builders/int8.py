@@ -40,13 +40,19 @@ class Int8(CandidateBuilder):
     description = ("static QDQ per the target's preset (accuracy-aware and guard fallback, latency pruning), "
                    "or dynamic int8 on CPU targets; tried in onnxruntime's recommended order per model family")
     engine_precisions = frozenset({"int8", "fp16"})
-    scratch = ("static-*.onnx*", "dynamic-*.onnx*")
+    scratch = ("static-*.onnx*", "dynamic-*.onnx*", "method-*.onnx*", "fp32-cle.onnx")
 
     def build(self, ctx: BuildContext) -> Iterator[Built]:
+        from ..methods.candidates import as_built
+
+        cands: List[Candidate] = []
         for cand, path, extra, before in _int8_variants(ctx):
+            cands.append(cand)
             yield Built(cand, path, recipe=extra["preset"], kept_float=extra["kept_float"],
                         latency_pruning=extra["latency_pruning"], fallback_search=extra["fallback_search"],
                         metric_before=before)
+        # issue #14: CLE, NNCF (bias correction, SmoothQuant), layouts; each competes in choose()
+        yield from as_built(ctx, cands, _calibrated, EXACT_INT8_LEVEL)
 
 
 def _int8_variants(ctx: BuildContext):
