@@ -44,6 +44,8 @@ class BuildResult(BaseModel):
     """``dist/<model>/<target>.build.json``: host timings and duration, outside the release."""
     timing_note: str = ""
     """Whether the timing comparisons were measured or reused from the previous build record."""
+    tuning: Dict[str, Any] = {}
+    """``--tune-on``: the manifest's tuning section plus this run's cost ('run'); empty otherwise."""
 
 
 def _io_specs(model_path: Path) -> Dict[str, List[Dict[str, Any]]]:
@@ -235,9 +237,11 @@ def _write_reference_subset(config: ProjectConfig, bundle: Path, val: List[Dict[
 
 
 def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precision: str = "auto",
-          budget_s: float = 300.0, progress: Optional[Progress] = None, remeasure: bool = False) -> BuildResult:
+          budget_s: float = 300.0, progress: Optional[Progress] = None, remeasure: bool = False,
+          tune: Optional[Any] = None) -> BuildResult:
     """``remeasure``: time every comparison afresh instead of reusing the previous build record's
-    timings of identical models (which keeps rebuilds byte-identical)."""
+    timings of identical models (which keeps rebuilds byte-identical). ``tune``: a
+    ``tune.TuneOptions``; the device it names chooses among the candidates (edgekit/tune.py)."""
     from . import export, optimize
     from .quantize import quantize_for_target
     from .guard import resolve as resolve_guard
@@ -260,6 +264,9 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     say(f"exporting {config.model.source} model '{config.model.name}' to ONNX")
     exported = export.export(config, work, check_feed=val[0])
     if exported.source == "tflite":
+        if tune is not None:
+            raise ConfigError(f"{config.path}: a converted .tflite model ships as it is: there are no candidates "
+                              "for --tune-on to choose between")
         return _bundle_tflite(config, profile, exported.path, bundle, val, labels, t0, say, starts)
     _check_feeds_match_model(exported.path, calib, str(config.resolve(config.calibration.data or config.calibration.text)),
                              config)
@@ -283,11 +290,18 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     q = quantize_for_target(prepared, work / "quantize", profile, calib, val, metric, precision=precision,
                             budget_s=budget_s, seed=config.seed, progress=say, measure=memo, guard=guard,
                             calibration_cap=cap)
+    io = _io_specs(exported.path)
+    tuning: Dict[str, Any] = {}
+    tune_run: Dict[str, Any] = {}
+    if tune is not None:  # the device chooses among the candidates that passed here
+        from .tune_build import tune_quantized
+
+        q, tuning, tune_run = tune_quantized(config, profile, q, val, reference, labels, starts, metric, guard, io,
+                                             work, Path(out_dir), tune, say)
 
     say("writing the bundle")
     artifact.clean_dir(bundle)
     optimize.copy_model(q.model_path, bundle / "model.onnx")  # keeps external data of >2 GB models
-    io = _io_specs(exported.path)
     shipped = _write_reference_subset(config, bundle, val, reference, [o["name"] for o in io["outputs"]], labels, starts)
     artifact.copy_device_files(bundle)
     out_idx = metric.output_index([o["name"] for o in io["outputs"]])
@@ -315,14 +329,17 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
         "export": {"source": exported.source, "opset": exported.opset, "max_abs_diff": exported.max_abs_diff},
         # measurements (host latency) vary between builds: they go to the build record, not here
         "quantization": q.model_dump(mode="json", exclude={"model_path": True, "latency_ms": True,
+                                                           "candidate_files": True, "candidate_extras": True,
                                                            "latency_pruning": True,
                                                            "candidates": {"__all__": {"p50_ms"}},
                                                            "fallback_search": {"__all__": {"p50_ms", "aa_noise_floor"}}}),
         "build_metrics": {"size_bytes": size, "fp32_size_bytes": fp32_size, "host_metric": host_metric},
         "reference": shipped,
+        **({"tuning": tuning} if tuning else {}),
     })
     seconds = time.perf_counter() - t0
     record = build_record.write(bundle, manifest["release_id"], seconds, {
+        **({"tuning": tune_run} if tune_run else {}),
         "latency_ms": q.latency_ms, "latency_pruning": q.latency_pruning,
         "candidates_p50_ms": {c.name: c.p50_ms for c in q.candidates},
         "fallback_search_p50_ms": {n: {k: rec[k] for k in ("p50_ms", "aa_noise_floor") if k in rec}
@@ -332,4 +349,5 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
                        precision=q.precision, method=q.method, reason=q.reason, size_bytes=size,
                        fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=seconds, record=record,
                        timing_note=memo.summary(), guard=q.guard, calibration=str(q.calibration.get("note", "")),
-                       guard_refused={c.name: guard_refusal(c) for c in q.candidates if guard_refusal(c)})
+                       guard_refused={c.name: guard_refusal(c) for c in q.candidates if guard_refusal(c)},
+                       tuning={**tuning, "run": tune_run} if tuning else {})

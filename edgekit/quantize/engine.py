@@ -179,7 +179,8 @@ def quantize_for_target(
         calibration={"method": profile.quantization.calibration_method, "samples": len(calib),
                      "given": len(calibration), "cap": cap, "note": cal_note, "digest": cal.feeds_digest(calib),
                      "used_by_chosen": chosen.method.startswith("static")},
-        seed=seed, fp32_size_bytes=file_size(base),
+        seed=seed, fp32_size_bytes=file_size(base), candidate_files=dict(files),
+        candidate_extras={n: {k: e[k] for k in ("preset", "kept_float") if k in e} for n, e in extras.items()},
     )
 
 

@@ -89,6 +89,10 @@ class QuantizeResult(BaseModel):
     """The chosen candidate's guard report (see Candidate.guard)."""
     fp32_size_bytes: int = 0
     """The FP32 model this build would ship (the same prepared graph), for size ratios."""
+    candidate_files: Dict[str, Path] = Field(default_factory=dict)
+    """{candidate name: its file inside work_dir}, for on-device tuning (excluded from the manifest)."""
+    candidate_extras: Dict[str, Dict[str, Any]] = Field(default_factory=dict)
+    """{int8 candidate name: its preset and kept_float}, so tuning can ship another candidate."""
 
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QGemm",
