@@ -48,6 +48,10 @@ class TuneOptions:
     sysfs_root: Optional[str] = None
     """For tests: where the device's power sensors are read (a simulated sysfs tree)."""
     timeout_s: float = 900.0
+    spec: Optional[Any] = None
+    """The device itself, where it comes from an inventory rather than edgekit.toml (fleets)."""
+    budget_s: float = 40.0
+    """Seconds the device may spend on the interleaved rounds (it stops earlier once the medians are stable)."""
 
     def check(self) -> None:
         """One line per mistake, before anything is built."""
@@ -56,6 +60,8 @@ class TuneOptions:
         for flag, value in (("--max-p50-ms", self.max_p50_ms), ("--max-p99-ms", self.max_p99_ms)):
             if value is not None and not (0 < value < 1e7):
                 raise ConfigError(f"{flag}: expected a positive number of milliseconds, got {value}")
+        if not (0 < self.budget_s <= 3600):
+            raise ConfigError(f"--tune-budget: expected seconds in (0, 3600], got {self.budget_s}")
         if self.max_p50_ms is not None and self.objective != "energy":
             raise ConfigError("--max-p50-ms constrains the energy objective (the lowest energy whose p50 <= X ms); "
                               "with --objective latency use --max-p99-ms, or --objective energy")
@@ -144,7 +150,8 @@ def _cache_write(path: Path, data: Dict[str, Any]) -> None:
 
 
 def make_plan(q: Any, profile: Any, cands: List[Any], manifest: Dict[str, Any], paths: Dict[str, str],
-              reference: str, power: Dict[str, Any], bars: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+              reference: str, power: Dict[str, Any], bars: Optional[Dict[str, float]] = None,
+              budget_s: float = TIMING["budget_s"]) -> Dict[str, Any]:
     from .build import _manifest_runtime
     from .quantize.presets import DISABLED_OPTIMIZERS, runtime_level_for
 
@@ -159,7 +166,7 @@ def make_plan(q: Any, profile: Any, cands: List[Any], manifest: Dict[str, Any], 
             plan_cands[-1]["host_value"] = bars[c.name]
     return {"schema": 1, "threads": profile.intra_op_threads, "runtime": {"providers": runtime["providers"]},
             "candidates": plan_cands, "control": "fp32", "reference": reference, "manifest": manifest,
-            "timing": dict(TIMING), "power": power}
+            "timing": dict(TIMING, budget_s=budget_s), "power": power}
 
 
 def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference: Path, out_dir: Path,
@@ -169,7 +176,7 @@ def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference:
     from .transport import connect
     from .tune_device import device_code, now, open_link
 
-    spec = config.device(opts.device)
+    spec = opts.spec or config.device(opts.device)
     cands = tunable(q)
     t0 = time.perf_counter()
     conn = connect(spec, config)
@@ -186,7 +193,7 @@ def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference:
         sums["reference.npz"] = sha256_file(reference)
         placeholder = {n: "" for n in files}
         power = dict(POWER, sampler="auto" if facts.get("power_sensors") else "none")
-        plan = make_plan(q, profile, cands, manifest, placeholder, "", power, bars)
+        plan = make_plan(q, profile, cands, manifest, placeholder, "", power, bars, opts.budget_s)
         key = cache_key(facts, plan, sums)
         cache_path = Path(out_dir) / ".tune" / f"{key}.json"
         cached = None if opts.retune else _cache_read(cache_path)
@@ -199,7 +206,7 @@ def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference:
             say(f"sending {len(cands)} candidates to '{spec.name}' (files it already holds are not sent again)")
             paths = link.push({**files, "reference.npz": Path(reference)})
             plan = make_plan(q, profile, cands, manifest, {n: conn.path(paths[n]) for n in files},
-                             conn.path(paths["reference.npz"]), power, bars)
+                             conn.path(paths["reference.npz"]), power, bars, opts.budget_s)
             result = checked_result(link.measure(plan, say, opts.timeout_s, opts.sysfs_root), [c.name for c in cands],
                                     spec.name)
             measured = {"device": spec.name, "at": now()}

@@ -98,7 +98,7 @@ def choose(q: Any, cands: List[Any], result: Dict[str, Any], opts: Any) -> Tuple
         beyond = clearly_faster(result["candidates"][best["name"]]["rounds_ms"],
                                 result["candidates"][default["name"]]["rounds_ms"], floor)
     else:
-        beyond = best[key] * (1.0 + max(TAIL_MARGIN, floor)) < default[key]
+        beyond = default[key] - best[key] > max(TAIL_MARGIN, floor) * abs(default[key])
     if not beyond:
         return default["name"], (f"{default['name']}: {best['name']} had a lower {what} ({best[key]} vs "
                                  f"{default[key]}) but within the A/A noise floor of {floor:.1%}, so "

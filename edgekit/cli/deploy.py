@@ -62,12 +62,16 @@ def register(main: click.Group) -> None:
                   help="Deploy to N devices first and validate them on the device; a failure rolls them back and stops.")
     @click.option("--max-parallel", type=int, default=None, help="Devices at once [default: deploy.max_parallel].")
     @click.option("--duration", type=float, default=1.0, show_default=True, help="Seconds of timed runs when validating canaries.")
+    @click.option("--tune-on-canary", is_flag=True,
+                  help="Rebuild the target first with --tune-on the first canary, so the fleet gets what it measured "
+                       "(costs a build; the tuning cache answers identical boards next time).")
     @_lock
     @_accept
     @_json
     def deploy_cmd(device: Optional[str], group: Optional[str], config_path: Path, inventory: Optional[Path],
                    target: Optional[str], dist: Optional[Path], canary: int, max_parallel: Optional[int],
-                   duration: float, lock_timeout: float, accept_new_host_key: bool, as_json: bool) -> None:
+                   duration: float, lock_timeout: float, accept_new_host_key: bool, as_json: bool,
+                   tune_on_canary: bool = False) -> None:
         """Push the bundle to devices as an atomic, verified release and make it current."""
         from ..config import load
         from ..errors import FleetError
@@ -75,6 +79,13 @@ def register(main: click.Group) -> None:
 
         config = load(config_path)
         devices = select_devices(config, device=device, group=group, inventory=inventory)
+        if tune_on_canary:
+            from ..tune_fleet import tune_on_canary as _tune
+
+            built = _tune(config, devices, canary, target=target, dist=dist,
+                          say=lambda m: None if as_json else echo(m, err=True))
+            if not as_json:
+                echo(f"tuned on the canary: {built.reason}", err=True)
         if device is not None and not canary:
             res = deploy_device(config, devices[0], dist=dist, target=target,
                                 accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout)

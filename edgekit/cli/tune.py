@@ -23,6 +23,8 @@ def tune_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="With --objective energy: the lowest-energy candidate whose p50 is at most this."),
         click.option("--retune", is_flag=True, help="Measure again instead of reusing a tuning of identical "
                                                    "candidates on an identical device."),
+        click.option("--tune-budget", type=float, default=40.0, show_default=True,
+                     help="With --tune-on: seconds the device may spend timing (it stops once the medians are stable)."),
         click.option("--tune-allow-emulated", "tune_allow_emulated", is_flag=True,
                      help="FOR TESTS ONLY: let an emulated board time the candidates (its latency is the "
                           "emulator's, not the board's)."),
@@ -39,6 +41,8 @@ def tune_settings(args: Dict[str, Any]) -> Optional[Any]:
         given = [flag for flag, key in (("--max-p99-ms", "max_p99_ms"), ("--max-p50-ms", "max_p50_ms"),
                                         ("--retune", "retune"), ("--tune-allow-emulated", "tune_allow_emulated"))
                  if args.get(key)]
+        if args.get("tune_budget", 40.0) != 40.0:
+            given.append("--tune-budget")
         if args.get("objective", "latency") != "latency":
             given.insert(0, "--objective")
         if given:
@@ -50,7 +54,8 @@ def tune_settings(args: Dict[str, Any]) -> Optional[Any]:
 
     opts = TuneOptions(device=device, objective=args.get("objective") or "latency", max_p50_ms=args.get("max_p50_ms"),
                        max_p99_ms=args.get("max_p99_ms"), retune=bool(args.get("retune")),
-                       allow_emulated=bool(args.get("tune_allow_emulated")))
+                       allow_emulated=bool(args.get("tune_allow_emulated")),
+                       budget_s=float(args.get("tune_budget") or 40.0))
     opts.check()
     return opts
 
