@@ -248,6 +248,25 @@ def test_energy_objective_with_a_simulated_rapl_sensor(project: Path) -> None:
     assert _manifest(res.bundle)["tuning"]["chosen"] == t["chosen"]
 
 
+def test_deploy_tunes_on_the_canary_and_the_fleet_gets_its_choice(digits_project: Path, tmp_path: Path) -> None:
+    project = tmp_path / "digits"
+    shutil.copytree(digits_project, project, ignore=shutil.ignore_patterns("dist", ".device", "runs"))
+    toml = project / "edgekit.toml"
+    text = toml.read_text().replace('path = ".device/local"', 'path = ".device/local"\ngroups = ["fleet"]')
+    toml.write_text(text.replace('target = "x86-avx512-vnni"', 'target = "x86-avx2"') + '\n[[devices]]\nname = "b"\n'
+                    'target = "x86-avx2"\ntransport = "local"\npath = ".device/b"\ngroups = ["fleet"]\n')
+    cfg = str(toml)
+    res = _cli("deploy", "--config", cfg, "--group", "fleet", "--tune-on-canary")
+    assert res.exit_code == 2 and "--tune-on-canary needs --canary N" in res.output, res.output
+    res = _cli("deploy", "--config", cfg, "--group", "fleet", "--canary", "1", "--tune-on-canary", "--duration", "0.2")
+    assert res.exit_code == 0, res.output
+    assert "tuning x86-avx2 on canary 'local' before the rollout" in res.output and "tuned on the canary: " in res.output
+    m = _manifest(project / "dist" / "digits" / "x86-avx2")
+    assert m["tuning"]["device"] == "local"
+    for dev in ("local", "b"):  # every device runs the release the canary measured
+        assert (project / ".device" / dev / "current").resolve().name == m["release_id"]
+
+
 def test_tune_on_local_minilm(tmp_path: Path) -> None:
     project = tmp_path / "minilm"
     shutil.copytree(SAMPLES / "minilm", project, ignore=shutil.ignore_patterns("dist", ".device", "runs"))
