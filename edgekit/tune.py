@@ -48,6 +48,8 @@ class TuneOptions:
     sysfs_root: Optional[str] = None
     """For tests: where the device's power sensors are read (a simulated sysfs tree)."""
     timeout_s: float = 900.0
+    prune: bool = True
+    """Latency pruning on the device: each int8 candidate's op-type groups reverted to float, timed beside it."""
     spec: Optional[Any] = None
     """The device itself, where it comes from an inventory rather than edgekit.toml (fleets)."""
     budget_s: float = 40.0
@@ -170,7 +172,8 @@ def make_plan(q: Any, profile: Any, cands: List[Any], manifest: Dict[str, Any], 
 
 
 def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference: Path, out_dir: Path,
-         opts: TuneOptions, say: Say, bars: Optional[Dict[str, float]] = None) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+         opts: TuneOptions, say: Say, bars: Optional[Dict[str, float]] = None,
+         variants: Optional[List[str]] = None) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
     """(the chosen candidate's name, the manifest's ``tuning`` section, this run's cost and reuse). ``manifest`` holds what
     the device needs to score (inputs, outputs, metric, guard, reference, target_profile)."""
     from .transport import connect
@@ -218,6 +221,7 @@ def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference:
         link.cleanup()
         conn.close()
     chosen, reason, table = choose(q, cands, result, opts)
+    from .tune_prune import record as prune_record
     facts_dev = facts["device"]
     section = {
         "device": spec.name,
@@ -239,6 +243,8 @@ def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference:
         "measured": measured,
         "cache_key": key,
     }
+    if variants:
+        section["latency_pruning"] = prune_record(result, variants, result["timing"]["noise_floor"])
     # what this run cost and whether it measured at all vary between builds: the build record's
     run = dict(cost, reused=cached is not None, tuned_on=spec.name)
     return chosen, section, run

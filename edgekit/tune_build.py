@@ -20,10 +20,21 @@ def tune_quantized(config: Any, profile: Any, q: Any, val: List[Dict[str, np.nda
     """(the QuantizeResult to ship, the manifest's ``tuning`` section, the run's cost for the build record)."""
     from .build import run_model
 
+    from .tune import tunable
+    from .tune_prune import add_variants, original
+
+    q0, variants = q, []
+    out_names = [o["name"] for o in io["outputs"]]
+    if opts.prune:  # group reverts of the int8 candidates, timed in the same device invocation
+        k = metric.output_index(out_names)
+
+        def score(path: Path) -> Dict[str, float]:
+            outs = run_model(path, val, metric.stream_plan)
+            return metric.score([o[k] for o in outs], [r[k] for r in reference], val)
+        q, variants = add_variants(q, [c.name for c in tunable(q)], work, score, metric.passes, say)
     v = config.validation
     idx = artifact.reference_subset(val, reference, v.reference_samples, v.reference_max_mb, starts)
     sub_starts = None if starts is None else [starts[i] for i in idx]
-    out_names = [o["name"] for o in io["outputs"]]
     ref_path = Path(work) / "tune-reference.npz"
     artifact.write_reference(ref_path, [val[i] for i in idx], [reference[i] for i in idx], out_names,
                              None if labels is None else np.asarray(labels)[idx], sub_starts)
@@ -37,8 +48,8 @@ def tune_quantized(config: Any, profile: Any, q: Any, val: List[Dict[str, np.nda
             bars[name] = metric.score([m[k] for m in mine], [reference[i][k] for i in idx], [val[i] for i in idx])["value"]
     manifest = {"inputs": io["inputs"], "outputs": io["outputs"], "metric": metric.to_manifest(), "guard": guard,
                 "reference": subset, "target_profile": profile.model_dump(mode="json")}
-    chosen, section, run = tune(q, profile, config, manifest, ref_path, out_dir, opts, say, bars)
-    return apply_choice(q, chosen, profile, section["reason"]), section, run
+    chosen, section, run = tune(q, profile, config, manifest, ref_path, out_dir, opts, say, bars, variants)
+    return original(q0, apply_choice(q, chosen, profile, section["reason"]), chosen), section, run
 
 
 def apply_choice(q: Any, name: str, profile: Any, reason: str) -> Any:

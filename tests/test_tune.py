@@ -194,6 +194,9 @@ def test_tune_on_local_digits_then_reuse_and_retune(project: Path) -> None:
         assert c["guard"] == (None if c["name"] == "fp32" else "pass")
     assert t["method"]["allow_spinning"] is False and t["method"]["rounds"] >= 9
     assert t["method"]["noise_floor"] is not None
+    pruning = t["latency_pruning"]  # int8 groups reverted to float, timed in the same invocation
+    assert pruning and all(p["variant"] in names and p["int8_p50_ms"] > 0 and p["float_p50_ms"] > 0 for p in pruning)
+    assert {p["op_type"] for p in pruning} >= {"Conv"} and all(isinstance(p["int8_pays"], bool) for p in pruning)
     chosen = next(c for c in t["candidates"] if c["name"] == t["chosen"])
     assert t["reason"].startswith(t["chosen"] + ":")
     assert m["quantization"]["precision"] == chosen["precision"]  # the bundle ships the device's choice

@@ -25,6 +25,9 @@ def tune_options(f: Callable[..., Any]) -> Callable[..., Any]:
                                                    "candidates on an identical device."),
         click.option("--tune-budget", type=float, default=40.0, show_default=True,
                      help="With --tune-on: seconds the device may spend timing (it stops once the medians are stable)."),
+        click.option("--tune-prune/--no-tune-prune", "tune_prune", default=True, show_default=True,
+                     help="With --tune-on: also time each int8 candidate with one op-type group float at a time "
+                          "(latency pruning on the device, in the same invocation)."),
         click.option("--tune-allow-emulated", "tune_allow_emulated", is_flag=True,
                      help="FOR TESTS ONLY: let an emulated board time the candidates (its latency is the "
                           "emulator's, not the board's)."),
@@ -55,7 +58,7 @@ def tune_settings(args: Dict[str, Any]) -> Optional[Any]:
     opts = TuneOptions(device=device, objective=args.get("objective") or "latency", max_p50_ms=args.get("max_p50_ms"),
                        max_p99_ms=args.get("max_p99_ms"), retune=bool(args.get("retune")),
                        allow_emulated=bool(args.get("tune_allow_emulated")),
-                       budget_s=float(args.get("tune_budget") or 40.0))
+                       budget_s=float(args.get("tune_budget") or 40.0), prune=bool(args.get("tune_prune", True)))
     opts.check()
     return opts
 
@@ -79,6 +82,10 @@ def print_tuning(target: str, tuning: Dict[str, Any]) -> None:
                      r.get("refused") or "ok"))
     table(title, ["candidate", "device metric", "guards", "p50 ms", "p99 ms", "mJ/inf", "provider", "passes"], rows)
     echo(f"{target}: tuned: {tuning.get('reason')}")
+    for p in tuning.get("latency_pruning") or []:
+        times = (f" ({p['int8_p50_ms']} ms int8, {p['float_p50_ms']} ms with {p['op_type']} float)"
+                 if "int8_p50_ms" in p else "")
+        echo(f"{target}: pruning on the device: {p['candidate']} {p['op_type']}: {p['result']}{times}")
     method = tuning.get("method") or {}
     echo(f"{target}: tuning: {method.get('rounds')} interleaved rounds ({method.get('stopped')}), A/A noise floor "
          f"{(method.get('noise_floor') or 0):.1%}; "

@@ -180,7 +180,7 @@ def quantize_for_target(
                      "given": len(calibration), "cap": cap, "note": cal_note, "digest": cal.feeds_digest(calib),
                      "used_by_chosen": chosen.method.startswith("static")},
         seed=seed, fp32_size_bytes=file_size(base), candidate_files=dict(files),
-        candidate_extras={n: {k: e[k] for k in ("preset", "kept_float") if k in e} for n, e in extras.items()},
+        candidate_extras={n: {k: e[k] for k in ("preset", "kept_float", "variant") if k in e} for n, e in extras.items()},
     )
 
 
@@ -317,8 +317,13 @@ def _static(ctx: _Ctx):
                                      passed=metric.passes(score["value"]), size_bytes=file_size(path),
                                      kept_float=len(kept), note="; ".join(notes), guard=report,
                                      scored_at=score_level if emulate else ""), path, note)
+    gone = [k["node"] for k in reverted]  # on-device latency pruning (edgekit/tune.py) builds group reverts
+
+    def variant(extra: Sequence[str], out: Path) -> Path:
+        return build_static(ctx.base, out, preset, cache, nodes_to_exclude=list(always) + gone + list(extra),
+                            large=ctx.large)
     return cand, path, {"preset": preset.summary(), "kept_float": kept, "latency_pruning": record,
-                        "fallback_search": search}, before
+                        "fallback_search": search, "variant": (variant, [n for n in still if n[0] not in gone])}, before
 
 
 def _dynamic(ctx: _Ctx):
@@ -388,8 +393,13 @@ def _dynamic(ctx: _Ctx):
                                      kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused)))
                                                                                       if fused else "", note] if x)),
                            path, note)
-    return cand, path, {"preset": preset, "kept_float": kept, "latency_pruning": record,
-                        "fallback_search": search}, score0
+    gone = [k["node"] for k in reverted]
+
+    def variant(extra: Sequence[str], out: Path) -> Path:
+        return build_dynamic(src, out, DYNAMIC_OPS, per_channel=q.per_channel, reduce_range=reduce_range,
+                             nodes_to_exclude=gone + list(extra), large=ctx.large)
+    return cand, path, {"preset": preset, "kept_float": kept, "latency_pruning": record, "fallback_search": search,
+                        "variant": (variant, [n for n in nodes if n[0] not in gone])}, score0
 
 
 def _int8_candidate(cand: Candidate, path: Path, note: str) -> Candidate:

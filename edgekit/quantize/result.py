@@ -89,10 +89,11 @@ class QuantizeResult(BaseModel):
     """The chosen candidate's guard report (see Candidate.guard)."""
     fp32_size_bytes: int = 0
     """The FP32 model this build would ship (the same prepared graph), for size ratios."""
-    candidate_files: Dict[str, Path] = Field(default_factory=dict)
+    candidate_files: Dict[str, Path] = Field(default_factory=dict, exclude=True)
     """{candidate name: its file inside work_dir}, for on-device tuning (excluded from the manifest)."""
-    candidate_extras: Dict[str, Dict[str, Any]] = Field(default_factory=dict)
-    """{int8 candidate name: its preset and kept_float}, so tuning can ship another candidate."""
+    candidate_extras: Dict[str, Dict[str, Any]] = Field(default_factory=dict, exclude=True)
+    """{int8 candidate name: its preset, kept_float and a builder of group reverts}, so tuning can ship another
+    candidate and prune on the device (in memory only: never serialised)."""
 
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QGemm",
