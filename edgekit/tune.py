@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import ConfigError, DeviceError
-from .tune_check import checked_result
+from .tune_check import checked_facts, checked_result
 from .tune_choose import choose, host_choice
 
 OBJECTIVES = ("latency", "p99", "energy")
@@ -187,7 +187,7 @@ def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference:
     try:
         code = device_code()
         link.push(code, list(code))
-        facts = link.facts(opts.sysfs_root)
+        facts = checked_facts(link.facts(opts.sysfs_root), spec.name)
         _check_device(facts, profile, opts, spec.name, say)
         files = {c.name: Path(q.candidate_files[c.name]) for c in cands}
         from .tune_device import sha256_file

@@ -128,3 +128,28 @@ def checked_result(raw: Dict[str, Any], names: List[str], device: str) -> Dict[s
     except _Bad as exc:
         raise DeviceError(f"device '{device}': the tuning result is not valid: {exc}",
                           hint="the device's tune.py is not the one edgekit ships") from None
+
+
+def _strs(value: Any, limit: int, each: int) -> List[str]:
+    return [_str(v, each) for v in value[:limit] if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def checked_facts(raw: Dict[str, Any], device: str) -> Dict[str, Any]:
+    """``tune.py facts`` from a device, reduced to bounded strings and lists (they reach the cache
+    key, the manifest and the terminal)."""
+    dev = raw.get("device") if isinstance(raw.get("device"), dict) else {}
+    rt = raw.get("runtime") if isinstance(raw.get("runtime"), dict) else {}
+    if rt.get("error") or not isinstance(rt.get("version"), str):
+        raise DeviceError(f"device '{device}': onnxruntime cannot be imported there: {_str(rt.get('error'), 300)}",
+                          hint=f"edgekit doctor --device {device}")
+    emu = dev.get("emulated")
+    out_dev: Dict[str, Any] = {
+        "cpu_model": _str(dev.get("cpu_model"), 200) or None, "cpu_core": _str(dev.get("cpu_core"), 80) or None,
+        "machine": _str(dev.get("machine"), 40), "cpu_features": _strs(dev.get("cpu_features"), 512, 40),
+        "cpu_count": dev.get("cpu_count") if isinstance(dev.get("cpu_count"), int) else None}
+    if emu:
+        out_dev["emulated"] = {"qemu_cpu": _str(emu.get("qemu_cpu"), 64) if isinstance(emu, dict) else ""}
+    return {"device": out_dev,
+            "runtime": {"name": "onnxruntime", "version": _str(rt["version"], 40),
+                        "providers": _strs(rt.get("providers"), 16, 64)},
+            "power_sensors": _strs(raw.get("power_sensors"), 16, 40)}

@@ -282,3 +282,19 @@ def test_tune_on_local_minilm(tmp_path: Path) -> None:
     for c in t["candidates"]:
         assert c["metric_passed"] is True and c["metric"] >= 0.99 and 0 < c["p50_ms"] <= c["p99_ms"]
     assert out["precision"] == next(c["precision"] for c in t["candidates"] if c["name"] == t["chosen"])
+
+
+def test_hostile_device_facts_are_bounded() -> None:
+    from edgekit.tune_check import checked_facts
+
+    raw = {"device": {"cpu_model": "\x1b]0;pwned\x07" + "A" * 5000, "cpu_features": ["avx2"] * 10000 + [7, None],
+                      "machine": {"x": 1}, "emulated": "yes"},
+           "runtime": {"version": "1.32.0", "providers": ["CPUExecutionProvider"] * 100},
+           "power_sensors": "rapl"}
+    f = checked_facts(raw, "dev")
+    assert len(f["device"]["cpu_model"]) == 200 and "\x1b" not in f["device"]["cpu_model"]
+    assert len(f["device"]["cpu_features"]) == 512 and f["device"]["machine"] == ""
+    assert f["device"]["emulated"] == {"qemu_cpu": ""}  # anything truthy there means emulated
+    assert len(f["runtime"]["providers"]) == 16 and f["power_sensors"] == []
+    with pytest.raises(DeviceError, match="onnxruntime cannot be imported there: No module named"):
+        checked_facts({"device": {}, "runtime": {"error": "No module named 'onnxruntime'"}}, "dev")
