@@ -86,7 +86,8 @@ def tunable(q: Any) -> List[Any]:
     files = q.candidate_files
     out = [c for c in q.candidates if c.name in files and ((c.passed and not c.refused) or c.precision == "fp32")]
     if not any(c.precision == "fp32" for c in out) and "fp32" not in files:
-        raise DeviceError("tuning needs the FP32 candidate as its control, and this build has none")
+        raise ConfigError("--tune-on compares candidates against FP32 (its A/A control), and this build made none: "
+                          "use --precision auto, with fp32 among the profile's precisions")
     return out
 
 
