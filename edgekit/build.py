@@ -261,6 +261,10 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     if not val:
         raise ConfigError(f"{config.path}: field 'validation': no samples")
 
+    if tune is not None:  # refusals (an emulated board, no power sensor for energy) before the minutes of work
+        from .tune import preflight
+
+        preflight(config, profile, tune, say)
     say(f"exporting {config.model.source} model '{config.model.name}' to ONNX")
     exported = export.export(config, work, check_feed=val[0])
     if exported.source == "tflite":

@@ -172,6 +172,25 @@ def make_plan(q: Any, profile: Any, cands: List[Any], manifest: Dict[str, Any], 
             "timing": dict(TIMING, budget_s=budget_s), "power": power}
 
 
+def preflight(config: Any, profile: Any, opts: TuneOptions, say: Say) -> None:
+    """Ask the device what it is before the host's minutes of accuracy work: an emulated board, the
+    wrong architecture or an energy objective without a sensor is refused first."""
+    from .transport import connect
+    from .tune_device import device_code, open_link
+
+    spec = opts.spec or config.device(opts.device)
+    say(f"asking '{spec.name}' what it is (--tune-on)")
+    conn = connect(spec, config)
+    link = open_link(conn, spec)
+    try:
+        code = device_code()
+        link.push(code, list(code))
+        _check_device(checked_facts(link.facts(opts.sysfs_root), spec.name), profile, opts, spec.name, lambda _m: None)
+    finally:
+        link.cleanup()
+        conn.close()
+
+
 def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference: Path, out_dir: Path,
          opts: TuneOptions, say: Say, bars: Optional[Dict[str, float]] = None,
          variants: Optional[List[str]] = None) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
