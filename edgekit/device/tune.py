@@ -20,17 +20,33 @@ import sys
 import time
 import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+if __package__:  # edgekit.device.tune: imported by the host, or run with python -m
+    from . import runner
 
-try:  # the host imports this module as edgekit.device.tune, the device runs it beside runner.py
-    from . import runner  # type: ignore
-except (ImportError, ValueError):  # pragma: no cover - the device
+    def _module(name):
+        import importlib
+
+        return importlib.import_module("." + name, __package__)
+else:  # pragma: no cover - the device runs this file beside runner.py, guard.py and power.py
+    HERE = os.path.dirname(os.path.abspath(__file__))
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
     import runner  # type: ignore
 
-np = runner.np
+    def _module(name):
+        import importlib
+
+        return importlib.import_module(name)
+
+try:  # numpy is required, but its absence must become a result, not a traceback
+    import numpy as np
+except ImportError:  # pragma: no cover - a bare device
+    np = None
 RunnerError = runner.RunnerError
+# The runner's helpers under either of their names (the device package of issue #11 drops the underscore).
+_first_line = getattr(runner, "_first_line", None) or getattr(runner, "first_line")
+_classify = getattr(runner, "_classify", None) or getattr(runner, "classify")
+_with_slack = getattr(runner, "_with_slack", None) or getattr(runner, "with_slack")
 SCHEMA = 1
 AA_SUFFIX = "~aa"
 """The control's twin session: the same file timed again, so the spread between the two is noise."""
@@ -58,14 +74,13 @@ def facts(sysfs_root="/"):
         out["runtime"] = {"name": "onnxruntime", "version": ort.__version__,
                           "providers": list(ort.get_available_providers())}
     except Exception as exc:
-        out["runtime"] = {"name": "onnxruntime", "error": runner._first_line(exc)}
+        out["runtime"] = {"name": "onnxruntime", "error": _first_line(exc)}
     try:
-        import power
-
+        power = _module("power")
         out["power_sensors"] = [n for n in power.available_samplers(sysfs_root) if n != "estimate"]
     except Exception as exc:
         out["power_sensors"] = []
-        out["power_error"] = runner._first_line(exc)
+        out["power_error"] = _first_line(exc)
     return out
 
 
@@ -95,8 +110,8 @@ def open_candidate(cand, plan):
         sess = ort.InferenceSession(cand["path"], sess_options=opts, providers=providers, provider_options=options,
                                     **extra)
     except Exception as exc:
-        raise RunnerError(runner._classify(exc, "model"), "onnxruntime could not load %s: %s"
-                          % (cand["name"], runner._first_line(exc)))
+        raise RunnerError(_classify(exc, "model"), "onnxruntime could not load %s: %s"
+                          % (cand["name"], _first_line(exc)))
     names = [o.name for o in sess.get_outputs()]
     used = sess.get_providers()
 
@@ -124,10 +139,10 @@ def score_candidate(run, cand, plan, feeds, refs, carry):
     if not metric["passed"] and bar is not None and subset.get("samples", 0) < subset.get("of", 0):
         # reference.npz is a subset of the validation set: the host's score on it is the bar
         metric["subset_bar"] = bar
-        metric["passed"] = bool(runner.passes(spec["name"], value["value"], runner._with_slack(spec["name"], bar)))
+        metric["passed"] = bool(runner.passes(spec["name"], value["value"], _with_slack(spec["name"], bar)))
     guard = None
     if manifest.get("guard") and cand.get("precision") != "fp32":  # FP32 is the reference itself
-        full = runner.guard_module().check_outputs(out_names, outputs, refs, manifest["guard"], feeds)
+        full = _module("guard").check_outputs(out_names, outputs, refs, manifest["guard"], feeds)
         guard = {"passed": full["passed"], "findings": [{"message": str(f.get("message"))[:300]}
                                                         for f in full["findings"][:20]]}
     return metric, guard
@@ -210,7 +225,7 @@ def stats(samples):
 # is not a measurement and would rank candidates by their latency again)
 # ----------------------------------------------------------------------------------------------
 def energy(run, feed, conf, profile, root):
-    import power
+    power = _module("power")
 
     smp, _, available, reason = power.open_sampler(conf.get("sampler", "auto"), root, profile)
     smp.close()
@@ -262,8 +277,8 @@ def measure(args, result):
             say(args.progress, "[%d/%d] %s: failed: %s" % (i + 1, len(cands), name, exc.message))
             continue
         except Exception as exc:
-            entry["error"] = {"kind": runner._classify(exc, "inference"),
-                              "message": "inference failed: %s" % runner._first_line(exc)}
+            entry["error"] = {"kind": _classify(exc, "inference"),
+                              "message": "inference failed: %s" % _first_line(exc)}
             say(args.progress, "[%d/%d] %s: failed: %s" % (i + 1, len(cands), name, entry["error"]["message"]))
             continue
         runs[name] = run
@@ -337,7 +352,7 @@ def main(argv=None):
     except MemoryError:
         result["error"] = {"kind": "memory", "message": "out of memory while tuning"}
     except Exception as exc:
-        result["error"] = {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, runner._first_line(exc)),
+        result["error"] = {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, _first_line(exc)),
                            "traceback": traceback.format_exc()[-4000:]}
     result["seconds"] = time.perf_counter() - t0
     try:
