@@ -298,3 +298,47 @@ def test_hostile_device_facts_are_bounded() -> None:
     assert len(f["runtime"]["providers"]) == 16 and f["power_sensors"] == []
     with pytest.raises(DeviceError, match="onnxruntime cannot be imported there: No module named"):
         checked_facts({"device": {}, "runtime": {"error": "No module named 'onnxruntime'"}}, "dev")
+
+
+def test_device_timing_interleaves_until_stable_with_enough_runs() -> None:
+    import time
+
+    from edgekit.device import tune as T
+
+    order: List[str] = []
+
+    def sleeper(name: str, s: float) -> Any:
+        def run(_feed: Any) -> None:
+            order.append(name)
+            time.sleep(s)
+        return run
+
+    runs = {"a": sleeper("a", 0.0004), "b": sleeper("b", 0.0008), "a" + T.AA_SUFFIX: sleeper("a~", 0.0004)}
+    timing = {"warmup": 2, "per_round": 3, "min_rounds": 5, "max_rounds": 40, "budget_s": 20.0, "rel_tol": 0.5,
+              "window": 2, "min_samples": 60}
+    rounds, samples, n, why = T.time_interleaved(runs, {}, timing, None)
+    assert why == "stable" and 5 <= n < 40
+    assert all(len(s) >= 60 for s in samples.values()) and all(len(r) == n for r in rounds.values())
+    blocks = [x for i, x in enumerate(order[6:]) if i == 0 or order[6 + i - 1] != x]  # one per session and round
+    assert len(blocks) == 3 * n
+    assert [blocks[3 * r] for r in range(3)] == ["a", "b", "a~"]  # the order rotates every round
+    assert T._median(rounds["b"]) > T._median(rounds["a"])
+
+
+def test_cache_key_follows_the_device_runtime_and_files_not_the_objective() -> None:
+    from edgekit.tune import cache_key
+
+    facts = {"device": {"cpu_model": "Cortex-A76", "cpu_features": ["asimd", "asimddp"], "machine": "aarch64"},
+             "runtime": {"version": "1.32.0", "providers": ["CPUExecutionProvider"]}, "power_sensors": []}
+    plan = {"threads": 4, "runtime": {}, "timing": {}, "power": {}, "candidates": [{"name": "fp32", "path": "/x"}],
+            "manifest": {"metric": {"name": "top1"}}}
+    base = cache_key(facts, plan, {"fp32": "aa"})
+    assert cache_key(json.loads(json.dumps(facts)), dict(plan, candidates=[{"name": "fp32", "path": "/elsewhere"}]),
+                     {"fp32": "aa"}) == base  # another board's paths: the same measurement
+    other = json.loads(json.dumps(facts))
+    other["device"]["cpu_features"] = ["asimd"]
+    assert cache_key(other, plan, {"fp32": "aa"}) != base
+    other = json.loads(json.dumps(facts))
+    other["runtime"]["version"] = "1.19.2"
+    assert cache_key(other, plan, {"fp32": "aa"}) != base
+    assert cache_key(facts, plan, {"fp32": "bb"}) != base
