@@ -72,13 +72,13 @@ def bench(name: str, tmp: Path, windows: int, duration: float) -> Dict[str, Any]
     cfg = config.load(project / "edgekit.toml")
     profile = targets.resolve("x86")
     seen: Dict[str, Any] = {}
-    original = tune_build.tune_quantized
+    original = tune_build.tune
 
-    def capture(*args: Any, **kw: Any) -> Any:  # the candidates' files, which the build does not return
-        seen["q"] = args[2]
+    def capture(*args: Any, **kw: Any) -> Any:  # the candidates' files (variants too), which the build does not return
+        seen["q"] = args[0]
         return original(*args, **kw)
 
-    tune_build.tune_quantized = capture  # type: ignore[assignment]
+    tune_build.tune = capture  # type: ignore[assignment]
     try:
         t0 = time.perf_counter()
         first = build(cfg, profile, project / "dist", tune=TuneOptions(device="bench-a"))
@@ -86,7 +86,7 @@ def bench(name: str, tmp: Path, windows: int, duration: float) -> Dict[str, Any]
         twin = build(cfg, profile, project / "dist", tune=TuneOptions(device="bench-b"))
         retune = build(cfg, profile, project / "dist", tune=TuneOptions(device="bench-b", retune=True))
     finally:
-        tune_build.tune_quantized = original  # type: ignore[assignment]
+        tune_build.tune = original  # type: ignore[assignment]
     q = seen["q"]
     t = first.tuning
     names = [c["name"] for c in t["candidates"]]

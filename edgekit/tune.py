@@ -51,6 +51,8 @@ class TuneOptions:
     prune: bool = True
     """Latency pruning on the device: each int8 candidate's op-type groups reverted to float, timed beside it."""
     spec: Optional[Any] = None
+    preflight_cost: Optional[Dict[str, Any]] = None
+    """What the preflight (:func:`preflight`) sent and took, added to the tuning's cost."""
     """The device itself, where it comes from an inventory rather than edgekit.toml (fleets)."""
     budget_s: float = 40.0
     """Seconds the device may spend on the interleaved rounds (it stops earlier once the medians are stable)."""
@@ -183,9 +185,12 @@ def preflight(config: Any, profile: Any, opts: TuneOptions, say: Say) -> None:
     conn = connect(spec, config)
     link = open_link(conn, spec)
     try:
+        t0 = time.perf_counter()
         code = device_code()
-        link.push(code, list(code))
+        link.push(code, list(code), data=False)
         _check_device(checked_facts(link.facts(opts.sysfs_root), spec.name), profile, opts, spec.name, lambda _m: None)
+        opts.preflight_cost = {"seconds": time.perf_counter() - t0, "bytes_sent": link.bytes_sent,
+                               "files_sent": link.files_sent}
     finally:
         link.cleanup()
         conn.close()
@@ -206,7 +211,7 @@ def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference:
     link = open_link(conn, spec)
     try:
         code = device_code()
-        link.push(code, list(code))
+        link.push(code, list(code), data=False)
         facts = checked_facts(link.facts(opts.sysfs_root), spec.name)
         _check_device(facts, profile, opts, spec.name, say)
         files = {c.name: Path(q.candidate_files[c.name]) for c in cands}
@@ -235,8 +240,10 @@ def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference:
             measured = {"device": spec.name, "at": now()}
             _cache_write(cache_path, {"schema": CACHE_SCHEMA, "key": key, "measured": measured, "result": result,
                                       "facts": facts})
-        cost = {"seconds": round(time.perf_counter() - t0, 3), "bytes_sent": link.bytes_sent,
-                "files_sent": link.files_sent, "files_reused": link.files_reused}
+        pre = opts.preflight_cost or {}
+        cost = {"seconds": round(time.perf_counter() - t0 + pre.get("seconds", 0.0), 3),
+                "bytes_sent": link.bytes_sent + pre.get("bytes_sent", 0),
+                "files_sent": link.files_sent + pre.get("files_sent", 0), "files_reused": link.files_reused}
     finally:
         link.cleanup()
         conn.close()

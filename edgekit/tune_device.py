@@ -64,7 +64,7 @@ class TuneLink:
     def blob(self, sha: str) -> str:
         return f"{TUNE_DIR}/blobs/{sha}"
 
-    def push(self, files: Dict[str, Path], code_names: Sequence[str] = ()) -> Dict[str, str]:
+    def push(self, files: Dict[str, Path], code_names: Sequence[str] = (), data: bool = True) -> Dict[str, str]:
         """Make every file present on the device as ``blobs/<sha256>`` (sending only what is
         missing or damaged), and copy ``code_names`` into this run's directory under their own
         names. Returns {name: device path, relative to the device directory}."""
@@ -84,7 +84,8 @@ class TuneLink:
             raise DeviceError(f"device '{self.spec.name}': checksum mismatch on the device after upload: "
                               f"{', '.join(sorted(set(bad)))}", hint="retry; if it repeats, check the device's storage")
         self.files_sent += len(missing)
-        self.files_reused += len(by_sha) - len(missing)
+        if data:
+            self.files_reused += len(by_sha) - len(missing)
         return {name: self.blob(sums[name]) for name in files}
 
     def _bounded(self, argv: List[str], timeout: float) -> Any:

@@ -201,7 +201,9 @@ def test_tune_on_local_digits_then_reuse_and_retune(project: Path) -> None:
     assert t["reason"].startswith(t["chosen"] + ":")
     assert m["quantization"]["precision"] == chosen["precision"]  # the bundle ships the device's choice
     run = _record(bundle)["tuning"]  # cost and reuse vary between builds: the build record, not the manifest
-    assert run["reused"] is False and run["files_sent"] == 4 + len(names) + 1 and run["bytes_sent"] > 0
+    assert run["reused"] is False and run["files_sent"] == 4 + len(names) + 1 and run["files_reused"] == 0
+    assert run["bytes_sent"] > sum(f.stat().st_size for f in (Path(__file__).parent.parent / "edgekit" / "device").glob(
+        "*.py") if f.name in ("runner.py", "guard.py", "power.py", "tune.py"))
 
     # a rebuild reuses the measurement: the same choice, the same manifest bytes
     before = (bundle / "manifest.json").read_bytes()
@@ -222,7 +224,13 @@ def test_tune_on_local_digits_then_reuse_and_retune(project: Path) -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["tuning"]["run"]["reused"] is False and out["tuning"]["measured"]["device"] == "twin"
-    assert out["tuning"]["run"]["files_reused"] == 4 and out["tuning"]["run"]["files_sent"] == len(names) + 1
+    assert out["tuning"]["run"]["files_reused"] == 0 and out["tuning"]["run"]["files_sent"] == len(names) + 1
+
+    # and once more: everything is on the twin now, nothing is sent again
+    res = _cli("build", "--config", cfg, "--target", "x86", "--tune-on", "twin", "--retune", "--json")
+    assert res.exit_code == 0, res.output
+    run = json.loads(res.stdout)["tuning"]["run"]
+    assert run["files_sent"] == 0 and run["bytes_sent"] == 0 and run["files_reused"] == len(names) + 1
 
 
 def test_energy_is_refused_where_only_the_estimate_exists(project: Path) -> None:
