@@ -7,12 +7,15 @@
 #   3. canary +   edgekit deploy --group GROUP --canary CANARY
 #   4. promote    (CANARY devices first, validated on the device; a failure rolls them back and
 #                 stops; otherwise the rest of GROUP follows in batches of deploy.max_parallel)
-#   5. report     edgekit report --out REPORTS        (HTML, Markdown, JSON from the run files)
+#   5. report     edgekit report --out REPORTS --fail-on-failure   (HTML, Markdown, JSON from the run
+#                 files and the release log; also written when step 3-4 fails, so a rolled-back canary
+#                 is on record; exits non-zero when a device's current release fails)
 #
 #   make release CONFIG=samples/digits/edgekit.toml TARGETS="x86-avx512-vnni raspberry-pi-5" GROUP=fleet CANARY=1
 #
 # Variables (all overridable): CONFIG, TARGETS (empty: the config's `targets` list), GROUP, CANARY,
-# HOST_DEVICE (empty: skip step 2), INVENTORY (an Ansible inventory adding devices), REPORTS, EDGEKIT.
+# HOST_DEVICE (empty: skip step 2), INVENTORY (an Ansible inventory adding devices), REPORTS (default:
+# reports/ beside CONFIG, like runs/, wherever make is run from), EDGEKIT.
 
 CONFIG      ?= edgekit.toml
 TARGETS     ?=
@@ -20,11 +23,12 @@ GROUP       ?= all
 CANARY      ?= 1
 HOST_DEVICE ?= local
 INVENTORY   ?=
-REPORTS     ?= reports/
 EDGEKIT     ?= $(if $(BIN),$(BIN)/edgekit,edgekit)
 
 CONFIG_DIR  := $(patsubst %/,%,$(dir $(CONFIG)))
 RUNS        ?= $(CONFIG_DIR)/runs
+REPORTS     ?= $(CONFIG_DIR)/reports
+REPORT_CMD   = $(EDGEKIT) report --runs-dir $(RUNS) --out $(REPORTS) --fail-on-failure
 INV_FLAG    := $(if $(INVENTORY),--inventory $(INVENTORY))
 
 .PHONY: release release-build release-host release-fleet release-report
@@ -50,11 +54,12 @@ endif
 
 release-fleet: release-host
 	@echo "== release 3-4/5: canary ($(CANARY) device(s), validated on the device), then the rest of group $(GROUP)"
-	$(EDGEKIT) deploy --config $(CONFIG) $(INV_FLAG) --group $(GROUP) --canary $(CANARY)
+	$(EDGEKIT) deploy --config $(CONFIG) $(INV_FLAG) --group $(GROUP) --canary $(CANARY) || \
+	  { echo "== release 5/5: report of the failed rollout"; $(REPORT_CMD); exit 1; }
 
 release-report: release-fleet
 	@echo "== release 5/5: report"
-	$(EDGEKIT) report --runs-dir $(RUNS) --out $(REPORTS)
+	$(REPORT_CMD)
 
 define newline
 

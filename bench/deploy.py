@@ -15,6 +15,9 @@ per 127.0.0.x address), so scp and edgekit talk to the same servers with the sam
    gets the lower bound this host allows: the 16-device run's CPU spread over every core.
 
     .venv/bin/python bench/deploy.py [--rounds 5] [--size-mb 100] [--fleet-mb 4] [--rtt-ms 20] [--out bench/RESULTS.md]
+
+4. ``--round-trips`` (alone): one --fleet-mb deploy on a fresh connection, then an unchanged redeploy,
+   through a proxy adding each of --rtts, with the round trips counted at the proxy (issue 19).
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ from typing import Callable, Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+if "--src" in sys.argv:  # another checkout's edgekit (the before of a before/after), this bench's harness
+    sys.path.insert(0, sys.argv[sys.argv.index("--src") + 1])
 
 from sshd_fixtures import SshdFleet, start_fleet, trust, write_project  # noqa: E402
 from tcp_proxy import TcpProxy  # noqa: E402
@@ -203,14 +208,189 @@ def fleet_rows(name: str, fl: Dict[str, object], cpus: int) -> List[str]:
     return rows
 
 
+class CountingProxy(TcpProxy):
+    """A TcpProxy that timestamps every chunk it forwards, to count round trips (see round_trips)."""
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        self.events: List[tuple] = []
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+
+    def _pump(self, src, dst, state, upstream):  # type: ignore[no-untyped-def]
+        proxy = self
+
+        class Recorded:
+            def recv(self, n: int) -> bytes:
+                data = src.recv(n)
+                if data:
+                    proxy.events.append((time.monotonic(), upstream, len(data)))
+                return data
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(src, name)
+
+        super()._pump(Recorded(), dst, state, upstream)
+
+
+def serve_counting_proxy(host: str, port: int, delay: float) -> None:
+    """The child process of RemoteCountingProxy: prints its port, then answers each stdin line with
+    the JSON list of chunk events so far (and forgets them)."""
+    import json
+
+    proxy = CountingProxy((host, port), delay=delay)
+    print(proxy.port, flush=True)
+    for _ in sys.stdin:
+        events, proxy.events = proxy.events, []
+        print(json.dumps(events), flush=True)
+
+
+class RemoteCountingProxy:
+    """A CountingProxy in a process of its own: its timing does not compete with the measured
+    deploy for this process's GIL (a starved proxy would show CPU stalls as round trips)."""
+
+    def __init__(self, target: tuple, delay: float) -> None:
+        code = (f"import sys; sys.path[:0] = {[str(ROOT / 'bench'), str(ROOT), str(ROOT / 'tests')]!r}; "
+                f"import deploy; deploy.serve_counting_proxy({target[0]!r}, {target[1]}, {delay})")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self.port = int(self.proc.stdout.readline())  # type: ignore[union-attr]
+
+    def take(self) -> List[tuple]:
+        """The chunk events since the last take: (monotonic time, upstream, bytes)."""
+        import json
+
+        self.proc.stdin.write("\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        return [tuple(e) for e in json.loads(self.proc.stdout.readline())]  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def waits(events: List[tuple], rtt: float) -> List[float]:
+    """When the client resumed after waiting for the server: the starts of client -> server bursts
+    that follow server data after most of a round trip of client silence. Each is one round trip
+    the client waited out (pipelined requests share one; a final close waits for nothing, so it
+    adds none; the TCP handshake is not seen: the proxy delays data only)."""
+    out, last_up, answered = [], None, False
+    for t, up, _ in sorted(events):
+        if up:
+            if last_up is not None and answered and t - last_up >= 0.8 * rtt:
+                out.append(t)
+            last_up, answered = t, False
+        else:
+            answered = True
+    return out
+
+
+def bench_round_trips(fleet: SshdFleet, work: Path, home: Path, rtt_ms: float, size_mb: float,
+                      rounds: int) -> Dict[str, object]:
+    """One deploy of a ``size_mb`` bundle to a fresh device directory through a proxy adding
+    ``rtt_ms`` of round trip, on a fresh connection (wall time includes connecting), then an
+    unchanged redeploy on the same connection; round trips counted at the proxy."""
+    from edgekit import deploy as D
+    from edgekit.config import load
+    from edgekit.transport import connect
+
+    s = fleet.servers[0]
+    rtt = rtt_ms / 1000
+    proj = work / f"rt-{rtt_ms:g}-{size_mb:g}"
+    bundle = proj / "dist" / "tiny" / "x86-avx2"
+    bundle.mkdir(parents=True)
+    (bundle / "blob.bin").write_bytes(os.urandom(int(size_mb * 1e6)))
+    make_tiny_bundle(bundle)
+    out: Dict[str, List[float]] = {"wall": [], "rt_connect": [], "rt_deploy": [], "redeploy": [], "rt_redeploy": []}
+    proxy = RemoteCountingProxy((s.host, s.port), delay=rtt / 2)
+    try:
+        trust(home, s.known_hosts_line("127.0.0.1", proxy.port))
+        for r in range(rounds):
+            spec = dict(device(s, "dev", s.device_root / f"rt-{rtt_ms:g}-{size_mb:g}-{r}"), host="127.0.0.1",
+                        port=proxy.port)
+            cfg = load(write_project(proj, [spec], bundles={}))
+            time.sleep(0.3)
+            proxy.take()
+            t0 = time.perf_counter()
+            with connect(cfg.device("dev"), cfg) as t:
+                t.client  # type: ignore[attr-defined]  # the connection is up (handshake, auth)
+                time.sleep(2 * rtt)
+                ev = proxy.take()
+                up = len(ev)
+                res = D.deploy(t, bundle)
+                # connect + deploy, less the pause that separates the connection's events from the deploy's
+                wall = time.perf_counter() - t0 - 2 * rtt
+                time.sleep(2 * rtt)
+                ev += proxy.take()
+                t1 = time.perf_counter()
+                again = D.deploy(t, bundle)
+                re_wall = time.perf_counter() - t1
+                time.sleep(2 * rtt)
+                ev2 = proxy.take()
+            assert res.switched and again.skipped and again.uploaded_bytes == 0
+            first_deploy = ev[up][0] if len(ev) > up else float("inf")
+            w = waits(ev, rtt)
+            out["wall"].append(wall)
+            out["rt_connect"].append(sum(1 for x in w if x <= first_deploy))
+            out["rt_deploy"].append(sum(1 for x in w if x > first_deploy))
+            out["redeploy"].append(re_wall)
+            out["rt_redeploy"].append(len(waits(ev2, rtt)))
+            if os.environ.get("EDGEKIT_BENCH_TRACE"):  # noqa: SIM102  # the timeline behind the counts
+                for name, evs in (("deploy", ev[up:]), ("redeploy", ev2)):
+                    merged: List[list] = []
+                    for t_, u, n in evs:
+                        if merged and merged[-1][1] == u and t_ - merged[-1][2] < rtt / 4:
+                            merged[-1][2], merged[-1][3] = t_, merged[-1][3] + n
+                        else:
+                            merged.append([t_, u, t_, n])
+                    print(name, " ".join(f"{'>' if u else '<'}{n}@{(t_ - evs[0][0]) * 1000:.0f}"
+                                         for t_, u, _, n in merged))
+    finally:
+        proxy.close()
+    return {**out, "bundle_bytes": sum(p.stat().st_size for p in bundle.iterdir())}
+
+
+def main_round_trips(args: argparse.Namespace) -> None:
+    """``--round-trips``: only the round-trip table (issue 19's targets)."""
+    work = Path(tempfile.mkdtemp(prefix="edgekit-bench-rt-"))
+    home = work / "home"
+    (home / ".ssh").mkdir(parents=True)
+    os.environ["HOME"] = str(home)
+    os.environ.pop("SSH_AUTH_SOCK", None)
+    fleet = start_fleet(work / "sshd", 1, first_host=40)
+    rows = []
+    try:
+        for rtt_ms in args.rtts:
+            r = bench_round_trips(fleet, work, home, rtt_ms, args.fleet_mb, args.rounds)
+            rows.append((rtt_ms, r))
+    finally:
+        fleet.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    import edgekit
+
+    lines = [f"edgekit from {Path(edgekit.__file__).resolve().parent.parent}; bundle {int(rows[0][1]['bundle_bytes']) / 1e6:.2f} MB; "  # type: ignore[call-overload]
+             f"medians of {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}", "",
+             "| RTT added | deploy: wall s (connect + deploy) | round trips: connect + deploy | unchanged redeploy: wall s | "
+             "round trips (connection up) |", "|---|---|---|---|---|"]
+    for rtt_ms, r in rows:
+        lines.append(f"| {rtt_ms:g} ms | {median(r['wall']):.3f} | {median(r['rt_connect']):g} + {median(r['rt_deploy']):g} = "  # type: ignore[arg-type]
+                     f"{median(r['rt_connect']) + median(r['rt_deploy']):g} | {median(r['redeploy']):.3f} | "  # type: ignore[arg-type,operator]
+                     f"{median(r['rt_redeploy']):g} |")  # type: ignore[arg-type]
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--round-trips", action="store_true",
+                    help="only the round-trip run: one --fleet-mb deploy and an unchanged redeploy per --rtts value")
+    ap.add_argument("--rtts", type=float, nargs="+", default=[20, 150], help="round trips (ms) for --round-trips")
+    ap.add_argument("--src", help="import edgekit from this checkout instead (e.g. main, for the numbers before)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size-mb", type=float, default=100)
     ap.add_argument("--fleet-mb", type=float, default=4, help="model size for the 1-vs-16 run")
     ap.add_argument("--rtt-ms", type=float, default=20, help="round trip added per device in the LAN-like fleet run")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = ap.parse_args()
+    if args.round_trips:
+        return main_round_trips(args)
 
     import paramiko
 

@@ -1,5 +1,6 @@
-"""The bundle: ``dist/<model>/<target>/`` holding the model, manifest.json, reference.npz,
-runner.py (and power.py, guard.py beside it).
+"""The bundle: ``dist/<model>/<target>/`` holding the model, manifest.json, reference.npz, the
+device package (``edgekit/device/``, launched through ``runner.py`` at the root) and the project's
+plugin files (``plugins/``).
 
 manifest.json lists the sha256 of every other file; the release id is the hash of the manifest
 itself (those file hashes included, ``release_id`` left out), so it covers every deployed file, and
@@ -13,24 +14,26 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # numpy loads only when a reference is written, so deploy starts fast
     import numpy as np
 
 from . import __version__
-from .errors import DeployError
+from .errors import ConfigError, DeployError
 
 MANIFEST = "manifest.json"
 MANIFEST_LIMIT = 16 << 20
 """Bytes: a manifest lists file names and hashes; a bigger one is not a bundle's (host or device)."""
 REFERENCE = "reference.npz"
 RUNNER = "runner.py"
-POWER = "power.py"
-GUARD = "guard.py"
-"""The guards and task metrics the runner imports (edgekit/device/guard.py)."""
+"""The launcher at the bundle's root (edgekit/device/__main__.py): what validate runs."""
+DEVICE_PACKAGE = "edgekit/device"
+"""Where the device package sits in a bundle: the same import name as on the host."""
+PLUGINS = "plugins"
 SCHEMA = 1
 DEVICE_DIR = Path(__file__).resolve().parent / "device"
+RELEASE_INIT = '"""edgekit as a release ships it: only the device package (edgekit.device)."""\n'
 
 
 def sha256_file(path: Path) -> str:
@@ -116,11 +119,31 @@ def write_reference(path: Path, feeds: List[Dict[str, np.ndarray]], outputs: Lis
         np.savez(f, **arrays)
 
 
-def copy_device_files(bundle: Path) -> None:
-    for name in (RUNNER, POWER, GUARD):
-        src = DEVICE_DIR / name
-        if src.exists():
-            shutil.copyfile(src, bundle / name)
+def device_files() -> List[Tuple[Path, str]]:
+    """(source, path inside a bundle) of every file of the device package, in a stable order: its
+    Python modules, the launcher at the root, and a parent ``edgekit/__init__.py`` of its own."""
+    pairs = [(p, f"{DEVICE_PACKAGE}/{p.relative_to(DEVICE_DIR).as_posix()}")
+             for p in sorted(DEVICE_DIR.rglob("*.py")) if "__pycache__" not in p.parts]
+    return pairs + [(DEVICE_DIR / "__main__.py", RUNNER)]
+
+
+def copy_device_files(bundle: Path, plugins: Sequence[Path] = ()) -> None:
+    """The device package into ``bundle``, and each plugin file into ``bundle/plugins/`` (by its
+    name, which must be unique: the runner imports them all from there)."""
+    for src, rel in device_files():
+        dst = bundle / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    (bundle / "edgekit" / "__init__.py").write_text(RELEASE_INIT)
+    seen: Dict[str, Path] = {}
+    for src in plugins:
+        name = Path(src).name
+        if name in seen:
+            raise ConfigError(f"plugins {seen[name]} and {src} have the same file name; a release holds them "
+                              f"side by side in {PLUGINS}/, so rename one")
+        seen[name] = Path(src)
+        (bundle / PLUGINS).mkdir(exist_ok=True)
+        shutil.copyfile(src, bundle / PLUGINS / name)
 
 
 def write_manifest(bundle: Path, fields: Dict[str, Any]) -> Dict[str, Any]:
@@ -225,10 +248,6 @@ def verify_bundle(bundle: Path, manifest: Optional[Dict[str, Any]] = None) -> Di
 
 def bundle_dir(out: Path, model: str, target: str) -> Path:
     return Path(out) / model / target
-
-
-def iter_files(manifest: Dict[str, Any]) -> Iterable[str]:
-    return sorted(manifest["files"])
 
 
 def clean_dir(path: Path) -> None:

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from . import artifact, build_record, data
 from .config import ProjectConfig
-from .errors import ConfigError, ExportError, QuantizationError
+from .errors import ConfigError, ExportError
 from .metrics import MetricSpec
 from .targets import TargetProfile
 
@@ -63,23 +63,23 @@ def _io_specs(model_path: Path) -> Dict[str, List[Dict[str, Any]]]:
             "outputs": [spec(v) for v in model.graph.output]}
 
 
-def _check_feeds_match_model(model_path: Path, feeds: List[Dict[str, np.ndarray]], source: str,
-                             config: Optional[ProjectConfig] = None) -> None:
-    """Catch calibration data that disagrees with the model (not only with [[inputs]])."""
-    io = _io_specs(model_path)
-    specs = io["inputs"]
-    declared = {i.name: i for i in (config.inputs if config else [])}
-    for s in specs:
+def _check_data_matches_model(model_path: Path, io: Dict[str, List[Dict[str, Any]]], config: ProjectConfig,
+                              calib: List[Dict[str, np.ndarray]], val: List[Dict[str, np.ndarray]]) -> None:
+    """[[inputs]] against the model's own inputs (ConfigError naming the declaration that fits), then
+    every calibration and validation feed against them: the one feed check of a build (the quantizer
+    is told it was done)."""
+    import onnx
+
+    from .quantize.calibration import check_feeds
+
+    declared = {i.name: i for i in config.inputs}
+    for s in io["inputs"]:
         if s["name"] in declared:
             _check_declared_input(declared[s["name"]], s, config)
-        arr = feeds[0].get(s["name"])
-        if arr is None:
-            raise QuantizationError(f"{source}: the model's input '{s['name']}' has no data (have: {', '.join(feeds[0])})")
-        fixed = [(i, d) for i, d in enumerate(s["shape"]) if isinstance(d, int) and d > 0]
-        if len(s["shape"]) != arr.ndim or any(arr.shape[i] != d for i, d in fixed) or arr.dtype.name != s["dtype"]:
-            raise QuantizationError(f"{source}: input '{s['name']}' expects {s['shape']} {s['dtype']}, "
-                                    f"got {list(arr.shape)} {arr.dtype.name}")
-    stream = config.validation.stream if config else None
+    header = onnx.load(str(model_path), load_external_data=False)
+    for spec, feeds, what in ((config.calibration, calib, "calibration"), (config.validation, val, "validation")):
+        check_feeds(header, feeds, f"{config.resolve(spec.data or spec.text)}: {what}")
+    stream = config.validation.stream
     outs = [o["name"] for o in io["outputs"]]
     for i, pair in enumerate(stream.state if stream else []):
         if pair.output not in outs:
@@ -189,7 +189,7 @@ def _bundle_tflite(config: ProjectConfig, profile: TargetProfile, model: Path, b
     shutil.copyfile(model, bundle / "model.tflite")
     out_names = [str(o["name"]) for o in io["outputs"]]
     shipped = _write_reference_subset(config, bundle, val, reference, out_names, labels, starts)
-    artifact.copy_device_files(bundle)
+    artifact.copy_device_files(bundle, config.plugin_files())
     size = (bundle / "model.tflite").stat().st_size
     quantized = bool(info.get("quantized_io"))
     reason = "a converted .tflite model ships as it is (its converter chose the precision); the device is checked against LiteRT's outputs on this host"
@@ -247,6 +247,7 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     from .guard import resolve as resolve_guard
     from .quantize.choose import guard_refusal
     from .quantize.candidates import file_size
+    from .quantize import registry
     from .quantize.evaluate import measure_latency
 
     say = progress or (lambda _msg: None)
@@ -272,8 +273,8 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
             raise ConfigError(f"{config.path}: a converted .tflite model ships as it is: there are no candidates "
                               "for --tune-on to choose between")
         return _bundle_tflite(config, profile, exported.path, bundle, val, labels, t0, say, starts)
-    _check_feeds_match_model(exported.path, calib, str(config.resolve(config.calibration.data or config.calibration.text)),
-                             config)
+    io = _io_specs(exported.path)
+    _check_data_matches_model(exported.path, io, config, calib, val)
     metric = MetricSpec.from_config(config.validation)
     if metric.stream:
         metric = dataclasses.replace(metric, starts=tuple(starts or ()))
@@ -283,9 +284,6 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     say(f"optimizing the graph ({profile.graph_optimization})")
     prepared = optimize.prepare(exported.path, work / "model.prepared.onnx", profile)
 
-    say("computing FP32 reference outputs")
-    reference = run_model(exported.path, val, metric.stream_plan)
-
     say(f"quantizing for {profile.name}")
     guard = resolve_guard(config.validation.guard.model_dump(mode="json"), exported.path, config.validation.mask_input)
     memo = build_record.TimingMemo(measure_latency, build_record.read_timings(bundle), fresh=remeasure)
@@ -293,8 +291,8 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     cap = config.calibration.max_samples if "max_samples" in config.calibration.model_fields_set else None
     q = quantize_for_target(prepared, work / "quantize", profile, calib, val, metric, precision=precision,
                             budget_s=budget_s, seed=config.seed, progress=say, measure=memo, guard=guard,
-                            calibration_cap=cap)
-    io = _io_specs(exported.path)
+                            calibration_cap=cap, feeds_checked=True)
+    reference = q.reference_outputs  # the FP32 outputs the candidates were scored against
     tuning: Dict[str, Any] = {}
     tune_run: Dict[str, Any] = {}
     if tune is not None:  # the device chooses among the candidates that passed here
@@ -307,11 +305,13 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     artifact.clean_dir(bundle)
     optimize.copy_model(q.model_path, bundle / "model.onnx")  # keeps external data of >2 GB models
     shipped = _write_reference_subset(config, bundle, val, reference, [o["name"] for o in io["outputs"]], labels, starts)
-    artifact.copy_device_files(bundle)
+    artifact.copy_device_files(bundle, config.plugin_files())
     out_idx = metric.output_index([o["name"] for o in io["outputs"]])
-    host_metric: Dict[str, Any] = {"int8_vs_fp32" if q.precision == "int8" else f"{q.precision}_vs_fp32": q.metric_after}
+    host_metric: Dict[str, Any] = {f"{q.precision}_vs_fp32": q.metric_after}
     if labels is not None:
-        chosen = run_model(bundle / "model.onnx", val, metric.stream_plan)
+        # the FP32 model's outputs are the references: not run a second time when it ships
+        chosen = reference if registry.is_reference(q.precision) else run_model(bundle / "model.onnx", val,
+                                                                                 metric.stream_plan)
         host_metric["task_accuracy"] = {
             "fp32": float(np.mean([np.argmax(r[out_idx]) == l for r, l in zip(reference, labels)])),
             q.precision: float(np.mean([np.argmax(c[out_idx]) == l for c, l in zip(chosen, labels)])),

@@ -122,14 +122,7 @@ def read_timings(bundle: Path) -> Dict[str, Any]:
 def host_facts() -> Dict[str, Any]:
     from . import targets
 
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware")):
-                model = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
+    model = targets.host_cpu()[0]
     flags = targets.host_cpu_flags()
     return {"arch": targets.host_arch(), "cpu": model, "cpu_count": os.cpu_count(),
             "int8_flags": sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",

@@ -17,11 +17,14 @@ else:  # pragma: no cover
 from pydantic import (AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator,
                       model_validator)
 
-from .device.power import DEFAULT_GRID_G_PER_KWH, REGISTRY as POWER_SAMPLERS
+from .device import plugins as device_plugins
+from .device.power import DEFAULT_GRID_G_PER_KWH
+from .device.sensors import REGISTRY as POWER_SAMPLERS
 from .errors import ConfigError
+from .exporters import SourceName
+from . import exporters
 
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
-METRICS = ("top1", "topk", "cosine", "psnr", "max_abs", "max_rel", "detections", "sequences")
 
 # Numbers are taken as written: pydantic's lax mode would turn opset = "17" into 17 and a quoted
 # port into an int, hiding a typo; and nan/inf pass every >=/<= check, so a threshold of nan gates
@@ -37,7 +40,8 @@ class _Strict(BaseModel):
 
 class ModelSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    source: Literal["torch", "hf", "onnx", "tflite"]
+    source: SourceName
+    """A registered exporter (``edgekit.exporters``): torch, hf, onnx, tflite, or a plugin's."""
     factory: Optional[str] = None
     """torch: ``path/to/file.py:function`` returning a torch.nn.Module (weights loaded)."""
     path: Optional[Path] = None
@@ -49,11 +53,9 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _source_fields(self) -> "ModelSpec":
-        if self.source == "torch":
-            if not self.factory or ":" not in self.factory:
-                raise ValueError("source 'torch' needs factory = 'path/to/file.py:function'")
-        elif self.path is None:
-            raise ValueError(f"source '{self.source}' needs path")
+        missing = exporters.get(self.source).check_fields(self)
+        if missing:
+            raise ValueError(missing)
         return self
 
 
@@ -197,8 +199,18 @@ class GuardSpec(_Strict):
     """Outputs the guards ignore (e.g. a raw feature map nobody reads)."""
 
 
+def _known_metric(name: str) -> str:
+    """A name in the metric registry (edgekit/device/metrics/, and the project's plugins)."""
+    from .device import metrics as metric_registry  # numpy: only once a config is checked
+
+    if name not in metric_registry.REGISTRY:
+        raise ValueError(f"unknown metric '{name}', expected one of: {', '.join(metric_registry.names())}")
+    return name
+
+
 class ValidationSpec(DataSpec):
-    metric: Literal[METRICS] = "top1"  # type: ignore[valid-type]
+    metric: str = "top1"
+    """A registered metric's name (edgekit/device/metrics/ or a plugin)."""
     threshold: Num
     """top1/topk/cosine: at least this; psnr: at least this many dB; max_abs/max_rel: at most this."""
     k: Int = Field(5, ge=1)
@@ -207,7 +219,7 @@ class ValidationSpec(DataSpec):
     pooling: Literal["none", "mean"] = "none"
     """cosine on token embeddings: 'mean' pools over the attention mask first (sentence embeddings)."""
     mask_input: str = "attention_mask"
-    also: Dict[Literal[METRICS], Num] = Field(default_factory=dict)  # type: ignore[valid-type]
+    also: Dict[str, Num] = Field(default_factory=dict)
     """Further metrics the device run must meet too, e.g. {psnr = 30, max_abs = 0.05} (each in its
     metric's direction). ``metric``/``threshold`` still choose the build; these gate validate."""
     stream: Optional[StreamSpec] = None
@@ -220,13 +232,28 @@ class ValidationSpec(DataSpec):
     sequences: SequenceOptions = Field(default_factory=SequenceOptions)
     guard: GuardSpec = Field(default_factory=GuardSpec)
 
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        return _known_metric(v)
+
+    @field_validator("also")
+    @classmethod
+    def _also(cls, v: Dict[str, float]) -> Dict[str, float]:
+        for name in v:
+            _known_metric(name)
+        return v
+
 
 class DeviceSpec(_Strict):
     name: str = Field(pattern=r"^[^\s\x00-\x1f\x7f-][^\s\x00-\x1f\x7f]*$", max_length=255)
     """Any name an Ansible inventory gives (unicode, IPv6, ...) but blanks and control characters;
     file names use edgekit.transport.inventory.safe_filename(name)."""
-    target: str
-    transport: Literal["local", "ssh"] = "local"
+    target: str = ""
+    """The target profile. Only an entry that adds settings to an inventory host of the same name
+    may leave it out (the inventory's edgekit_target then gives it; see edgekit.fleet.all_devices)."""
+    transport: str = "local"
+    """A name from the transport registry (edgekit.transport.names(): local, ssh, and any registered)."""
     path: str = "~/edgekit"
     """The device directory that holds releases/ and current."""
     host: Optional[str] = None
@@ -236,6 +263,18 @@ class DeviceSpec(_Strict):
     python: str = "python3"
     """The device's interpreter (as Ansible's ansible_python_interpreter)."""
     groups: List[str] = Field(default_factory=list)
+    connect_timeout: Optional[Num] = Field(None, gt=0, le=3600)
+    """Seconds to reach the device (TCP, SSH greeting, key exchange, auth), each step; default:
+    ``ConnectTimeout`` from ~/.ssh/config, else 10. ``--connect-timeout`` wins over both."""
+
+    @field_validator("transport")
+    @classmethod
+    def _known_transport(cls, v: str) -> str:
+        from .transport import names  # the registry is the one list of transports
+
+        if v not in names():
+            raise ValueError(f"unknown transport '{v}', expected one of: {', '.join(names())}")
+        return v
 
     @model_validator(mode="after")
     def _ssh_host(self) -> "DeviceSpec":
@@ -275,6 +314,9 @@ class PowerSpec(_Strict):
 
 
 class ProjectConfig(_Strict):
+    plugins: List[str] = Field(default_factory=list)
+    """The project's own metric and sensor files (relative to edgekit.toml), imported when the file
+    is loaded and shipped in every release's plugins/ (see edgekit/device/plugins.py)."""
     model: ModelSpec
     inputs: List[InputSpec]
     calibration: DataSpec
@@ -296,6 +338,10 @@ class ProjectConfig(_Strict):
     def root(self) -> Path:
         return self.path.parent
 
+    def plugin_files(self) -> List[Path]:
+        """The plugin files, resolved (what the build ships in the release's plugins/)."""
+        return [(self.root / p).resolve() for p in self.plugins]
+
     def resolve(self, p: Union[Path, str, None]) -> Optional[Path]:
         if p is None:
             return None
@@ -315,8 +361,12 @@ class ProjectConfig(_Strict):
         return [default] if default.is_dir() else []
 
     def device(self, name: str) -> DeviceSpec:
-        for d in self.devices:
+        """A device defined in this file alone (edgekit.fleet.select_devices also reads inventories)."""
+        for i, d in enumerate(self.devices):
             if d.name == name:
+                if not d.target:
+                    raise ConfigError(f"{self.path}: field 'devices.{i}.target': device '{name}' has no target "
+                                      "(only an entry adding settings to an inventory host may leave it out)")
                 return d
         known = ", ".join(d.name for d in self.devices) or "none"
         raise ConfigError(f"{self.path}: no device named '{name}' (devices: {known})")
@@ -353,6 +403,28 @@ def first_error(exc: ValidationError, label: str = "field") -> str:
     return f"{label} '{where}': {msg}"
 
 
+def load_plugins(path: Path, plugins: object) -> List[Path]:
+    """Import the files edgekit.toml's ``plugins`` lists, before the rest of it is checked: the
+    metric and sensor names it uses may be theirs. Returns their paths."""
+    if plugins is None:
+        return []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+        raise ConfigError(f"{path}: field 'plugins': expected a list of .py file paths relative to {path.name}")
+    files, names = [], {}
+    for i, rel in enumerate(plugins):
+        file = (path.resolve().parent / rel).resolve()
+        if file.name in names:  # a release holds them side by side in plugins/
+            raise ConfigError(f"{path}: field 'plugins.{i}': {rel} has the same file name as {names[file.name]}; "
+                              "rename one")
+        names[file.name] = rel
+        try:
+            device_plugins.load_file(str(file))
+        except device_plugins.PluginError as exc:
+            raise ConfigError(f"{path}: field 'plugins.{i}': {exc.message}") from None
+        files.append(file)
+    return files
+
+
 def load(path: Union[Path, str] = "edgekit.toml") -> ProjectConfig:
     path = Path(path)
     if not path.is_file():
@@ -365,6 +437,7 @@ def load(path: Union[Path, str] = "edgekit.toml") -> ProjectConfig:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); TOML files must be UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    load_plugins(path, data.get("plugins") if isinstance(data, dict) else None)
     try:
         cfg = ProjectConfig.model_validate(data)
     except ValidationError as exc:

@@ -17,27 +17,25 @@ between the two leaves a line for a switch that never happened, which every read
 bundle with the same id but another manifest is refused. After any failure, deploy reads ``current``
 back and says which release the device really runs.
 
-Written once over the transport: ``run`` (every argument quoted by the transport), ``put`` and the
-small set of file operations of the Transport interface (SFTP requests over SSH, so
-a deploy spawns at most two remote shells: one to hash and measure, one to verify).
+Written once over the transport's named release operations (a ReleaseSession: lock, prepare,
+upload, commit, rollback, status, unlock; edgekit/device/release.py implements them and documents
+each). Over SSH the script runs on the device in one exec, so a deploy costs a few round trips
+whatever the number of files; nothing here assumes a shell, cp, df or sha256sum on the device.
 """
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Set, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 from . import artifact
-from .deploy_lock import LOCK, OWNER_LIMIT, PARTIAL_OWNER, DeviceLock, os_text, parse_owner
-from .device_layout import (PARTIAL, Device, describe, history_line, plain_name, previous_release,  # noqa: F401
+from .deploy_lock import DeviceLock, os_text, parse_owner
+from .device_layout import (PARTIAL, Device, describe, history_line, previous_release,  # noqa: F401
                             recency, reconcile, release_of, release_stack)
 from .errors import DeployError, DeviceError, EdgekitError
-from .transport import Transport
+from .transport import ReleaseSession, Transport
 
-DAMAGED = ".damaged-"
 DEFAULT_LOCK_TIMEOUT_S = 60.0
 
 
@@ -92,7 +90,7 @@ class DeviceStatus:
 
 
 # ----------------------------------------------------------------------------------------------
-# deploy / rollback / status over a transport
+# deploy / rollback / status over a transport's release session
 # ----------------------------------------------------------------------------------------------
 def verified_files(bundle: Path) -> Tuple[Dict[str, object], Dict[str, str]]:
     """(manifest, {file: sha256} of everything to upload, manifest.json included), after checking
@@ -107,8 +105,30 @@ def verified_files(bundle: Path) -> Tuple[Dict[str, object], Dict[str, str]]:
 class _Progress:
     before: Optional[str] = None
     """``current`` when the deploy looked (under the lock)."""
-    inspected: bool = False
     switch_requested: bool = False
+    answer: Optional[Dict[str, Any]] = None
+    """The device's last failure answer (it says what ``current`` is, read back there)."""
+
+
+def _rid(value: object) -> Optional[str]:
+    """A release id the device named, or None: its answers are data, never trusted."""
+    return value if isinstance(value, str) and artifact.is_release_id(value) else None
+
+
+def _line(value: object, limit: int = 500) -> str:
+    """A device's text for one line of output: printable characters only, bounded."""
+    return "".join(c for c in str(value)[:limit] if c.isprintable())
+
+
+def _refused(name: str, answer: Dict[str, Any], progress: Optional[_Progress] = None) -> DeployError:
+    """A device's failure answer as a DeployError (its kind and fields kept in details)."""
+    if progress is not None:
+        progress.answer = answer
+        progress.switch_requested = progress.switch_requested and bool(answer.get("switch_requested", True))
+    extra = {k: v for k, v in answer.items() if k in ("files", "no_space", "free", "need")}
+    hint = answer.get("hint")
+    return DeployError(f"device '{name}': {_line(answer.get('error') or 'the device refused')}",
+                       kind=_line(answer.get("kind") or "failed", 40), hint=_line(hint) if hint else None, **extra)
 
 
 def deploy(transport: Transport, bundle: Path, *, keep_releases: int = 3, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
@@ -124,68 +144,89 @@ def deploy(transport: Transport, bundle: Path, *, keep_releases: int = 3, lock_t
     manifest, expected = verified or verified_files(bundle)
     # Checked again even when the caller verified the bundle: the id becomes a path on the device.
     rid = artifact.check_release_id(manifest.get("release_id"), f"{bundle}: field 'release_id'")
-    dev = Device(transport)
+    name = transport.name
     sent_before = transport.bytes_sent
     progress = _Progress()
-    lock = DeviceLock(transport, lock_timeout, stale_s=lock_stale_s)
-    held = False
+    session = transport.release_session()
+    lock = DeviceLock(session, transport, lock_timeout, stale_s=lock_stale_s)
+    base = {"owner": lock.text, "release_id": rid, "files": expected}
+    sizes = {n: (bundle / n).stat().st_size for n in expected}
     try:
-        lock.acquire()
-        held = True
-        current, dirs, history = dev.inspect()
-        progress.before, progress.inspected = current, True
-        final, partial = f"releases/{rid}", f"releases/{rid}{PARTIAL}"
-        probe = [f"{d}/{n}" for d in (final, partial) if os.path.basename(d) in dirs for n in sorted(expected)]
-        free, sums = dev.free_bytes(), {}  # spares a remote shell when there is nothing to hash
-        if probe or free is None:
-            free, sums = dev.on_device(probe)
-        intact = rid in dirs and all(sums.get(f"{final}/{n}") == h for n, h in expected.items())
-        if rid in dirs and not intact:
-            _same_release_or_refuse(dev, rid, sums, expected)
-        uploaded = reused = 0
-        if not intact:
-            have = {n for n, h in expected.items() if sums.get(f"{partial}/{n}") == h}
-            uploaded, reused = _upload(dev, lock, bundle, expected, partial, have, current, free)
-            lock.check()
-            # The owner mark stays until the rename: a .partial is never without it (see
-            # DeviceLock.claim); then the release keeps the bundle's files only.
-            if rid in dirs:  # our release with a damaged file: swapped for the fresh, verified copy
-                if current == rid:  # keep current on a complete release while the dirs swap
-                    dev.point(partial)
-                aside = f"releases/{DAMAGED}{rid}-{uuid.uuid4().hex[:6]}"
-                dev.fs.rename(final, aside)
-                dev.fs.rename(partial, final)
-                if current == rid:
-                    dev.point(final)
-                dev.remove([aside])
-            else:
-                dev.fs.rename(partial, final)
-            dev.fs.rmtree(f"{final}/{PARTIAL_OWNER}")
-        switched = current != rid
-        if switched:
-            lock.check()
-            progress.switch_requested = True
-            line = history_line("deploy", rid)
-            dev.switch(rid, history, line)
-            history = history + [line]
-        elif history != dev.raw_history:
-            _try(lambda: dev.write_history(history))  # a switch that never happened: drop its line
-        releases = sorted({d for d in dirs if not d.endswith(PARTIAL)} | {rid})
-        previous = current if switched else previous_release(history, rid, releases)
-        stale = [d for d in dirs if d.endswith(PARTIAL) and d != f"{rid}{PARTIAL}" and lock.abandoned(f"releases/{d}")]
-        leftovers = [d for d in dev.other if d.startswith(DAMAGED) or lock.leftover(d)]
-        pruned = _prune(dev, keep_releases, history, releases, stale + leftovers, rid, previous)
-        dev.remove(dev.switch_leftovers())
+        prep = lock.acquire([dict(base, op="prepare", sizes=sizes)])[0]
+        if not prep.get("ok"):
+            if prep.get("kind") == "no_space":
+                prep = dict(prep, hint="free space on the device, or lower deploy.keep_releases")
+            raise _refused(name, prep, progress)
+        progress.before = _rid(prep.get("current"))
+        if prep.get("conflict"):
+            raise DeployError(
+                f"device '{name}': release {rid} on the device holds another manifest.json (sha256 "
+                f"{str(prep['conflict'])[:12]} there, {expected[artifact.MANIFEST][:12]} in the bundle): a complete "
+                "release is never changed in place", kind="release_conflict",
+                hint="deploy the bundle that release came from; if that release is damaged and not current, remove "
+                     f"{transport.path('releases', rid)} on the device first")
+        need: List[str] = [] if prep.get("intact") else [str(n) for n in prep.get("need", []) if n in expected]
+        if not prep.get("intact"):
+            _upload(session, lock, bundle, rid, need, sizes, name)
+        remove = [str(d) for d, raw in dict(prep.get("candidates") or {}).items() if lock.abandoned(str(d), str(raw))]
+        commit = dict(base, op="commit", keep=keep_releases, remove=remove, retry=list(prep.get("copied") or []),
+                      history_line=history_line("deploy", rid))
+        progress.switch_requested = progress.before != rid
+        done = _commit(session, lock, commit, name, progress)
+        if done.get("kind") == "checksum_mismatch" and done.get("resend"):
+            # the current release's copy was damaged on the device: send those files after all
+            resend = [str(n) for n in done.get("files", []) if n in expected]
+            _upload(session, lock, bundle, rid, resend, sizes, name)
+            need += resend
+            done = _commit(session, lock, dict(commit, retry=[]), name, progress)
+        if not done.get("ok"):
+            if done.get("kind") == "checksum_mismatch":
+                got = done.get("got") or {}
+                detail = ", ".join(f"{n} (expected {expected.get(n, '')[:12]}, got {str(got.get(n) or 'missing')[:12]})"
+                                   for n in done.get("files", []))
+                done = dict(done, error=f"checksum mismatch on the device after upload: {detail}",
+                            hint="retry the deploy; if it repeats, check the device's storage and the network")
+            raise _refused(name, done, progress)
     except (EdgekitError, OSError) as exc:
-        raise _failed(dev, rid, str(manifest["target"]), exc, progress, t0, sent_before) from None
+        raise _failed(transport, session, rid, str(manifest["target"]), exc, progress, t0, sent_before) from None
     finally:
-        if held:
-            _try(lock.release)  # connection gone: this process no longer holds it, so the next deploy breaks it
+        _try(lock.release)  # connection gone: this process no longer holds it, so the next deploy breaks it
+        session.close()
+    switched = bool(done.get("switched"))
     return DeployResult(
-        device=transport.name, release_id=rid, target=str(manifest["target"]), previous=previous,
-        uploaded_bytes=transport.bytes_sent - sent_before, uploaded_files=uploaded,
-        reused_files=reused, skipped=intact and not switched, switched=switched, pruned=pruned,
-        seconds=round(time.perf_counter() - t0, 3), transport=describe(transport))
+        device=name, release_id=rid, target=str(manifest["target"]), previous=_rid(done.get("previous")),
+        uploaded_bytes=transport.bytes_sent - sent_before, uploaded_files=len(need),
+        reused_files=0 if prep.get("intact") else len(expected) - len(need), skipped=bool(prep.get("intact")) and not switched, switched=switched,
+        pruned=[d for d in done.get("pruned") or [] if _rid(d)], seconds=round(time.perf_counter() - t0, 3),
+        transport=describe(transport))
+
+
+def _upload(session: ReleaseSession, lock: DeviceLock, bundle: Path, rid: str, names: List[str],
+            sizes: Dict[str, int], name: str) -> None:
+    if not names:
+        return
+    try:
+        session.upload(rid, lock.text, [(bundle / n, n) for n in names])
+    except DeviceError as exc:
+        if exc.details.get("kind") != "write_failed":
+            raise  # connection lost: the .partial stays, the next deploy resumes it
+        free = exc.details.get("free")
+        need = sum(sizes[n] for n in names)
+        if exc.details.get("no_space") or (isinstance(free, int) and free < max(need, 1 << 20)):
+            raise DeployError(f"device '{name}': no space left on the device while uploading ({exc.message})",
+                              hint="free space on the device, or lower deploy.keep_releases", kind="no_space") from None
+        raise
+
+
+def _commit(session: ReleaseSession, lock: DeviceLock, commit: Dict[str, Any], name: str,
+            progress: _Progress) -> Dict[str, Any]:
+    """Commit, and unlock in the same round trip unless a damaged copy may need re-sending."""
+    if commit.get("retry"):
+        return session.call(commit)
+    done, unlocked = session.send([commit, {"op": "unlock", "owner": lock.text}])
+    if unlocked.get("ok"):
+        lock.forget()
+    return done
 
 
 def _try(action: Callable[[], object]) -> None:
@@ -196,123 +237,45 @@ def _try(action: Callable[[], object]) -> None:
         pass
 
 
-def _same_release_or_refuse(dev: Device, rid: str, sums: Dict[str, str], expected: Dict[str, str]) -> None:
-    """A complete release is immutable. With our manifest.json it is our release and a damaged file
-    is restored (through a fresh copy swapped in, never in place); with another one, it is refused:
-    the id covers the files the manifest lists, so the same id can hide other manifest fields."""
-    there = sums.get(f"releases/{rid}/{artifact.MANIFEST}")
-    if there != expected[artifact.MANIFEST]:
-        raise DeployError(
-            f"device '{dev.name}': release {rid} on the device holds another manifest.json (sha256 "
-            f"{(there or 'missing')[:12]} there, {expected[artifact.MANIFEST][:12]} in the bundle): a complete "
-            "release is never changed in place", kind="release_conflict",
-            hint="deploy the bundle that release came from; if that release is damaged and not current, remove "
-                 f"{dev.t.path('releases', rid)} on the device first")
+def _read_back(session: ReleaseSession, progress: _Progress) -> Tuple[Optional[str], str]:
+    """(current, why it could not be read): from the device's own failure answer, else asked."""
+    if progress.answer is not None and "current" in progress.answer:
+        return _rid(progress.answer.get("current")), ""
+    try:
+        st = session.call({"op": "status"})
+    except (EdgekitError, OSError) as err:
+        return None, err.message if isinstance(err, EdgekitError) else os_text(err)
+    return _rid(st.get("current")), ""
 
 
-def _failed(dev: Device, rid: str, target: str, exc: BaseException, progress: _Progress, t0: float,
-            sent_before: int) -> DeployError:
+def _failed(t: Transport, session: ReleaseSession, rid: str, target: str, exc: BaseException, progress: _Progress,
+            t0: float, sent_before: int) -> DeployError:
     """The DeployError for a failed deploy, saying what the device really runs now (read back)."""
     msg = exc.message if isinstance(exc, EdgekitError) else os_text(cast(OSError, exc))
     details = dict(exc.details) if isinstance(exc, EdgekitError) else {}
-    try:
-        link = dev.fs.readlink("current")
-        now, why = release_of(link), ""
-        shown = now or (f"'{_printable(link)}'" if link else "")
-    except (EdgekitError, OSError) as err:
-        link = now = None
-        why = err.message if isinstance(err, EdgekitError) else os_text(err)
-        shown = ""
+    lost = details.get("kind") == "connection_lost"
+    now, why = (None, msg) if lost else _read_back(session, progress)
     before = progress.before
     if why and progress.switch_requested:
         state = f"current could not be read back ({why}): it is {before or 'no release'} or {rid}"
         switched = True  # maybe: whoever rolls back must
-    elif why or not progress.switch_requested or (now == before and link is not None or not link and not before):
-        state = "the previous release stays current" + (f" ({shown})" if shown else ": none, as before")
+    elif why or not progress.switch_requested or now == before:
+        state = "the previous release stays current" + (f" ({now})" if now and not why else
+                                                        (": none, as before" if not why else ""))
         switched = False
     elif now == rid:
         state = f"release {rid} is current: the switch took place before the failure"
         switched = True
     else:
-        state = f"current is {shown or 'none'}"
+        state = f"current is {now or 'none'}"
         switched = True
-    result = DeployResult(device=dev.name, release_id=rid, target=target, previous=before,
-                          uploaded_bytes=dev.t.bytes_sent - sent_before, uploaded_files=0, reused_files=0,
+    result = DeployResult(device=t.name, release_id=rid, target=target, previous=before,
+                          uploaded_bytes=t.bytes_sent - sent_before, uploaded_files=0, reused_files=0,
                           skipped=False, switched=switched, seconds=round(time.perf_counter() - t0, 3),
-                          transport=describe(dev.t))
+                          transport=describe(t))
     details.update(result=result, current=now, previous=before)
-    return DeployError(f"deploy of release {rid} to '{dev.name}' failed: {msg}; {state}",
+    return DeployError(f"deploy of release {rid} to '{t.name}' failed: {msg}; {state}",
                        hint=exc.hint if isinstance(exc, EdgekitError) else None, **details)
-
-
-def _printable(value: str, limit: int = 120) -> str:
-    return "".join(c for c in value[:limit] if c.isprintable())
-
-
-def _upload(dev: Device, lock: DeviceLock, bundle: Path, expected: Dict[str, str], partial: str, have: Set[str],
-            current: Optional[str], free: Optional[int]) -> Tuple[int, int]:
-    """Fill ``partial`` until every file matches ``expected``; returns (files sent, files reused)."""
-    names = sorted(expected)
-    copies: List[Tuple[str, str]] = []  # unchanged since the current release: copied on the device
-    if current:
-        listed = dev.manifest(current).get("files")
-        by_hash = {str(h): str(n) for n, h in (listed.items() if isinstance(listed, dict) else ())
-                   if plain_name(n)}  # the device's manifest names paths too: only plain ones
-        copies = [(f"releases/{current}/{by_hash[expected[n]]}", f"{partial}/{n}") for n in names
-                  if n not in have and n != artifact.MANIFEST and expected[n] in by_hash]
-    copied = {dst for _, dst in copies}
-    to_send = [n for n in names if n not in have and f"{partial}/{n}" not in copied]
-    need = sum((bundle / n).stat().st_size for n in names if n not in have)  # sent or copied: space either way
-    if free is not None and need > free:
-        raise DeployError(f"device '{dev.name}': not enough space in {dev.t.path('releases')}: the release needs "
-                          f"{need / 1e6:.1f} MB, {free / 1e6:.1f} MB free",
-                          hint="free space on the device, or lower deploy.keep_releases", kind="no_space")
-    lock.claim(partial)
-    for d in sorted({os.path.dirname(f"{partial}/{n}") for n in names} - {partial}):
-        dev.fs.makedirs(d)
-    try:
-        _put(dev, [(bundle / n, dev.t.path(partial, n)) for n in to_send])
-        _, got = dev.on_device([f"{partial}/{n}" for n in names], copies)
-    except DeviceError as exc:
-        if exc.details.get("kind") != "write_failed":
-            raise  # connection lost: keep the .partial, the next deploy resumes it
-        dev.remove([partial])  # a full disk needs the space back more than a resumable upload
-        left = dev.on_device([])[0]
-        if exc.details.get("no_space") or (left is not None and left < max(need, 1 << 20)):
-            raise DeployError(f"device '{dev.name}': no space left on the device while uploading ({exc.message})",
-                              hint="free space on the device, or lower "
-                              "deploy.keep_releases", kind="no_space") from None
-        raise
-    bad = [n for n in names if got.get(f"{partial}/{n}") != expected[n]]
-    resend = [n for n in bad if f"{partial}/{n}" in copied]
-    if resend:  # the current release's copy was damaged on the device: send those files after all
-        _put(dev, [(bundle / n, dev.t.path(partial, n)) for n in resend])
-        to_send += resend
-        got.update(dev.on_device([f"{partial}/{n}" for n in resend])[1])
-        bad = [n for n in names if got.get(f"{partial}/{n}") != expected[n]]
-    if bad:
-        dev.remove([partial])
-        detail = ", ".join(f"{n} (expected {expected[n][:12]}, got {(got.get(f'{partial}/{n}') or 'missing')[:12]})"
-                           for n in bad)
-        raise DeployError(f"device '{dev.name}': checksum mismatch on the device after upload: {detail}",
-                          kind="checksum_mismatch", files=bad,
-                          hint="retry the deploy; if it repeats, check the device's storage and the network")
-    return len(to_send), len(names) - len(to_send)
-
-
-def _put(dev: Device, pairs: List[Tuple[Path, str]]) -> None:
-    dev.t.put_many(pairs)
-
-
-def _prune(dev: Device, keep: int, history: List[str], releases: List[str], stale: List[str], current: str,
-           previous: Optional[str]) -> List[str]:
-    """Keep the ``keep`` most recently activated releases, and current and previous always; drop
-    ``stale`` entries (abandoned .partial dirs and lock leftovers, chosen by the caller)."""
-    ordered = recency(history, releases)
-    keep_set = set(ordered[:keep]) | {current} | ({previous} if previous else set())
-    doomed = [d for d in ordered if d not in keep_set]
-    dev.remove([f"releases/{d}" for d in doomed + stale])
-    return doomed
 
 
 def rollback(transport: Transport, *, to: Optional[str] = None, allow_none: bool = False,
@@ -325,40 +288,19 @@ def rollback(transport: Transport, *, to: Optional[str] = None, allow_none: bool
     t0 = time.perf_counter()
     if to is not None:
         artifact.check_release_id(to, "rollback target")
-    dev = Device(transport)
-    lock = DeviceLock(transport, lock_timeout, stale_s=lock_stale_s)
-    held = False
-    current: Optional[str] = None
+    session = transport.release_session()
+    lock = DeviceLock(session, transport, lock_timeout, stale_s=lock_stale_s)
     try:
-        lock.acquire()
-        held = True
-        current, dirs, history = dev.inspect()
-        existing = [d for d in dirs if not d.endswith(PARTIAL)]
-        target = to if to is not None else previous_release(history, current, existing)
-        if target is None and not allow_none:
-            raise DeployError(f"device '{dev.name}': no previous release to roll back to (current: {current or 'none'})")
-        if target is not None:
-            if target not in existing:
-                raise DeployError(f"device '{dev.name}': release {target} is not on the device")
-            listed = dev.manifest(target).get("files")
-            files = {str(n): h for n, h in (listed.items() if isinstance(listed, dict) else ()) if plain_name(n)}
-            _, sums = dev.on_device([f"releases/{target}/{n}" for n in sorted(files)])
-            if not files or len(files) != len(listed or ()) or \
-                    any(sums.get(f"releases/{target}/{n}") != h for n, h in files.items()):
-                raise DeployError(f"device '{dev.name}': release {target} fails its checksums; not switching to it")
-        if target != current:
-            lock.check()
-            dev.switch(target, history, history_line("rollback", current, target))
-    except OSError as exc:
-        try:
-            now = release_of(dev.fs.readlink("current")) or "none"
-        except (EdgekitError, OSError):
-            now = "unknown (cannot read it back)"
-        raise DeployError(f"rollback on '{dev.name}' failed: {os_text(exc)}; current is {now}") from None
+        ans = lock.acquire([{"op": "rollback", "owner": lock.text, "to": to, "allow_none": allow_none}])[0]
     finally:
-        if held:
-            _try(lock.release)
-    return RollbackResult(dev.name, current, target, round(time.perf_counter() - t0, 3))
+        _try(lock.release)
+        session.close()
+    if not ans.get("ok"):
+        if ans.get("errno") is not None:  # the filesystem failed, not the request
+            now = _rid(ans.get("current")) or "none"
+            raise DeployError(f"rollback on '{transport.name}' failed: {_line(ans.get('error'))}; current is {now}")
+        raise DeployError(f"device '{transport.name}': {_line(ans.get('error'))}")
+    return RollbackResult(transport.name, _rid(ans.get("from")), _rid(ans.get("to")), round(time.perf_counter() - t0, 3))
 
 
 def _text(value: object) -> Optional[str]:
@@ -368,22 +310,17 @@ def _text(value: object) -> Optional[str]:
 def status(transport: Transport) -> DeviceStatus:
     """What the device runs; read-only (a history line for a switch that never happened is
     dropped from what it shows; the next deploy drops it from the file)."""
-    dev = Device(transport)
-    if not dev.fs.exists(""):
-        return DeviceStatus(dev.name, describe(transport), None, None, [])
-    current, dirs, history = dev.inspect()
-    existing = [d for d in dirs if not d.endswith(PARTIAL)]
-    previous = previous_release(history, current, existing)
-    infos = []
-    for rid in recency(history, existing):
-        m = dev.manifest(rid)
-        quant, files = m.get("quantization"), m.get("files")
-        infos.append(ReleaseInfo(rid, rid == current, rid == previous, _text(m.get("target")), _text(m.get("model")),
-                                 _text(quant.get("precision")) if isinstance(quant, dict) else None,
-                                 len(files) if isinstance(files, dict) else 0))
-    held = dev._read(f"{LOCK}/owner", OWNER_LIMIT)
+    with transport.release_session() as session:
+        st = session.call({"op": "status"})
+    if not st.get("ok"):
+        raise DeployError(f"device '{transport.name}': status failed: {_line(st.get('error'))}")
+    ids = _rid
+    infos = [ReleaseInfo(str(r["id"]), bool(r.get("current")), bool(r.get("previous")), _text(r.get("target")),
+                         _text(r.get("model")), _text(r.get("precision")), int(r.get("files") or 0))
+             for r in st.get("releases") or [] if isinstance(r, dict) and ids(r.get("id"))]
+    held = st.get("lock")
     lock: Optional[Dict[str, object]] = None
-    if held or dev.fs.exists(LOCK):
-        lock = parse_owner(held) or {"raw": held}
-    return DeviceStatus(dev.name, describe(transport), current, previous, infos, lock,
-                        [d for d in dirs if d.endswith(PARTIAL)])
+    if held is not None:
+        lock = parse_owner(str(held)) or {"raw": str(held)}
+    return DeviceStatus(transport.name, describe(transport), ids(st.get("current")), ids(st.get("previous")), infos,
+                        lock, [str(d) for d in st.get("partial") or []])

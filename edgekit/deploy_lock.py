@@ -10,8 +10,9 @@ Why it is built this way:
   SD-card images share host names (and often machine-ids); PID namespaces make a pid meaningless
   elsewhere. A lock is broken at once only when its owner is *provably* dead: same machine-id, same
   boot, same PID namespace, and its process gone (or a different process under the same pid).
-- **Otherwise only a silent heartbeat breaks it.** The holder rewrites ``heartbeat`` every
-  ``EDGEKIT_LOCK_HEARTBEAT_S`` seconds (5) over a side channel, each beat tagged with its token; a
+- **Otherwise only a silent heartbeat breaks it.** The holder's release session rewrites
+  ``heartbeat`` every ``EDGEKIT_LOCK_HEARTBEAT_S`` seconds (5) (a thread of the release script on
+  the device, or of this process where the logic runs here), each beat tagged with its token; a
   waiter breaks the lock only after watching the owner and the owner's own heartbeat stay unchanged for ``EDGEKIT_LOCK_STALE_S`` (45) seconds by its
   own monotonic clock, so clock skew between deployers (boards without an RTC) cannot make a live
   lock look old.
@@ -31,16 +32,11 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Dict, Optional, Set
+from typing import Any, Dict, List, Optional, Sequence, Set
 
+from .device.release import DAMAGED, LOCK, NEW_PREFIX, OWNER_LIMIT, PARTIAL_OWNER, STALE_PREFIX  # noqa: F401
 from .errors import ConfigError, DeployError
-from .transport import Transport
-
-LOCK = "releases/.lock"
-NEW_PREFIX = ".lock-new-"
-STALE_PREFIX = ".lock-stale-"
-PARTIAL_OWNER = ".edgekit-owner"
-OWNER_LIMIT = 1 << 16
+from .transport import ReleaseSession, Transport
 """Bytes of an owner or heartbeat file read: a device's files are bounded like its output."""
 POLL_S = 0.2
 HEARTBEAT_S = 5.0
@@ -153,46 +149,55 @@ def describe_owner(raw: str) -> str:
 
 
 class DeviceLock:
-    """``releases/.lock`` on one device; use as ``lock = DeviceLock(t).acquire()`` ... ``lock.release()``."""
+    """``releases/.lock`` of one device, taken through its release session (the device side is
+    edgekit/device/release.py's ``lock``/``unlock``); what only this host can judge (whether an
+    owner's process still runs here, whether a heartbeat stood still by our clock) is judged here."""
 
-    def __init__(self, fs: Transport, timeout: float, *, stale_s: Optional[float] = None,
+    def __init__(self, session: ReleaseSession, t: Transport, timeout: float, *, stale_s: Optional[float] = None,
                  heartbeat_s: Optional[float] = None) -> None:
-        self.fs = fs
+        self.session = session
+        self.t = t
         self.timeout = timeout
         self.stale_s = stale_s if stale_s is not None else _setting("EDGEKIT_LOCK_STALE_S", STALE_S)
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else _setting("EDGEKIT_LOCK_HEARTBEAT_S", HEARTBEAT_S)
         self.owner = new_owner()
         self.text = json.dumps(self.owner, sort_keys=True)
         self.token = str(self.owner["token"])
-        self._stop = threading.Event()
-        self._beater: Optional[threading.Thread] = None
+        self.held = False
 
-    def _read(self, path: str) -> str:
-        try:
-            return self.fs.read_head(path, OWNER_LIMIT).decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
-
-    # -- taking it ------------------------------------------------------------------------------
-    def acquire(self) -> "DeviceLock":
-        name = self.fs.name
-        try:
-            self.fs.makedirs("releases")
-        except OSError as exc:
-            raise DeployError(f"device '{name}': cannot create {self.fs.path('releases')}: {os_text(exc)}",
-                              hint="check that the device directory is writable (not a read-only filesystem)",
-                              kind="lock_failed") from None
+    def acquire(self, follow: Sequence[Dict[str, Any]] = ()) -> List[Dict[str, Any]]:
+        """Take the lock, then run ``follow`` under it in the same round trip; their answers."""
+        name = self.t.name
         deadline = time.monotonic() + self.timeout
         seen: Optional[tuple] = None
         since = time.monotonic()
+        brk: Optional[str] = None
         while True:
-            if not self._present() and self._offer():
-                with _held_guard:
-                    _held.add(self.token)
-                self._beater = threading.Thread(target=self._beat, name=f"edgekit-lock-{name}", daemon=True)
-                self._beater.start()
-                return self
-            held, beat = self._read(f"{LOCK}/owner"), self._read(f"{LOCK}/heartbeat")
+            req = {"op": "lock", "owner": self.text, "heartbeat_s": self.heartbeat_s}
+            if brk is not None:
+                req["break"] = brk
+            # Marked held before asking: the answer comes back only after ``follow`` ran under the
+            # lock, and another thread of this process must not judge the lock dead meanwhile.
+            with _held_guard:
+                _held.add(self.token)
+            try:
+                answers = self.session.send([req, *follow])
+            except BaseException:
+                self.forget()
+                raise
+            got, brk = answers[0], None
+            if not got.get("locked"):
+                self.forget()
+            if not got.get("ok"):
+                raise DeployError(f"device '{name}': {_clean(got.get('error'), 500)}",
+                                  hint=_clean(got.get("hint"), 500) if got.get("hint") else
+                                  "check that the device directory is writable (not a read-only or full filesystem)",
+                                  kind=_clean(got.get("kind") or "lock_failed", 40))
+            if got.get("locked"):
+                self.held = True
+                self.session.keepalive(self.heartbeat_s)
+                return answers[1:]
+            held, beat = str(got.get("held") or "")[:OWNER_LIMIT], str(got.get("beat") or "")[:OWNER_LIMIT]
             owner = parse_owner(held)
             if not (owner is not None and beat.endswith(f" {str(owner.get('token', ''))[:8]}")):
                 beat = ""  # not the owner's beat: a deposed holder still beating keeps nobody's lock alive
@@ -200,149 +205,38 @@ class DeviceLock:
             if (held, beat) != seen:
                 seen, since = (held, beat), now
             if (owner is not None and owner_dead(owner)) or now - since >= self.stale_s:
-                if self._break(held):
-                    seen = None
-                    continue
+                brk, seen = held, None
+                continue
             if now >= deadline:
                 raise DeployError(
-                    f"device '{name}': another deploy holds the lock {self.fs.path(LOCK)} ({describe_owner(held)})",
+                    f"device '{name}': another deploy holds the lock {self.t.path(LOCK)} ({describe_owner(held)})",
                     hint=f"wait for it to finish (--lock-timeout); a lock whose owner is gone is broken once its "
                          f"heartbeat has not moved for {self.stale_s:.0f} s (EDGEKIT_LOCK_STALE_S)", kind="locked")
             time.sleep(POLL_S)
 
-    def _present(self) -> bool:
-        """Whether a lock is there; a lock path that is not a directory is refused, never broken."""
-        if self.fs.is_dir(LOCK):
-            return True
-        if self.fs.exists(LOCK):
-            self._refuse_non_directory()
-        return False
-
-    def _refuse_non_directory(self) -> None:
-        where = self.fs.path(LOCK)
-        raise DeployError(f"device '{self.fs.name}': {where} exists but is not a directory: not a lock edgekit "
-                          "made, so it is left alone", hint=f"remove {where} on the device if nothing uses it",
-                          kind="lock_failed")
-
-    def _offer(self) -> bool:
-        """Try once to install our lock: True when it is ours, False when another lock is there."""
-        cand = f"releases/{NEW_PREFIX}{self.token[:16]}"
-        try:
-            self.fs.mkdir(cand)
-            self.fs.write_bytes(f"{cand}/owner", self.text.encode())
-            self.fs.write_bytes(f"{cand}/heartbeat", b"0")
-            self.fs.rename(cand, LOCK)
-            return True
-        except OSError as exc:
-            failure = exc
-        try:
-            self.fs.rmtree(cand)
-            busy = self.fs.is_dir(LOCK)
-            other = not busy and self.fs.exists(LOCK)
-        except OSError:
-            busy = other = False
-        if busy:
-            return False
-        if other:
-            self._refuse_non_directory()
-        raise DeployError(f"device '{self.fs.name}': cannot take the deploy lock {self.fs.path(LOCK)}: "
-                          f"{os_text(failure)}",
-                          hint="check that the device directory is writable (not a read-only or full filesystem)",
-                          kind="lock_failed")
-
-    def _break(self, held: str) -> bool:
-        """Set a dead lock aside and remove it; False when it changed hands meanwhile."""
-        aside = f"releases/{STALE_PREFIX}{uuid.uuid4().hex[:12]}"
-        try:
-            self.fs.rename(LOCK, aside)
-        except OSError:
-            return False  # another waiter broke it first
-        try:
-            if self._read(f"{aside}/owner") != held:
-                # A fresh lock taken between our look and the rename: give it back while we can. If yet
-                # another deploy locked meanwhile, the aside owner finds it lost the lock before it
-                # switches anything (still_held), and aborts.
-                if not self.fs.exists(LOCK):
-                    self.fs.rename(aside, LOCK)
-                    return False
-            self.fs.rmtree(aside)
-        except OSError:
-            pass  # a later deploy removes what is left aside
-        return True
-
-    # -- holding it -----------------------------------------------------------------------------
-    def _beat(self) -> None:
-        n = 0
-        while not self._stop.wait(self.heartbeat_s):
-            n += 1
-            try:
-                self.fs.write_bytes_aside(f"{LOCK}/heartbeat", f"{n} {self.token[:8]}".encode())
-            except Exception:  # noqa: BLE001 - a background beat must never kill the deploy; a lost
-                pass           # link fails the deploy's own next request, which reports it
-
-    def still_held(self) -> bool:
-        return self._read(f"{LOCK}/owner") == self.text
-
-    def check(self) -> None:
-        """Refuse to go on (before a switch) when our lock was broken by someone else."""
-        if not self.still_held():
-            raise DeployError(f"device '{self.fs.name}': the deploy lock was taken over by another deploy "
-                              f"({describe_owner(self._read(f'{LOCK}/owner'))}); stopping before the switch",
-                              kind="lock_lost")
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._beater is not None:
-            self._beater.join(10)
+    def forget(self) -> None:
+        """The device released it (an unlock sent with the commit)."""
+        self.held = False
         with _held_guard:
             _held.discard(self.token)
-        if self.still_held():
-            aside = f"releases/{STALE_PREFIX}{self.token[:12]}"
-            self.fs.rename(LOCK, aside)  # released atomically: never a lock without its owner
-            self.fs.rmtree(aside)
 
-    # -- what it owns ---------------------------------------------------------------------------
-    def claim(self, partial: str) -> None:
-        """Make ``partial`` ours (see ``abandoned``). A new one appears with our mark already inside
-        (prepared under a candidate name, then renamed), so no other deployer's prune ever sees it
-        unmarked; an abandoned one being resumed gets our mark. Anything but a real directory there
-        (a link a device planted, which uploads would follow) is removed first, never followed."""
-        mark = f"{partial}/{PARTIAL_OWNER}"
-        if self.fs.is_dir(partial):
-            self.fs.write_bytes(mark, self.text.encode())
-            return
-        self.fs.rmtree(partial)  # a file or a link: unlinked, never followed
-        cand = f"releases/{NEW_PREFIX}{self.token[:16]}-partial"
-        try:
-            self.fs.mkdir(cand)
-            self.fs.write_bytes(f"{cand}/{PARTIAL_OWNER}", self.text.encode())
-            self.fs.rename(cand, partial)
-        except BaseException:
-            try:
-                self.fs.rmtree(cand)
-            except OSError:
-                pass  # the link is gone: a later deploy removes it (leftover)
-            raise
+    def release(self) -> None:
+        with _held_guard:
+            _held.discard(self.token)
+        if self.held:
+            self.held = False
+            self.session.call({"op": "unlock", "owner": self.text})
 
-    def abandoned(self, partial: str) -> bool:
-        """A .partial that nobody will finish: ours, unmarked (made by an older edgekit), or marked by
-        an owner that is provably dead. One marked by a live (or unknown) deployer is kept."""
-        raw = self._read(f"{partial}/{PARTIAL_OWNER}")
-        if not raw:
+    def abandoned(self, name: str, raw: str) -> bool:
+        """A dot-entry or .partial of releases/ nobody will finish or use (prepare lists them with
+        their owner mark): a lock set aside or a damaged release moved aside; a .partial or candidate
+        lock unmarked (an older edgekit), ours, or marked by an owner that is provably dead."""
+        if name.startswith(STALE_PREFIX) or name.startswith(DAMAGED):
             return True
+        if not raw:
+            return not name.startswith(NEW_PREFIX)  # an unmarked .partial; a candidate lock being made
         owner = parse_owner(raw)
         return owner is not None and (owner.get("token") == self.token or owner_dead(owner))
-
-    def leftover(self, name: str) -> bool:
-        """A dot-entry of releases/ a lock operation left behind and nobody uses: a lock set aside, or
-        a candidate lock of a provably dead deployer."""
-        if name.startswith(STALE_PREFIX):
-            return True
-        if name.startswith(NEW_PREFIX):
-            inside = PARTIAL_OWNER if name.endswith("-partial") else "owner"
-            owner = parse_owner(self._read(f"releases/{name}/{inside}"))
-            return owner is not None and (owner.get("token") == self.token or owner_dead(owner))
-        return False
 
 
 def os_text(exc: OSError) -> str:

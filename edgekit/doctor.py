@@ -8,11 +8,13 @@ dot-product, a missing TensorRT provider, no power sensor).
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import artifact
 from .config import DeviceSpec, ProjectConfig
 from .device import probes as P
 from .errors import EdgekitError
@@ -20,10 +22,13 @@ from .targets import TargetProfile, load_all, resolve
 from .transport import Transport, connect
 from .validate import device_python
 
-POWER_PY = Path(__file__).resolve().parent / "device" / "power.py"
 MIN_RUNNER_PYTHON = (3, 8)
 LOW_MEMORY_MB = 256
 LOW_DISK_MB = 500
+UNREACHABLE = frozenset({"timeout", "unreachable", "host_key_unknown", "host_key_changed", "host_key_revoked",
+                         "host_key_ca_unsupported", "auth", "handshake", "connection_lost"})
+"""Error kinds that mean the device was never reached: doctor stops at the first and says so,
+instead of blaming the interpreter for eight probes that never ran."""
 
 
 class Check(BaseModel):
@@ -68,6 +73,8 @@ def run_probe(conn: Transport, probe: P.Probe, python: str, arg: str = "") -> An
     try:
         res = conn.run(probe.argv(python=python, device_path=conn.root, arg=arg), timeout=120, cwd="/")
     except EdgekitError as exc:
+        if exc.details.get("kind") in UNREACHABLE:
+            raise
         return {"error": exc.message}
     if not res.ok:
         if probe.optional:
@@ -87,17 +94,19 @@ def run_probes(conn: Transport, spec: DeviceSpec, profile: TargetProfile) -> Dic
             continue
         arg = "jetson" if (name == "python" and profile.family == "jetson") else ""
         facts[name] = run_probe(conn, probe, python, arg)
-    # power.py is the power engineer's module; ship a copy next to the probe and ask it directly.
-    if POWER_PY.is_file():
-        try:
-            conn.put(POWER_PY, ".edgekit/probe/power.py")
-            facts["power"] = run_probe(conn, P.PROBES["power"], python, "/")
-            if facts["power"] is None:
-                facts["power"] = {"error": "power.available_samplers failed on the device"}
-        except EdgekitError as exc:
-            facts["power"] = {"error": exc.message}
-    else:
-        facts["power"] = {"error": "edgekit.device.power is not available in this edgekit install"}
+    # The sensors are the device package's: ship it as a release holds it and ask it directly.
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            artifact.copy_device_files(Path(tmp))
+            for p in sorted(Path(tmp).rglob("*.py")):
+                conn.put(p, f".edgekit/probe/{p.relative_to(tmp).as_posix()}")
+        facts["power"] = run_probe(conn, P.PROBES["power"], python, "/")
+        if facts["power"] is None:
+            facts["power"] = {"error": "power.available_samplers failed on the device"}
+    except EdgekitError as exc:
+        if exc.details.get("kind") in UNREACHABLE:
+            raise
+        facts["power"] = {"error": exc.message}
     return facts
 
 

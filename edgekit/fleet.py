@@ -1,69 +1,116 @@
 """Devices from edgekit.toml and Ansible inventories, and operations on one device or a fleet.
 
-A fleet deploy fans out with bounded concurrency (``deploy.max_parallel``). With ``canary=N`` the
-first N devices get the release first and are validated *on the device*; a failed canary stops the
-rollout and switches the canary devices back to the release they had. The rest then follow in
-batches, each batch gating the next. A partial failure raises FleetError holding every device's
-outcome (Fabric's GroupResult/GroupException, as a value).
-"""
+A fleet deploy fans out with bounded concurrency (``deploy.max_parallel``) through an engine (the
+built-in one, edgekit/fleet_engine.py, unless another is given). With a canary (a count or device
+names) those devices get the release first and are validated *on the device*; a failed canary
+stops the rollout and is switched back to the release it had. The rest then follow in batches, each
+batch gating the next. Every device's result is a HostResult (edgekit/fleet_results.py); a partial
+failure raises FleetError holding the FleetRun (Fabric's GroupResult/GroupException, as a value)."""
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union, cast
+from typing import Dict, List, Optional, Sequence, Union, cast
 
 from . import artifact
 from .config import DeviceSpec, ProjectConfig
-from .deploy import (DEFAULT_LOCK_TIMEOUT_S, DeployResult, DeviceStatus, RollbackResult, deploy, rollback,
-                     status, verified_files)
-from .errors import ConfigError, DeployError, EdgekitError, FleetError
+from .deploy import DEFAULT_LOCK_TIMEOUT_S, DeployResult, DeviceStatus, RollbackResult, deploy, rollback, status
+from .errors import ConfigError, DeployError, FleetError
+from .fleet_engine import Validate
+from .fleet_results import NOT_ATTEMPTED, DeployOptions, Engine, FleetRun, OnResult, collect
+from .report.releases import project_runs, record_deploy, record_rollback
 from .transport import connect
-
-Validate = Callable[..., Any]
-"""``validate(config, device, *, transport=..., duration=..., accept_new_host_key=...)`` returning an
-object with ``.ok`` (edgekit.validate.validate_device by default)."""
 
 
 # ----------------------------------------------------------------------------------------------
 # Which devices
 # ----------------------------------------------------------------------------------------------
 def all_devices(config: ProjectConfig, inventory: Union[Path, str, Sequence[Union[Path, str]], None] = None) -> List[DeviceSpec]:
-    """edgekit.toml's devices, then the inventory's (``--inventory``, repeatable, or deploy.inventory)."""
-    devices = list(config.devices)
+    """edgekit.toml's devices, then the inventory's (``--inventory``, repeatable, or deploy.inventory).
+
+    A ``[[devices]]`` entry named like an inventory host adds settings to that host instead of
+    defining another device. Precedence, highest first: the command line (``--connect-timeout``),
+    the fields the edgekit.toml entry sets, the inventory's host and group vars (as Ansible merges
+    them), ~/.ssh/config, the defaults. ``groups`` are the union of both lists.
+    """
     given = [inventory] if isinstance(inventory, (Path, str)) else list(inventory or [])
     sources = [cast(Path, config.resolve(p)) for p in given or [config.deploy.inventory] if p is not None]
+    listed: Dict[str, DeviceSpec] = {}
     if sources:
         from .transport.inventory import load_inventory
 
-        source = ", ".join(map(str, sources))
-        names = {d.name for d in devices}
-        for d in load_inventory(sources).devices():
-            if d.name in names:
-                raise ConfigError(f"device '{d.name}' is defined both in {config.path} and in {source}",
-                                  hint="keep one definition (the inventory's, or edgekit.toml's)")
-            devices.append(d)
-    return devices
+        listed = {d.name: d for d in load_inventory(sources).devices()}
+    devices = []
+    for i, d in enumerate(config.devices):
+        host = listed.pop(d.name, None)
+        if host is not None:
+            d = merge_device(config, i, host, d)
+        elif not d.target:
+            where = f" or {', '.join(map(str, sources))}" if sources else ""
+            raise ConfigError(f"{config.path}: field 'devices.{i}.target': device '{d.name}' has no target, and no "
+                              f"inventory host{where} is named '{d.name}'",
+                              hint="set target = \"<profile>\" (edgekit targets lists them), or name an inventory host")
+        devices.append(d)
+    return devices + list(listed.values())
 
 
-def select_devices(config: ProjectConfig, *, device: Optional[str] = None, group: Optional[str] = None,
-                   inventory: Union[Path, str, Sequence[Union[Path, str]], None] = None) -> List[DeviceSpec]:
-    if (device is None) == (group is None):
-        raise ConfigError("give exactly one of --device NAME or --group NAME")
+def merge_device(config: ProjectConfig, index: int, host: DeviceSpec, override: DeviceSpec) -> DeviceSpec:
+    """An inventory host with the fields its edgekit.toml entry sets on top (see all_devices)."""
+    from pydantic import ValidationError
+
+    from .config import first_error
+
+    data = host.model_dump(exclude_unset=False)
+    data.update({k: getattr(override, k) for k in override.model_fields_set if k not in ("name", "groups")})
+    data["groups"] = list(dict.fromkeys([*host.groups, *override.groups]))
+    try:
+        merged = DeviceSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{config.path}: devices.{index} ('{override.name}', merged over the inventory host): "
+                          f"{first_error(exc)}") from None
+    if not merged.target:
+        raise ConfigError(f"device '{merged.name}' has no target: set edgekit_target in the inventory or target "
+                          f"in {config.path}")
+    return merged
+
+
+def select_devices(config: ProjectConfig, *, device: Union[str, Sequence[str], None] = None, group: Optional[str] = None,
+                   inventory: Union[Path, str, Sequence[Union[Path, str]], None] = None,
+                   limit: Optional[Sequence[str]] = None) -> List[DeviceSpec]:
+    """The devices a command runs on: ``--device`` names (one or several) or a ``--group`` ('all' for
+    every device), narrowed to ``limit`` (``--limit``/``--retry-failed``); with only ``limit``, those
+    devices. Order: as the names were given, else as defined."""
+    names = [device] if isinstance(device, str) else list(device or [])
+    if names and group is not None:
+        raise ConfigError("give --device NAME (repeatable) or --group NAME, not both")
+    if not names and group is None and limit is None:
+        raise ConfigError("give --device NAME (repeatable) or --group NAME ('all' for every device)")
     devices = all_devices(config, inventory)
-    if device is not None:
-        for d in devices:
-            if d.name == device:
-                return [d]
-        known = ", ".join(d.name for d in devices) or "none"
-        given = [inventory] if isinstance(inventory, (Path, str)) else list(inventory or [])
-        where = f"{config.path}" + "".join(f" or {p}" for p in given)
-        raise ConfigError(f"{where}: no device named '{device}' (devices: {known})")
-    chosen = [d for d in devices if group == "all" or group in d.groups]
-    if not chosen:
-        groups = sorted({g for d in devices for g in d.groups})
-        raise ConfigError(f"{config.path}: no device in group '{group}' (groups: {', '.join(groups) or 'none'}; 'all' = every device)")
+    by_name = {d.name: d for d in devices}
+    given = [inventory] if isinstance(inventory, (Path, str)) else list(inventory or [])
+    where = f"{config.path}" + "".join(f" or {p}" for p in given)
+    if names:
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            known = ", ".join(by_name) or "none"
+            raise ConfigError(f"{where}: no device named '{unknown[0]}' (devices: {known})")
+        chosen = [by_name[n] for n in dict.fromkeys(names)]
+    elif group is not None:
+        chosen = [d for d in devices if group == "all" or group in d.groups]
+        if not chosen:
+            groups = sorted({g for d in devices for g in d.groups})
+            raise ConfigError(f"{config.path}: no device in group '{group}' (groups: {', '.join(groups) or 'none'}; 'all' = every device)")
+    else:
+        chosen = devices
+    if limit is not None:
+        unknown = [n for n in limit if n not in by_name]
+        if unknown:
+            raise ConfigError(f"--limit: no device named '{unknown[0]}' in {where}")
+        wanted = set(limit)
+        chosen = [d for d in chosen if d.name in wanted]
+        if not chosen:
+            raise ConfigError("--limit/--retry-failed: none of the selected devices is in the list "
+                              f"({', '.join(limit) or 'the list is empty'})", hint="nothing to rerun")
     return chosen
 
 
@@ -96,13 +143,17 @@ def deploy_device(config: ProjectConfig, device: DeviceSpec, *, dist: Union[Path
                   lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> DeployResult:
     bundle = bundle_for(config, device, dist, target)
     with connect(device, config, accept_new_host_key=accept_new_host_key) as t:
-        return deploy(t, bundle, keep_releases=config.deploy.keep_releases, lock_timeout=lock_timeout)
+        res = deploy(t, bundle, keep_releases=config.deploy.keep_releases, lock_timeout=lock_timeout)
+    record_deploy(project_runs(config), res)  # the report's release log (what is current where)
+    return res
 
 
 def rollback_device(config: ProjectConfig, device: DeviceSpec, *, to: Optional[str] = None, allow_none: bool = False,
                     accept_new_host_key: bool = False, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> RollbackResult:
     with connect(device, config, accept_new_host_key=accept_new_host_key) as t:
-        return rollback(t, to=to, allow_none=allow_none, lock_timeout=lock_timeout)
+        res = rollback(t, to=to, allow_none=allow_none, lock_timeout=lock_timeout)
+    record_rollback(project_runs(config), res)
+    return res
 
 
 def status_device(config: ProjectConfig, device: DeviceSpec, *, accept_new_host_key: bool = False) -> DeviceStatus:
@@ -113,156 +164,63 @@ def status_device(config: ProjectConfig, device: DeviceSpec, *, accept_new_host_
 # ----------------------------------------------------------------------------------------------
 # A fleet
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class DeviceOutcome:
-    device: str
-    phase: str
-    """"canary", "batch 1", "batch 2"... or "all" without a canary."""
-    state: str
-    """deployed | validated | failed | rolled back | not attempted"""
-    ok: bool
-    deploy: Optional[DeployResult] = None
-    validation_ok: Optional[bool] = None
-    validation_result: Optional[str] = None
-    """Path of the run file the on-device validation wrote (runs/...json)."""
-    rolled_back_to: Optional[str] = None
-    error: Optional[str] = None
-    seconds: float = 0.0
-
-
-@dataclass
-class FleetResult:
-    release_ids: Dict[str, str]
-    """device -> release id deployed (or attempted)."""
-    results: Dict[str, DeviceOutcome] = field(default_factory=dict)
-    canary: List[str] = field(default_factory=list)
-    stopped: Optional[str] = None
-    """Why the rollout stopped early, if it did."""
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.results.values())
-
-    @property
-    def failed(self) -> List[str]:
-        return [n for n, r in self.results.items() if not r.ok]
-
-
-def _default_validate() -> Validate:
-    from .validate import validate_device  # lazily: it pulls in the run-file machinery
-
-    return validate_device
-
-
 def deploy_fleet(config: ProjectConfig, devices: Sequence[DeviceSpec], *, dist: Union[Path, str, None] = None,
-                 target: Optional[str] = None, canary: int = 0, max_parallel: Optional[int] = None,
-                 batch_size: Optional[int] = None, validate: Optional[Validate] = None, duration: float = 1.0,
-                 accept_new_host_key: bool = False, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> FleetResult:
-    """Deploy to ``devices`` (see the module docstring); raises FleetError unless every device succeeded."""
+                 target: Optional[str] = None, canary: Union[int, Sequence[str], None] = 0,
+                 max_parallel: Optional[int] = None, batch_size: Optional[int] = None, validate: Optional[Validate] = None,
+                 duration: float = 1.0, quick: bool = False, accept_new_host_key: bool = False,
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S, connect_timeout: Optional[float] = None,
+                 engine: Optional[Engine] = None, on_result: Optional[OnResult] = None) -> FleetRun:
+    """Deploy to ``devices`` (see the module docstring) with ``engine`` (the built-in one by default);
+    ``on_result`` sees each host's result as it finishes. Raises FleetError, holding the FleetRun,
+    unless every device succeeded."""
     t0 = time.perf_counter()
-    if canary < 0 or canary > len(devices):
-        raise ConfigError(f"--canary {canary}: expected 0..{len(devices)} (devices selected: {len(devices)})")
-    parallel = max(1, max_parallel or config.deploy.max_parallel)
+    canaries = choose_canaries(devices, canary)
+    options = DeployOptions(canary=canaries, batch_size=batch_size, max_parallel=max(1, max_parallel or config.deploy.max_parallel),
+                            duration=duration, quick=quick, lock_timeout=lock_timeout,
+                            accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout)
     # Every bundle is found and checked (once each) before any device is touched: a missing or
     # damaged build fails the whole command.
     profiles: Dict[str, str] = {}
     bundles = {d.name: bundle_for(config, d, dist, target, profiles) for d in devices}
-    checked = {b: verified_files(b) for b in set(bundles.values())}
-    result = FleetResult({n: str(checked[b][0]["release_id"]) for n, b in bundles.items()})
-    check = (validate or _default_validate()) if canary else None
+    if engine is None:
+        from .fleet_engine import BuiltinEngine
 
-    def one(device: DeviceSpec, phase: str) -> DeviceOutcome:
-        start = time.perf_counter()
-        out = DeviceOutcome(device.name, phase, "failed", False)
-        try:
-            with connect(device, config, accept_new_host_key=accept_new_host_key) as t:
-                bundle = bundles[device.name]
-                out.deploy = deploy(t, bundle, keep_releases=config.deploy.keep_releases, lock_timeout=lock_timeout,
-                                    verified=checked[bundle])
-                out.state, out.ok = "deployed", True
-                if check is not None and phase == "canary":
-                    v = check(config, device, transport=t, duration=duration, accept_new_host_key=accept_new_host_key)
-                    out.validation_ok = bool(v.ok)
-                    out.validation_result = str(getattr(v, "result_path", "") or "") or None
-                    out.state, out.ok = ("validated", True) if v.ok else ("failed", False)
-                    if not v.ok:
-                        out.error = f"on-device validation failed: {_metric_text(v)}"
-        except Exception as exc:  # one device's surprise must not lose the other devices' outcomes
-            out.ok, out.state = False, "failed"
-            out.error = exc.message if isinstance(exc, EdgekitError) else f"unexpected {type(exc).__name__}: {exc}"
-            if out.deploy is None and isinstance(exc, EdgekitError):
-                # A deploy that failed after (or maybe after) its switch still says so: the rollback
-                # below depends on it (a canary that switched is always rolled back).
-                failed = exc.details.get("result")
-                out.deploy = failed if isinstance(failed, DeployResult) else None
-            if check is not None and phase == "canary" and out.deploy is not None:
-                out.validation_ok = False
-        out.seconds = round(time.perf_counter() - start, 3)
-        return out
-
-    def run_wave(wave: Sequence[DeviceSpec], phase: str) -> List[DeviceOutcome]:
-        with ThreadPoolExecutor(max_workers=min(parallel, max(1, len(wave))), thread_name_prefix="edgekit-deploy") as pool:
-            outcomes = list(pool.map(lambda d: one(d, phase), wave))
-        for o in outcomes:
-            result.results[o.device] = o
-        return outcomes
-
-    def skip_rest(rest: Sequence[DeviceSpec], phase: str) -> None:
-        for d in rest:
-            result.results[d.name] = DeviceOutcome(d.name, phase, "not attempted", False,
-                                                   error=f"rollout stopped: {result.stopped}")
-
-    if canary:
-        canaries, rest = list(devices[:canary]), list(devices[canary:])
-        result.canary = [d.name for d in canaries]
-        outcomes = run_wave(canaries, "canary")
-        if not all(o.ok for o in outcomes):
-            bad = ", ".join(o.device for o in outcomes if not o.ok)
-            result.stopped = f"canary failed on {bad}"
-            _roll_back(config, canaries, result, accept_new_host_key, lock_timeout)
-            skip_rest(rest, "after canary")
-        else:
-            size = max(1, batch_size or parallel)
-            for i in range(0, len(rest), size):
-                batch, phase = rest[i:i + size], f"batch {i // size + 1}"
-                if not all(o.ok for o in run_wave(batch, phase)):
-                    result.stopped = f"{phase} failed"
-                    skip_rest(rest[i + size:], "after " + phase)
-                    break
-    else:
-        run_wave(list(devices), "all")
+        engine = BuiltinEngine(validate=validate)
+    result = collect("deploy", devices, engine.deploy(config, devices, bundles, options), on_result,
+                     engine=getattr(engine, "name", "builtin"))
+    result.canary = canaries
     result.seconds = round(time.perf_counter() - t0, 3)
     if not result.ok:
-        failed = [n for n in result.failed if result.results[n].state != "not attempted"]
-        skipped = len(result.failed) - len(failed)
-        raise FleetError(f"deploy failed on {len(failed)} of {len(devices)} device(s): {', '.join(failed)}"
-                         + (f"; {skipped} not attempted" if skipped else "")
-                         + (f" ({result.stopped})" if result.stopped else ""), result,
-                         hint="each failed device's error says which release it runs now (read back from the device); "
-                              "see the table (or --json) per device")
+        raise fleet_error(result, len(devices))
     return result
 
 
-def _metric_text(v: Any) -> str:
-    m = getattr(v, "metric", None) or {}
-    if m:
-        return f"{m.get('name')} = {m.get('value')} vs threshold {m.get('threshold')}"
-    err = getattr(v, "error", None) or {}
-    return str(err.get("message", "not ok")) if isinstance(err, dict) else "not ok"
+def choose_canaries(devices: Sequence[DeviceSpec], canary: Union[int, str, Sequence[str], None]) -> List[str]:
+    """``--canary``: a count (the first N devices as selected) or device names (comma-separated or a list)."""
+    if canary is None or canary == 0 or canary == [] or canary == ():
+        return []
+    if isinstance(canary, str):
+        canary = int(canary) if canary.strip().isdigit() else [n.strip() for n in canary.split(",") if n.strip()]
+    if isinstance(canary, int):
+        if canary < 0 or canary > len(devices):
+            raise ConfigError(f"--canary {canary}: expected 0..{len(devices)} (devices selected: {len(devices)})")
+        return [d.name for d in devices[:canary]]
+    names = list(dict.fromkeys(canary))
+    known = [d.name for d in devices]
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ConfigError(f"--canary {','.join(missing)}: not among the selected devices ({', '.join(known)})",
+                          hint="name devices of the group (or --device list) being deployed, or give a count")
+    return names
 
 
-def _roll_back(config: ProjectConfig, canaries: Sequence[DeviceSpec], result: FleetResult,
-               accept_new_host_key: bool, lock_timeout: float) -> None:
-    """Put every canary that switched back on the release it had before (none: no current)."""
-    for d in canaries:
-        o = result.results[d.name]
-        if o.deploy is None or not o.deploy.switched:
-            continue  # not changed by this rollout (read back from the device): nothing to undo
-        try:
-            rb = rollback_device(config, d, to=o.deploy.previous, allow_none=True,
-                                 accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout)
-            o.state, o.rolled_back_to = "rolled back", rb.to_release or "(none)"
-        except EdgekitError as exc:
-            o.error = f"{o.error}; ROLLBACK FAILED: {exc.message}"
-        o.ok = False
+def fleet_error(result: FleetRun, total: int) -> FleetError:
+    """The FleetError for a run where some hosts did not succeed (its message lists them)."""
+    verb = {"deploy": "deploy", "validate": "validation", "status": "status", "rollback": "rollback",
+            "doctor": "doctor"}.get(result.action, result.action)
+    skipped = [n for n, r in result.results.items() if r.outcome == NOT_ATTEMPTED]
+    failed = [n for n in result.failed if n not in skipped]
+    return FleetError(f"{verb} failed on {len(failed)} of {total} device(s): {', '.join(failed)}"
+                      + (f"; {len(skipped)} not attempted" if skipped else "")
+                      + (f" ({result.stopped})" if result.stopped else ""), result,
+                      hint="each failed device's line says why; rerun only those with --retry-failed")

@@ -1,5 +1,6 @@
-"""Host-side view of the validation metric. The arithmetic lives in the on-device runner so that
-host and device score the same way; this module binds it to the config."""
+"""Host-side view of the validation metric. The arithmetic is the device package's metric registry
+(``edgekit/device/metrics/``), so host and device score the same way; this module binds it to the
+config."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .device import runner as _runner
+from .device import metrics as registry
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class MetricSpec:
 
     @property
     def higher_is_better(self) -> bool:
-        return _runner.HIGHER_IS_BETTER[self.name]
+        return registry.get(self.name).higher_is_better
 
     def output_index(self, output_names: Sequence[str]) -> int:
         return list(output_names).index(self.output) if self.output else 0
@@ -42,11 +43,11 @@ class MetricSpec:
     def score(self, outputs: List[np.ndarray], references: List[np.ndarray],
               feeds: Optional[List[Dict[str, np.ndarray]]] = None) -> Dict[str, float]:
         """Per-sample arrays of the chosen output vs the FP32 references; returns {'value', ...}."""
-        return _runner.score(self.name, outputs, references, feeds, k=self.k,
+        return registry.score(self.name, outputs, references, feeds, k=self.k,
                              pooling=self.pooling, mask_input=self.mask_input, options=self.tasks.get(self.name))
 
     def passes(self, value: float) -> bool:
-        return _runner.passes(self.name, value, self.threshold)
+        return registry.passes(self.name, value, self.threshold)
 
     def better(self, a: float, b: float) -> bool:
         """True when metric value ``a`` is strictly better than ``b``."""
@@ -65,8 +66,8 @@ class MetricSpec:
     @classmethod
     def from_config(cls, v: "object") -> "MetricSpec":
         also = dict(getattr(v, "also", {}) or {})
-        tasks = {m: getattr(v, m).model_dump(mode="json") for m in _runner.TASK_METRICS
-                 if (m == v.metric or m in also) and getattr(v, m, None) is not None}  # type: ignore[attr-defined]
+        tasks = {m: getattr(v, m).model_dump(mode="json") for m, spec in registry.REGISTRY.items()
+                 if spec.task and (m == v.metric or m in also) and hasattr(getattr(v, m, None), "model_dump")}  # type: ignore[attr-defined]
         for opts in tasks.values():  # blank = -1 means none, as the runner reads it
             if opts.get("blank") == -1:
                 opts["blank"] = None

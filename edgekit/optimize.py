@@ -35,6 +35,20 @@ applied by the session on the device, which is what the manifest's runtime level
 """
 
 
+LEVELS = ("disabled", "basic", "extended", "all")
+"""onnxruntime's graph optimization levels by the names profiles and manifests use."""
+
+
+def ort_level(level: str) -> "ort.GraphOptimizationLevel":  # type: ignore[name-defined]  # noqa: F821
+    """The onnxruntime enum for ``level`` (the host's one map; the device runner keeps its own, as
+    the device side imports nothing from the host)."""
+    import onnxruntime as ort
+
+    enums = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+             ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    return enums[LEVELS.index(level)]
+
+
 @contextlib.contextmanager
 def inside(directory: Path) -> Iterator[None]:
     """Run with ``directory`` as the working directory.
@@ -125,10 +139,7 @@ def _ort_optimize(src: Path, dst: Path, level: str, large: bool) -> None:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    }[level]
+    opts.graph_optimization_level = ort_level(level)
     opts.optimized_model_filepath = str(dst)
     # One thread: the optimizer's output never depends on threads, but a small footprint helps
     # when other builds run beside this one.

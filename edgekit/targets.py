@@ -8,11 +8,12 @@ Adding a target means adding a file; ``tests/test_targets.py`` loads every built
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
 from pathlib import Path
-from typing import Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import first_error
 from .errors import TargetError
+from .quantize.registry import PrecisionName
 
 TARGETS_DIR = Path(__file__).resolve().parent / "profiles"
 """Where the built-in profiles live: package data (overridable with EDGEKIT_TARGETS_DIR)."""
@@ -66,8 +68,9 @@ class QuantizationDefaults(_Strict):
     symmetric_weights: bool = True
     type_candidates: List[Tuple[QuantType, QuantType]] = Field(default_factory=list)
     """Extra (activation, weight) pairs to try and keep the better of (ARM: s8/s8 and u8/s8)."""
-    precisions: List[Literal["int8", "fp16", "fp32"]] = Field(default_factory=lambda: ["int8", "fp32"])
-    """Candidate precisions ``--precision auto`` chooses between."""
+    precisions: List[PrecisionName] = Field(default_factory=lambda: ["int8", "fp32"])
+    """Candidate precisions ``--precision auto`` chooses between, in preference order: names from the
+    candidate registry (``edgekit.quantize.registry``)."""
 
 
 class TargetProfile(_Strict):
@@ -88,13 +91,21 @@ class TargetProfile(_Strict):
     QDQ fusion and the conv layouts need; GPU targets run at this level (presets.runtime_level_for)."""
     intra_op_threads: int = Field(0, ge=0)
     """0 lets the runtime pick (one thread per physical core)."""
-    power_sensor: Literal[
-        "ina3221x", "ina3221-hwmon", "tegrastats", "rpi5-pmic", "rapl", "nvml", "estimate"
-    ] = "estimate"
+    power_sensor: str = "estimate"
+    """A registered power sensor (edgekit/device/sensors/, or a project plugin)."""
     nominal_watts_per_core: float = Field(2.0, gt=0)
     """Used only by the ``estimate`` sampler, whose results are always labelled as estimates."""
     min_python: str = "3.8"
     notes: List[str] = Field(default_factory=list)
+
+    @field_validator("power_sensor")
+    @classmethod
+    def _sensor(cls, v: str) -> str:
+        from .device.sensors import REGISTRY
+
+        if v not in REGISTRY:
+            raise ValueError(f"unknown power sensor '{v}', expected one of: {', '.join(REGISTRY)}")
+        return v
 
     @field_validator("min_python")
     @classmethod
@@ -165,21 +176,32 @@ def load_all(directory: Optional[Path] = None, project_dirs: Sequence[Path] = ()
     return {name: e.profile for name, e in catalog(directory, project_dirs).items()}
 
 
+@functools.lru_cache(maxsize=1)
+def host_cpu() -> Tuple[str, FrozenSet[str]]:
+    """(model name, CPU flags) of this machine from /proc/cpuinfo, read and parsed once per process:
+    the host's one reader (the device side keeps its own). Empty where unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "", frozenset()
+    model, flags = "", None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("flags", "Features") and flags is None:
+            flags = frozenset(value.split())
+        elif key.lower() in ("model name", "hardware") and not model:
+            model = value.strip()
+    return model, flags or frozenset()
+
+
 def host_cpu_flags() -> set:
     """The CPU flags of this machine, as /proc/cpuinfo spells them (empty where unknown);
     ``EDGEKIT_HOST_CPU_FLAGS`` replaces them."""
     override = os.environ.get(HOST_FLAGS_ENV)
     if override is not None:
         return set(override.replace(",", " ").split())
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+    return set(host_cpu()[1])
 
 
 def host_arch() -> str:

@@ -85,9 +85,12 @@ class TuneOptions:
 def tunable(q: Any) -> List[Any]:
     """The candidates the host allows to ship (met the metric, guards passed, not refused), FP32 always
     (the A/A control, and a choice only when it met the metric itself), in the host's order."""
+    from .quantize import registry
+
     files = q.candidate_files
-    out = [c for c in q.candidates if c.name in files and ((c.passed and not c.refused) or c.precision == "fp32")]
-    if not any(c.precision == "fp32" for c in out) and "fp32" not in files:
+    out = [c for c in q.candidates
+           if c.name in files and ((c.passed and not c.refused) or registry.is_reference(c.precision))]
+    if not any(registry.is_reference(c.precision) for c in out) and "fp32" not in files:
         raise ConfigError("--tune-on compares candidates against FP32 (its A/A control), and this build made none: "
                           "use --precision auto, with fp32 among the profile's precisions")
     return out
@@ -158,6 +161,7 @@ def make_plan(q: Any, profile: Any, cands: List[Any], manifest: Dict[str, Any], 
               reference: str, power: Dict[str, Any], bars: Optional[Dict[str, float]] = None,
               budget_s: float = TIMING["budget_s"]) -> Dict[str, Any]:
     from .build import _manifest_runtime
+    from .quantize import registry
     from .quantize.presets import DISABLED_OPTIMIZERS, runtime_level_for
 
     runtime = _manifest_runtime(profile, "onnxruntime", "basic", "fp32")
@@ -166,7 +170,8 @@ def make_plan(q: Any, profile: Any, cands: List[Any], manifest: Dict[str, Any], 
         rt = _manifest_runtime(profile, "onnxruntime", runtime_level_for(c.method, profile), c.precision)
         plan_cands.append({"name": c.name, "precision": c.precision, "method": c.method, "path": paths[c.name],
                            "graph_optimization": rt["graph_optimization"], "provider_options": rt["provider_options"],
-                           "disabled_optimizers": list(DISABLED_OPTIMIZERS) if c.precision == "int8" else []})
+                           "disabled_optimizers": (list(DISABLED_OPTIMIZERS) if registry.is_integer(c.precision)
+                                                   else [])})
         if bars and c.name in bars:  # the device scores a subset: this candidate's host score on it
             plan_cands[-1]["host_value"] = bars[c.name]
     return {"schema": 1, "threads": profile.intra_op_threads, "runtime": {"providers": runtime["providers"]},
@@ -186,8 +191,8 @@ def preflight(config: Any, profile: Any, opts: TuneOptions, say: Say) -> None:
     link = open_link(conn, spec)
     try:
         t0 = time.perf_counter()
-        code = device_code()
-        link.push(code, list(code), data=False)
+        with device_code(config.plugin_files()) as code:
+            link.push(code, list(code), data=False)
         _check_device(checked_facts(link.facts(opts.sysfs_root), spec.name), profile, opts, spec.name, lambda _m: None)
         opts.preflight_cost = {"seconds": time.perf_counter() - t0, "bytes_sent": link.bytes_sent,
                                "files_sent": link.files_sent}
@@ -210,8 +215,8 @@ def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference:
     conn = connect(spec, config)
     link = open_link(conn, spec)
     try:
-        code = device_code()
-        link.push(code, list(code), data=False)
+        with device_code(config.plugin_files()) as code:
+            link.push(code, list(code), data=False)
         facts = checked_facts(link.facts(opts.sysfs_root), spec.name)
         _check_device(facts, profile, opts, spec.name, say)
         files = {c.name: Path(q.candidate_files[c.name]) for c in cands}
@@ -219,6 +224,8 @@ def tune(q: Any, profile: Any, config: Any, manifest: Dict[str, Any], reference:
 
         sums = {n: sha256_file(p) for n, p in files.items()}
         sums["reference.npz"] = sha256_file(reference)
+        # a project's own metric scores on the device too: another version of its file, another measurement
+        sums.update({f"plugin:{p.name}": sha256_file(p) for p in config.plugin_files()})
         placeholder = {n: "" for n in files}
         power = dict(POWER, sampler="auto" if facts.get("power_sensors") else "none")
         plan = make_plan(q, profile, cands, manifest, placeholder, "", power, bars, opts.budget_s)

@@ -55,6 +55,7 @@ def tune_quantized(config: Any, profile: Any, q: Any, val: List[Dict[str, np.nda
 def apply_choice(q: Any, name: str, profile: Any, reason: str) -> Any:
     """``q`` shipping candidate ``name`` instead of the host's choice (its file, precision, method,
     scores, preset and kept-float list); ``q`` itself when the device chose what the host did."""
+    from .quantize import registry
     from .quantize.presets import DISABLED_OPTIMIZERS, runtime_level_for
     from .quantize.result import KeptFloat
 
@@ -67,6 +68,6 @@ def apply_choice(q: Any, name: str, profile: Any, reason: str) -> Any:
         "preset": extra.get("preset", {}), "kept_float": [KeptFloat(**k) for k in extra.get("kept_float", [])],
         "metric_after": dict(c.metric or {}), "reason": f"chosen on the device: {reason}",
         "runtime_graph_optimization": runtime_level_for(c.method, profile),
-        "disabled_optimizers": list(DISABLED_OPTIMIZERS) if c.precision == "int8" else [],
+        "disabled_optimizers": list(DISABLED_OPTIMIZERS) if registry.is_integer(c.precision) else [],
         "guard": dict(c.guard or {"passed": True, "findings": [], "outputs": [], "note": "FP32 is the reference"}),
     })

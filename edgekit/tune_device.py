@@ -8,21 +8,23 @@ progress and result, and is removed afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import posixpath
+import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from .config import DeviceSpec
 from .device_layout import Device
 from .errors import DeviceError
 from .transport import Transport
 
-DEVICE_FILES = ("runner.py", "guard.py", "power.py", "tune.py")
-"""What the tuning run executes on the device (tune.py imports the rest from beside itself)."""
+TUNE_MODULE = "edgekit.device.tune"
 TUNE_DIR = ".edgekit/tune"
 OUTPUT_LIMIT = 64 * 1024
 FACTS_LIMIT = 1 << 20
@@ -41,9 +43,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def device_code() -> Dict[str, Path]:
-    here = Path(__file__).parent / "device"
-    return {name: here / name for name in DEVICE_FILES}
+@contextlib.contextmanager
+def device_code(plugins: Sequence[Path] = ()) -> Iterator[Dict[str, Path]]:
+    """The device package as a release holds it (as doctor ships it): {path inside the run
+    directory: local file}, valid inside the ``with``."""
+    from . import artifact
+
+    with tempfile.TemporaryDirectory(prefix=".edgekit-tune-code-") as tmp:
+        root = Path(tmp)
+        artifact.copy_device_files(root, plugins)
+        yield {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 class TuneLink:
@@ -52,14 +61,14 @@ class TuneLink:
     def __init__(self, conn: Transport, spec: DeviceSpec, python: str) -> None:
         self.conn, self.spec, self.python = conn, spec, python
         self.dev = Device(conn)
-        self.sent_before = conn.bytes_sent
+        self.sent = 0
         self.files_sent = 0
         self.files_reused = 0
         self.run_dir = f"{TUNE_DIR}/run-{uuid.uuid4().hex[:12]}"
 
     @property
     def bytes_sent(self) -> int:
-        return self.conn.bytes_sent - self.sent_before
+        return self.sent
 
     def blob(self, sha: str) -> str:
         return f"{TUNE_DIR}/blobs/{sha}"
@@ -75,8 +84,14 @@ class TuneLink:
         _, have = self.dev.on_device(wanted)
         by_sha = {s: name for name, s in sums.items()}
         missing = [s for s in sorted(by_sha) if have.get(self.blob(s)) != s]
-        self.conn.put_many([(files[by_sha[s]], self.conn.path(self.blob(s))) for s in missing])
+        sent = self.conn.put_many([(files[by_sha[s]], self.conn.path(self.blob(s))) for s in missing])
+        if not isinstance(sent, int) or isinstance(sent, bool) or sent < 0:
+            raise DeviceError(f"device '{self.spec.name}': the {type(self.conn).__name__} transport's put_many "
+                              f"returned {sent!r}, not the bytes it sent")
+        self.sent += sent
         copies = [(self.blob(sums[n]), f"{self.run_dir}/{n}") for n in code_names]
+        for folder in sorted({posixpath.dirname(dst) for _, dst in copies} - {self.run_dir}):
+            self.conn.makedirs(folder)  # the package's subfolders: cp on the device makes none
         _, got = self.dev.on_device(wanted + [dst for _, dst in copies], copies)
         bad = [by_sha[s] for s in by_sha if got.get(self.blob(s)) != s]
         bad += [n for n in code_names if got.get(f"{self.run_dir}/{n}") != sums[n]]
@@ -89,34 +104,38 @@ class TuneLink:
         return {name: self.blob(sums[name]) for name in files}
 
     def _bounded(self, argv: List[str], timeout: float) -> Any:
+        """``python3 -m edgekit.device.tune ARGV`` in the run directory, output bounded on the device.
+        ``-m`` puts the working directory first on sys.path: the shipped package is imported,
+        and the command checks it (``--package-root``); ``-B``: no bytecode written beside it."""
         from .validate import BOUNDED
 
-        wrapped = [self.python, "-c", BOUNDED, str(OUTPUT_LIMIT), repr(float(timeout)), "--", *argv]
-        return self.conn.run(wrapped, timeout=timeout + 30, cwd="/")
+        root = self.conn.path(self.run_dir)
+        command = [self.python, "-B", "-m", TUNE_MODULE, *argv, "--package-root", root]
+        wrapped = [self.python, "-c", BOUNDED, str(OUTPUT_LIMIT), repr(float(timeout)), "--", *command]
+        return self.conn.run(wrapped, timeout=timeout + 30, cwd=root)
 
     def facts(self, sysfs_root: Optional[str] = None) -> Dict[str, Any]:
-        """The device's CPU, features, runtime and sensors (tune.py facts), parsed with limits."""
-        argv = [self.python, self.conn.path(self.run_dir, "tune.py"), "facts"]
+        """The device's CPU, features, runtime and sensors (tune facts), parsed with limits."""
+        argv = ["facts"]
         if sysfs_root:
             argv += ["--sysfs-root", sysfs_root]
         proc = self._bounded(argv, 120.0)
         text = (proc.stdout or "").strip().splitlines()
         if not proc.ok or not text:
-            raise DeviceError(f"device '{self.spec.name}': tune.py facts failed (exit {proc.returncode}): "
+            raise DeviceError(f"device '{self.spec.name}': tune facts failed (exit {proc.returncode}): "
                               f"{_tail(proc.stderr or proc.stdout)}",
                               hint=f"check the device's Python and onnxruntime: edgekit doctor --device {self.spec.name}")
-        data = _parse_json(text[-1][:FACTS_LIMIT], f"device '{self.spec.name}': tune.py facts")
+        data = _parse_json(text[-1][:FACTS_LIMIT], f"device '{self.spec.name}': tune facts")
         if not isinstance(data.get("device"), dict) or not isinstance(data.get("runtime"), dict):
-            raise DeviceError(f"device '{self.spec.name}': tune.py facts: expected 'device' and 'runtime' objects")
+            raise DeviceError(f"device '{self.spec.name}': tune facts: expected 'device' and 'runtime' objects")
         return data
 
     def measure(self, plan: Dict[str, Any], say: Say, timeout: float, sysfs_root: Optional[str] = None) -> Dict[str, Any]:
-        """Write the plan, run tune.py measure once, relay its progress lines live, fetch the result."""
+        """Write the plan, run tune measure once, relay its progress lines live, fetch the result."""
         plan_path = f"{self.run_dir}/plan.json"
         self.conn.write_bytes(plan_path, json.dumps(plan, sort_keys=True).encode())
         out, progress = self.conn.path(self.run_dir, "result.json"), self.conn.path(self.run_dir, "progress.txt")
-        argv = [self.python, self.conn.path(self.run_dir, "tune.py"), "measure", "--plan", self.conn.path(plan_path),
-                "--out", out, "--progress", progress]
+        argv = ["measure", "--plan", self.conn.path(plan_path), "--out", out, "--progress", progress]
         if sysfs_root:
             argv += ["--sysfs-root", sysfs_root]
         stop = threading.Event()
@@ -161,7 +180,7 @@ class TuneLink:
         if size == -2:
             raise DeviceError(f"device '{self.spec.name}': the tuning result {remote} is not a regular file; not fetched")
         if size < 0:
-            raise DeviceError(f"device '{self.spec.name}': tune.py wrote no result (exit {proc.returncode}): "
+            raise DeviceError(f"device '{self.spec.name}': tune wrote no result (exit {proc.returncode}): "
                               f"{_tail(proc.stderr or proc.stdout)}")
         if size > RESULT_LIMIT:
             raise DeviceError(f"device '{self.spec.name}': the tuning result is {size / 1e6:.1f} MB, over the "

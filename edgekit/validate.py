@@ -30,6 +30,10 @@ from .transport import Transport, connect
 
 __all__ = ["RunFields", "ValidationResult", "validate_device", "power_settings", "runner_argv", "runs_directory"]
 
+QUICK_DURATION_S = 0.25
+QUICK_WARMUP = 2
+"""``--quick``: one short window after two warm-up runs; enough to prove the release runs and meets
+its metric, not for latency figures to compare."""
 RUNNER_EXIT_METRIC = 3
 """runner.py's exit status when the metric missed its threshold (a result, not a failure)."""
 OUTPUT_LIMIT = 64 * 1024
@@ -194,7 +198,7 @@ def validate_device(config: ProjectConfig, device: Union[str, DeviceSpec], *, du
                     transport: Optional[Transport] = None, accept_new_host_key: bool = False,
                     runs_dir: Union[Path, str, None] = None, warmup: Optional[int] = None,
                     runner_args: Optional[List[str]] = None, timeout: Optional[float] = None,
-                    max_result_mb: Optional[float] = None) -> ValidationResult:
+                    max_result_mb: Optional[float] = None, quick: bool = False) -> ValidationResult:
     """Run the current release's runner on ``device`` and return its result.
 
     ``power``: a sampler name ('none' turns sampling off) with the rest from edgekit.toml's [power],
@@ -203,6 +207,7 @@ def validate_device(config: ProjectConfig, device: Union[str, DeviceSpec], *, du
     ``runner_args`` passes further runner flags (``--sysfs-root``...).
     ``max_result_mb`` bounds the result JSON fetched from the device (default ``$EDGEKIT_MAX_RESULT_MB``,
     else 32 MB); a larger or malformed one is refused and nothing is stored.
+    ``quick`` times one short window (QUICK_DURATION_S, QUICK_WARMUP warm-up runs, no idle baseline).
     Raises DeviceError when nothing is deployed or the runner failed; the run is kept in runs/ either way
     when the runner wrote a result.
     """
@@ -210,6 +215,10 @@ def validate_device(config: ProjectConfig, device: Union[str, DeviceSpec], *, du
     if duration <= 0 or repeat < 1:
         raise DeviceError("--duration must be > 0 and --repeat at least 1")
     settings = power if isinstance(power, PowerSpec) else power_settings(config, sampler=power)
+    if quick:
+        duration, repeat = min(duration, QUICK_DURATION_S), 1
+        warmup = QUICK_WARMUP if warmup is None else warmup
+        settings = settings.model_copy(update={"idle_s": 0.0})
     own = transport is None
     conn = transport or connect(spec, config, accept_new_host_key=accept_new_host_key)
     try:

@@ -38,7 +38,7 @@ def test_deploy_and_unchanged_redeploy_uploads_nothing(tmp_path: Path, one_devic
         assert first.switched and not first.skipped and first.previous is None
         assert first.release_id == manifest["release_id"]
         assert first.uploaded_files == len(manifest["files"]) + 1  # + manifest.json
-        assert first.uploaded_bytes == sum(p.stat().st_size for p in b1.iterdir())
+        assert first.uploaded_bytes == sum(p.stat().st_size for p in b1.rglob("*") if p.is_file())
         root = device_dir(t)
         assert os.readlink(root / "current") == f"releases/{first.release_id}"
         for name in manifest["files"]:
@@ -62,7 +62,7 @@ def test_new_release_reuses_unchanged_files_and_rollback_status(tmp_path: Path, 
         r1, r2 = D.deploy(t, b1), D.deploy(t, b2)
         assert r2.previous == r1.release_id
         assert r2.reused_files >= 1  # runner.py is unchanged: copied on the device, not sent again
-        assert r2.uploaded_bytes < sum(p.stat().st_size for p in b2.iterdir())
+        assert r2.uploaded_bytes < sum(p.stat().st_size for p in b2.rglob("*") if p.is_file())
         r3 = D.deploy(t, b3)
 
         st = D.status(t)

@@ -36,14 +36,15 @@ def test_digits_sample_to_a_fleet(digits_project: Path, digits_bundle: Path, tmp
     assert r.exit_code == 0, r.output
     fleet = json.loads(r.output)
     rid = json.loads((digits_bundle / "manifest.json").read_text())["release_id"]
-    assert set(fleet["release_ids"].values()) == {rid}
-    canary = fleet["results"]["board-0"]
-    assert canary["state"] == "validated" and canary["validation_ok"] is True
-    run = json.loads(Path(canary["validation_result"]).read_text())  # the runner's own result, kept in runs/
+    hosts = {h["host"]: h for h in fleet["hosts"]}
+    assert {h["release"] for h in fleet["hosts"]} == {rid}
+    canary = hosts["board-0"]
+    assert canary["outcome"] == "switched" and canary["phase"] == "canary" and canary["validation"]["ok"] is True
+    run = json.loads(Path(canary["validation"]["result_path"]).read_text())  # the runner's own result, kept in runs/
     assert run["ok"] and run["metric"]["name"] == "top1"
     m = run["metric"]  # 32 of the 400 samples ship: below 0.99 only where the host scored the same on them
     assert m["value"] >= 0.99 or ("subset_bar" in m and m["value"] >= m["subset_bar"])
-    assert fleet["results"]["board-1"]["state"] == "deployed"
+    assert hosts["board-1"]["outcome"] == "switched" and hosts["board-1"]["phase"] == "batch 1"
 
     r = cli(["status", "--device", "board-1", "--config", str(config), "--json"])
     st = json.loads(r.output)
@@ -67,9 +68,11 @@ def test_release_flow_runs_one_edgekit_command_per_step() -> None:
         "edgekit build --config proj/edgekit.toml --target raspberry-pi-5",
         "edgekit deploy --config proj/edgekit.toml --inventory hosts.ini --device local",
         "edgekit validate --config proj/edgekit.toml --device local --runs-dir proj/runs",
-        "edgekit deploy --config proj/edgekit.toml --inventory hosts.ini --group fleet --canary 2",
-        "edgekit report --runs-dir proj/runs --out reports/",
+        "edgekit deploy --config proj/edgekit.toml --inventory hosts.ini --group fleet --canary 2 || \\",
+        "edgekit report --runs-dir proj/runs --out proj/reports --fail-on-failure",
     ]
+    # a failed rollout still writes the report (a rolled-back canary is on record), then fails
+    assert "edgekit report --runs-dir proj/runs --out proj/reports --fail-on-failure; exit 1; }" in out
     # every flag the flow passes exists on the real commands
     from edgekit.cli import main
 

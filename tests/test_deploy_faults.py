@@ -126,11 +126,15 @@ def test_device_write_failure_mid_upload(tmp_path: Path, sshd_fleet: SshdFleet, 
 
     wrapper.write_text(f"#!/bin/sh\ntrap '' XFSZ\nulimit -f 1024\nexec {sftp_server_path()}\n")
     wrapper.chmod(0o755)
+    # The release script writes the upload itself (not sftp-server): its Python gets the same limit.
+    python = tmp_path / "limited-python"
+    python.write_text(f"#!/bin/sh\ntrap '' XFSZ\nulimit -f 1024\nexec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
     server = start_sshd(tmp_path / "limited", "127.0.0.9", Path(str(sshd_fleet.user_key) + ".pub"),
                         sftp_subsystem=str(wrapper))
     try:
         trust(no_user_ssh_config, server.known_hosts_line())
-        config = project(tmp_path, [ssh_device(server, "dev")])
+        config = project(tmp_path, [ssh_device(server, "dev", python=str(python))])
         with connect(config.device("dev"), config) as t:
             r1 = D.deploy(t, make_bundle(tmp_path, 1))
             with pytest.raises(DeployError, match="writing .*blob.bin failed.*the previous release stays current"):

@@ -229,12 +229,12 @@ def test_guards_that_int8_cannot_meet_refuse_it(tmp_path: Path) -> None:
 
 
 def test_guards_run_again_on_the_device(tmp_path: Path) -> None:
-    """deploy + validate on a local device: runner.py imports guard.py shipped beside it, checks the
+    """deploy + validate on a local device: the runner imports the guard module its release ships, checks the
     device's outputs, and the findings reach the result, the CLI and the report."""
     cfg = project(tmp_path / "p", extra='[validation.detections]\nscore_threshold = 0.25\n\n[validation.guard]\nskip = []')
     cfg.write_text(cfg.read_text().replace('threshold = 0.99\n', 'threshold = 0.99\nalso = { detections = 0.9 }\n'))
     manifest = build(cfg)
-    assert "guard.py" in manifest["files"] and manifest["metric"]["detections"]["score_threshold"] == 0.25
+    assert "edgekit/device/guard.py" in manifest["files"] and manifest["metric"]["detections"]["score_threshold"] == 0.25
     runner = CliRunner()
     res = runner.invoke(main, ["deploy", "--device", "local", "--config", str(cfg)])
     assert res.exit_code == 0, res.output

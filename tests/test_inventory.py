@@ -167,9 +167,34 @@ def test_inventory_devices_join_the_config(tmp_path: Path) -> None:
     assert select_devices(cfg, device="pi-special")[0].port == 2222
     with pytest.raises(ConfigError, match="no device in group 'gpu'"):
         select_devices(cfg, group="gpu")
-    write(tmp_path, "dup.ini", "[x]\nbench edgekit_target=x86-avx2\n")
-    with pytest.raises(ConfigError, match="defined both"):
-        select_devices(cfg, group="all", inventory="dup.ini")
+    # A host in both: edgekit.toml's entry adds its settings over the inventory's (precedence: the
+    # fields the TOML entry sets, then the inventory's vars); groups are the union.
+    write(tmp_path, "dup.ini", "[x]\nbench edgekit_target=raspberry-pi-5 ansible_host=10.0.0.9 ansible_port=2200 "
+                               "ansible_python_interpreter=/opt/py/bin/python3\n")
+    bench = select_devices(cfg, device="bench", inventory="dup.ini")[0]
+    assert (bench.target, bench.path, bench.transport) == ("x86-avx2", "dev", "ssh")  # TOML's target and path
+    assert (bench.host, bench.port, bench.python) == ("10.0.0.9", 2200, "/opt/py/bin/python3")  # the inventory's
+    assert bench.groups == ["x", "fleet"]
+    assert [d.name for d in select_devices(cfg, group="all", inventory="dup.ini")] == ["bench"]
+
+
+def test_toml_entry_without_target_adds_settings_to_an_inventory_host(tmp_path: Path) -> None:
+    from sshd_fixtures import write_project
+
+    from edgekit.config import load
+    from edgekit.fleet import select_devices
+
+    write(tmp_path, "hosts.ini", INI)
+    cfg = load(write_project(tmp_path, [{"name": "pi-01", "python": "/opt/venv/bin/python3", "connect_timeout": 3}],
+                             deploy={"inventory": "hosts.ini"}, bundles={}))
+    pi = select_devices(cfg, device="pi-01")[0]
+    assert (pi.python, pi.connect_timeout) == ("/opt/venv/bin/python3", 3)  # edgekit.toml's
+    assert (pi.target, pi.transport, pi.user, pi.groups) == ("rpi", "ssh", "pi", ["fleet", "pis"])  # the inventory's
+    # without the inventory, a target-less entry is one clear line naming the field
+    write(tmp_path, "nowhere.ini", "[y]\nother edgekit_target=x86-avx2\n")
+    with pytest.raises(ConfigError, match=r"field 'devices.0.target': device 'pi-01' has no target, and no inventory "
+                                          r"host or .*nowhere.ini is named 'pi-01'"):
+        select_devices(cfg, device="pi-01", inventory="nowhere.ini")
 
 
 def test_host_port_and_addresses() -> None:

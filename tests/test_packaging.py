@@ -32,8 +32,9 @@ def test_wheel_holds_the_profiles_and_device_files(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {p.name for p in (ROOT / "edgekit" / "profiles").glob("*.toml")}
     assert shipped and {f"edgekit/profiles/{n}" for n in shipped} <= names
-    device = {p.name for p in (ROOT / "edgekit" / "device").glob("*.py")}
-    assert {"runner.py", "power.py"} <= device
+    device_dir = ROOT / "edgekit" / "device"
+    device = {p.relative_to(device_dir).as_posix() for p in device_dir.rglob("*.py") if "__pycache__" not in p.parts}
+    assert {"runner.py", "power.py", "metrics/top1.py", "sensors/rapl.py"} <= device
     assert {f"edgekit/device/{n}" for n in device} <= names
     assert "edgekit/py.typed" in names
     assert not any(n.startswith(("tests/", "samples/", "bench/")) for n in names)

@@ -90,10 +90,8 @@ def test_external_data_past_the_protobuf_limit(tmp_path: Path, monkeypatch: pyte
     import onnx
 
     from edgekit import optimize as opt
-    from edgekit.quantize import candidates
 
     monkeypatch.setattr(opt, "PROTOBUF_LIMIT", 1000)
-    monkeypatch.setattr(candidates, "PROTOBUF_LIMIT", 1000)
     model = onnx.load(str(tm.mlp(tmp_path / "m.onnx", width=64)))
     out = opt.save_model(model, tmp_path / "big" / "model.onnx")
     data = out.parent / "model.onnx.data"

@@ -114,8 +114,9 @@ def test_reading_one_sample_of_a_large_reference_stays_small(tmp_path: Path) -> 
         np.savez(f, **{"input/x": np.ones((n, 1, width), np.float32), "output/y": np.ones((n, 1, 4), np.float32)})
     code = f"""
 import json, resource, sys
-sys.path.insert(0, {str(RUNNER.parent)!r})
-import numpy as np, runner
+sys.path.insert(0, {str(RUNNER.parent.parent.parent)!r})
+import numpy as np
+from edgekit.device import reference as runner
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 ref = runner.open_reference({str(path)!r})
 feeds, refs = runner.split_reference({{"inputs": [{{"name": "x"}}], "outputs": [{{"name": "y"}}]}}, ref)

@@ -67,9 +67,12 @@ def _estimate_power() -> Dict[str, Any]:
 MEASURED_G_1000 = 22.5e-3 * 1000 * 481.0 / 3.6e6          # 3.0e-3 g
 MEASURED_G_DAY = 86400 * (3.0 + 5.0 * 7.5e-3) * 481.0 / 3.6e6  # idle all day + 5 req/s above idle
 ESTIMATE_G_1000 = 8e-3 * 1000 * 300.0 / 3.6e6             # 6.7e-4 g
-ESTIMATE_G_DAY = 86400 * (0.1 + 1.0 * 7.6e-3) * 300.0 / 3.6e6
+ESTIMATE_G_DAY = 86400 * (1.0 * 7.6e-3) * 300.0 / 3.6e6  # an estimate's idle (the sampler's own CPU) is left out
+ESTIMATE_G_DAY_DEVICE = 86400 * (0.1 + 1.0 * 7.6e-3) * 300.0 / 3.6e6  # what the run file says
 MEASURED_TEXT = (f"{MEASURED_G_1000 * 1e3:.3g} mg CO2 per 1000 inferences", f"{MEASURED_G_DAY:.3g} g/day at 5 req/s")
 ESTIMATE_TEXT = (f"{ESTIMATE_G_1000 * 1e6:.3g} µg CO2 per 1000 inferences", f"{ESTIMATE_G_DAY * 1e3:.3g} mg/day at 1 req/s")
+MEASURED_CELLS = (f"<td>{MEASURED_G_1000 * 1e3:.3g} mg</td>", f"<td>{MEASURED_G_DAY:.3g} g/day at 5 req/s</td>")
+ESTIMATE_CELLS = (f"<td>{ESTIMATE_G_1000 * 1e6:.3g} µg</td>", f"<td>{ESTIMATE_G_DAY * 1e3:.3g} mg/day at 1 req/s</td>")
 
 
 @pytest.fixture
@@ -94,7 +97,7 @@ def runs_dir(tmp_path: Path) -> Path:
 
 def _devices(section: str) -> set:
     """The first cell of each body row of the tables in ``section``."""
-    return set(re.findall(r"<tr><td>([^<]*)</td>", section))
+    return set(re.findall(r"<tr><td[^>]*>([^<]*)</td>", section))
 
 
 def _sections(html: str) -> Dict[str, str]:
@@ -112,22 +115,24 @@ def test_report_html_markdown_json(runs_dir: Path, tmp_path: Path) -> None:
     res = build_report(runs, tmp_path / "reports")
     html = res.html.read_text(encoding="utf-8")
     pngs = _pngs(html)
-    # latency histogram, p50/p99 per device, metric per device, then the power traces (estimates labelled);
-    # the local x86-box run may bring its own trace (RAPL or the estimate, whatever this host has)
-    assert res.plots[:5] == ["Latency distribution", "Latency per device", "Metric per device",
+    # latency histogram, p50/p99 per device, metric per device, the history, then the power traces of
+    # each device's current release (estimates labelled); the local x86-box run may bring its own
+    # trace (RAPL or the estimate, whatever this host has)
+    assert res.plots[:6] == ["Latency distribution", "Latency per device", "Metric per device", "History",
                              "Power trace: pi5 (20250101T000000Z-pi5.json)",
                              "Power trace: rock5 (20250101T000200Z-rock5.json) (ESTIMATE)"]
-    assert all(t.startswith("Power trace: x86-box") for t in res.plots[5:])
+    assert all(t.startswith("Power trace: x86-box") for t in res.plots[6:])
     assert len(pngs) == len(res.plots) and all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained
-    for text in ("x86-box", "pi5", "nano", "CPUExecutionProvider", "onnxruntime cannot be imported", "psnr_db",
-                 "Energy per inference", "Fleet (latest run per device)"):
+    for text in ("x86-box", "pi5", "nano", 'title="CPUExecutionProvider">CPU</td>', "onnxruntime cannot be imported", "psnr_db",
+                 "per inference", "Fleet (current release per device)", "History (per device, newest first)"):
         assert text in html
     md = res.markdown.read_text(encoding="utf-8")
-    assert md.startswith("## edgekit validation: 3/4 device(s) passed")
-    assert "| device | target | provider |" in md and "❌" in md and "✅" in md and "onnxruntime cannot be imported" in md
+    assert md.startswith("## edgekit validation: 3/4 device(s) passed (1 failed)")
+    assert "| device | target | release | status |" in md and "| ❌ failed |" in md and "❌" in md and "✅" in md and "onnxruntime cannot be imported" in md
     data = json.loads(res.json_path.read_text(encoding="utf-8"))
     assert data["passed"] == 3 and sorted(data["devices"]) == ["nano", "pi5", "rock5", "x86-box"]
+    assert data["failed"] == ["nano"] and data["rolled_back"] == [] and set(data["history"]) == set(data["devices"])
     assert res.summary[0]["device"] == "nano"
 
 
@@ -137,17 +142,24 @@ def test_power_tables_keep_estimates_apart(runs_dir: Path, tmp_path: Path) -> No
     estimate_heads = [h for h in sections if h.startswith("Power (ESTIMATE")]
     assert "Power (measured)" in sections and len(estimate_heads) == 1
     measured, estimate = sections["Power (measured)"], sections[estimate_heads[0]]
-    pi5_row = re.search(r"<tr><td>pi5</td>.*?</tr>", measured)
-    assert pi5_row and "ESTIMATE" not in pi5_row.group(0)
+    pi5_row = re.search(r"<tr><td[^>]*>pi5</td>.*?</tr>", measured)
+    assert pi5_row and "ESTIMATE" not in pi5_row.group(0) and "<td>3 W</td>" in pi5_row.group(0)  # idle
     assert "pi5" in _devices(measured) and not {"rock5", "nano"} & _devices(measured)
-    assert all(t in measured for t in MEASURED_TEXT) and f"{22.5:g} mJ" in measured
-    assert "the board reported throttled during the run; fan at full speed" in measured  # warnings joined
+    assert all(t in measured for t in MEASURED_CELLS) and f"<td>{22.5:g} mJ</td>" in measured
+    # warnings are numbered notes under the table, referenced from the row
+    notes = re.findall(r"<li value='(\d+)'>([^<]*)</li>", measured)
+    by_text = {text: n for n, text in notes}
+    for warning in ("the board reported throttled during the run", "fan at full speed"):
+        assert f"[{by_text[warning]}]" in pi5_row.group(0)
     assert "rock5" in _devices(estimate) and not {"pi5", "nano"} & _devices(estimate)
-    assert all(t in estimate for t in ESTIMATE_TEXT)
-    assert f"{8.0:g} mJ (ESTIMATE)" in estimate and "requested rpi5-pmic: unavailable" in estimate
+    assert all(t in estimate for t in ESTIMATE_CELLS)
+    # the ESTIMATE note is said once, above the table, not in every row
+    rock_row = re.search(r"<tr><td[^>]*>rock5</td>.*?</tr>", estimate)
+    assert rock_row and "ESTIMATE" not in rock_row.group(0) and f"<td>{8.0:g} mJ</td>" in rock_row.group(0)
+    assert estimate.count("<p class='note'>ESTIMATE: ") == 1 and "requested rpi5-pmic: unavailable" in estimate
     assert "&lt;td&gt;" not in html and estimate.count("<table>") == measured.count("<table>") == 1
     unavailable = sections["Power (not measured)"]
-    assert _devices(unavailable) == {"nano"} and "<td>unavailable</td>" in unavailable
+    assert _devices(unavailable) == {"nano"} and "<td class=\"l\">unavailable</td>" in unavailable
     assert "power.py is missing beside runner.py" in unavailable
 
 
@@ -171,6 +183,8 @@ def test_power_in_markdown_and_json(runs_dir: Path, tmp_path: Path) -> None:
     assert e["power_sampler"] == "estimate" and e["power_is_estimate"] is True and e["grid_g_per_kwh"] == 300.0
     assert e["carbon_g_per_1000_inferences"] == pytest.approx(ESTIMATE_G_1000, rel=1e-5)
     assert e["carbon_g_per_day"] == pytest.approx(ESTIMATE_G_DAY, rel=1e-5)
+    assert e["carbon_g_per_day_device"] == pytest.approx(ESTIMATE_G_DAY_DEVICE, rel=1e-5)  # the run file's, kept
+    assert "ESTIMATE" in e["carbon_g_per_day_note"] and p["carbon_g_per_day_note"] is None
     assert n["power_sampler"] is None and n["power_is_estimate"] is None and n["carbon_g_per_day"] is None
     assert rows["x86-box"]["release_id"] and "carbon_g_per_day" in rows["x86-box"]  # old keys kept, new ones present
 
@@ -190,7 +204,8 @@ def test_estimate_without_flag_is_still_labelled(tmp_path: Path) -> None:
     run = RunRecord(path=tmp_path / "r.json", device="b", power=power)
     sections = _sections(to_html([run], [run], [], "now"))
     assert "Power (measured)" not in sections
-    assert [h for h in sections if h.startswith("Power (ESTIMATE")] and "(ESTIMATE)" in "".join(sections.values())
+    estimate = [v for h, v in sections.items() if h.startswith("Power (ESTIMATE")]
+    assert estimate and "<p class='note'>ESTIMATE: " in estimate[0]
     assert "ESTIMATE" in power_trace_figure(run).axes[0].get_title()
 
 
@@ -209,7 +224,7 @@ def test_cli_report(runs_dir: Path, tmp_path: Path) -> None:
     res = runner.invoke(main, ["report", "--runs-dir", str(runs_dir), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "report.html").exists() and (out / "report.md").exists() and "3/4 device(s) passed" in res.output
-    rows = {line.split()[1]: line for line in res.output.splitlines() if line.startswith("│")}
+    rows = {line.split()[0]: line for line in res.output.splitlines() if line.split()}  # plain rows when piped
     for device in ("pi5", "rock5"):  # energy per inference, labelled when it is an estimate
         power = json.loads(next(runs_dir.glob(f"*-{device}.json")).read_text())["power"]
         assert f"{power['energy_per_inference_mj']:.3g}" in rows[device]

@@ -67,6 +67,34 @@ def test_bad_tune_options_are_one_line(args: List[str], words: str) -> None:
     assert len([ln for ln in res.output.splitlines() if ln.startswith("error:")]) == 1
 
 
+def _device_code() -> Dict[str, int]:
+    """{sha256: size} of the device package's files: one blob per distinct content (the launcher
+    runner.py is a copy of edgekit/device/__main__.py, and goes up once)."""
+    from edgekit.tune_device import device_code, sha256_file
+
+    with device_code() as code:
+        return {sha256_file(path): path.stat().st_size for path in code.values()}
+
+
+def test_the_device_runs_the_shipped_package_and_refuses_another(tmp_path: Path) -> None:
+    """``-m`` from the run directory imports the package shipped there; run from anywhere else (here
+    the checkout, where PYTHONPATH's edgekit would be found) the command refuses with one line."""
+    from edgekit import artifact
+
+    run = tmp_path / "run"
+    artifact.copy_device_files(run)
+    argv = [sys.executable, "-B", "-m", "edgekit.device.tune", "facts", "--package-root", str(run)]
+    ok = subprocess.run(argv, cwd=run, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.splitlines()[-1])["runtime"]["name"] == "onnxruntime"
+    assert not list(run.rglob("__pycache__"))
+    other = subprocess.run(argv, cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=120)
+    assert other.returncode == 4 and other.stdout == ""
+    assert other.stderr.strip().splitlines() == [
+        f"tune: running edgekit from {Path(__file__).parent.parent}, not the package shipped to {run}; run it with "
+        "that directory as the working directory"]
+
+
 def test_device_side_parses_under_python_38() -> None:
     import edgekit.device.tune as T
 
@@ -201,9 +229,9 @@ def test_tune_on_local_digits_then_reuse_and_retune(project: Path) -> None:
     assert t["reason"].startswith(t["chosen"] + ":")
     assert m["quantization"]["precision"] == chosen["precision"]  # the bundle ships the device's choice
     run = _record(bundle)["tuning"]  # cost and reuse vary between builds: the build record, not the manifest
-    assert run["reused"] is False and run["files_sent"] == 4 + len(names) + 1 and run["files_reused"] == 0
-    assert run["bytes_sent"] > sum(f.stat().st_size for f in (Path(__file__).parent.parent / "edgekit" / "device").glob(
-        "*.py") if f.name in ("runner.py", "guard.py", "power.py", "tune.py"))
+    code = _device_code()  # the device package, laid out as a release holds it, one blob per content
+    assert run["reused"] is False and run["files_sent"] == len(code) + len(names) + 1 and run["files_reused"] == 0
+    assert run["bytes_sent"] > sum(code.values())
 
     # a rebuild reuses the measurement: the same choice, the same manifest bytes
     before = (bundle / "manifest.json").read_bytes()
@@ -217,7 +245,7 @@ def test_tune_on_local_digits_then_reuse_and_retune(project: Path) -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["tuning"]["run"]["reused"] is True and out["tuning"]["measured"]["device"] == "local"
-    assert out["tuning"]["run"]["files_sent"] == 4  # the device code only (tune.py facts); no model sent
+    assert out["tuning"]["run"]["files_sent"] == len(code)  # the device code only (tune facts); no model sent
 
     # --retune measures on the twin; its code is already there, so only models and reference go
     res = _cli("build", "--config", cfg, "--target", "x86", "--tune-on", "twin", "--retune", "--json")

@@ -74,6 +74,16 @@ def main(verbose: bool) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(_CleanFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
+    # paramiko logs a traceback for every failed key exchange (a hung board printed 44 lines before
+    # the table): its records go to the private debug log only, never to the terminal.
+    from .debuglog import library_log_handler
+
+    noisy = logging.getLogger("paramiko")
+    for old in noisy.handlers:
+        old.close()
+    noisy.handlers[:] = [library_log_handler()]
+    noisy.propagate = False
+    noisy.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 class _CleanFormatter(logging.Formatter):

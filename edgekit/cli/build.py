@@ -9,6 +9,23 @@ import click
 from .render import clean, echo, echo_json, kv, table
 from .tune import print_tuning, tune_options, tune_settings
 
+class _Precisions(click.Choice):
+    """``auto`` and every registered precision (``edgekit.quantize.registry``), read when click needs them."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property  # type: ignore[override]
+    def choices(self):  # type: ignore[no-untyped-def]
+        from ..quantize import registry
+
+        return ["auto", *registry.names()]
+
+    @choices.setter
+    def choices(self, _value) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
 CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("edgekit.toml"),
                              show_default=True, help="The project file.")
 
@@ -18,7 +35,7 @@ CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_typ
               help="Target profile or family (jetson, rpi, x86). Repeat for several; default: the config's targets.")
 @CONFIG_OPTION
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle directory [default: dist/ beside the config].")
-@click.option("--precision", type=click.Choice(["auto", "int8", "fp16", "fp32"]), default="auto", show_default=True,
+@click.option("--precision", type=_Precisions(), default="auto", show_default=True,
               help="auto keeps the fastest candidate that meets the validation threshold.")
 @click.option("--budget", type=float, default=300.0, show_default=True, help="Seconds for the accuracy-aware search.")
 @click.option("--remeasure", is_flag=True,

@@ -9,6 +9,7 @@ O_NOFOLLOW, so a symlink planted at the file's own name is refused too.
 """
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import tempfile
@@ -59,3 +60,58 @@ def write_debug_log(text: str) -> Optional[Path]:
             f.write(text)
         return path
     return None
+
+
+LIBRARY_LOG_NAME = "libraries.log"
+
+
+class _PrivateFileHandler(logging.Handler):
+    """Appends records to ``libraries.log`` in the private directory, opened on the first record
+    (a run that logs nothing creates no file), O_NOFOLLOW like the debug log; nowhere safe: dropped."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self._file = None  # type: Optional[object]
+        self._failed = False
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s]: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._failed:
+            return
+        try:
+            if self._file is None:
+                self._file = self._open()
+                if self._file is None:
+                    self._failed = True
+                    return
+            self._file.write(self.format(record) + "\n")  # type: ignore[attr-defined]
+            self._file.flush()  # type: ignore[attr-defined]
+        except Exception:  # logging must never break a command
+            self._failed = True
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()  # type: ignore[attr-defined]
+            except OSError:
+                pass
+            self._file = None
+        super().close()
+
+    @staticmethod
+    def _open() -> Optional[object]:
+        for directory in candidate_dirs():
+            if not _private_dir(directory):
+                continue
+            try:
+                fd = os.open(directory / LIBRARY_LOG_NAME,
+                             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError:
+                continue
+            return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
+        return None
+
+
+def library_log_handler() -> logging.Handler:
+    """Where third-party libraries' log records go (paramiko's): a private file, not the terminal."""
+    return _PrivateFileHandler()

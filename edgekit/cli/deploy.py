@@ -7,10 +7,11 @@ failure still prints every device's outcome before exiting non-zero.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 import click
 
+from .fleet_output import LiveLines, finish, host_options, is_single, read_limit, run_fleet
 from .render import echo, echo_json, kv, table
 
 _config = click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("edgekit.toml"),
@@ -29,113 +30,148 @@ def _mb(n: int) -> str:
 
 
 def _deploy_rows(r: Any) -> list:
-    what = "unchanged (already current)" if r.skipped else ("switched" if r.switched else "made current")
+    from ..fleet_engine import deploy_outcome
+
+    what = {"unchanged": "unchanged (already current)", "switched": "switched",
+            "repaired": "repaired (damaged files restored)"}[deploy_outcome(r)]
     return [("device", r.device), ("transport", r.transport), ("release", r.release_id), ("target", r.target),
             ("result", what), ("previous", r.previous or "-"),
             ("uploaded", f"{_mb(r.uploaded_bytes)} in {r.uploaded_files} file(s), {r.reused_files} reused"),
             ("pruned", ", ".join(r.pruned) or "-"), ("time", f"{r.seconds:.2f} s")]
 
 
-def _fleet_table(res: Any) -> None:
-    rows = []
-    for name, o in res.results.items():
-        d = o.deploy
-        valid = "-" if o.validation_ok is None else ("pass" if o.validation_ok else "FAIL")
-        rows.append((name, o.phase, o.state + (f" -> {o.rolled_back_to}" if o.rolled_back_to else ""),
-                     res.release_ids.get(name, "-"), _mb(d.uploaded_bytes) if d else "-", valid,
-                     f"{o.seconds:.2f} s", o.error or ""))
-    title = f"deploy: {sum(o.ok for o in res.results.values())}/{len(res.results)} device(s) ok in {res.seconds:.2f} s"
-    if res.stopped:
-        title += f"; stopped: {res.stopped}"
-    table(title, ["device", "phase", "state", "release", "sent", "validation", "time", "error"], rows)
+def _engine(name: str) -> Any:
+    """None (deploy_fleet's built-in default) or the Ansible engine."""
+    if name == "ansible":
+        from ..engine_ansible_fleet import AnsibleEngine
+
+        return AnsibleEngine()
+    return None
+
+
+def _select(config: Any, action: str, devices: Tuple[str, ...], group: Optional[str], inventory: Any,
+            limit: Optional[str], retry_failed: bool, connect_timeout: Optional[float]) -> List[Any]:
+    from ..fleet import select_devices
+    from ..fleet_engine import with_timeout
+
+    names = read_limit(config, action, limit, retry_failed)
+    chosen = select_devices(config, device=list(devices) or None, group=group, inventory=inventory, limit=names)
+    return [with_timeout(d, connect_timeout) for d in chosen]
 
 
 def register(main: click.Group) -> None:
     @main.command("deploy")
-    @click.option("--device", "-d", default=None, help="One device (edgekit.toml or inventory).")
-    @click.option("--group", "-g", default=None, help="Every device of a group ('all' for every device).")
+    @host_options
     @_config
     @_inventory
     @click.option("--target", "-t", default=None, help="Deploy this target's bundle instead of each device's own.")
     @click.option("--dist", type=click.Path(path_type=Path), default=None, help="Bundle directory [default: dist/ beside the config].")
-    @click.option("--canary", type=int, default=0, show_default=True,
-                  help="Deploy to N devices first and validate them on the device; a failure rolls them back and stops.")
-    @click.option("--max-parallel", type=int, default=None, help="Devices at once [default: deploy.max_parallel].")
-    @click.option("--duration", type=float, default=1.0, show_default=True, help="Seconds of timed runs when validating canaries.")
+    @click.option("--canary", default="0", show_default=True, metavar="N|NAMES",
+                  help="Deploy to these devices first (a count: the first N; or comma-separated names) and validate "
+                       "them on the device; a failure switches them back and stops the rollout.")
+    @click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                  help="Devices per batch after the canaries; each batch gates the next [default: --max-parallel].")
+    @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                  help="Seconds of timed runs when validating canaries.")
+    @click.option("--quick", is_flag=True, help="Validate canaries with one short timed window (see validate --quick).")
+    @click.option("--engine", type=click.Choice(["builtin", "ansible"]), default="builtin", show_default=True,
+                  help="Who does the work: edgekit's own threads over SSH, or Ansible (the edgekit.fleet "
+                       "collection through ansible-runner; for big fleets).")
     @click.option("--tune-on-canary", is_flag=True,
                   help="Rebuild the target first with --tune-on the first canary, so the fleet gets what it measured "
                        "(costs a build; the tuning cache answers identical boards next time).")
     @_lock
     @_accept
     @_json
-    def deploy_cmd(device: Optional[str], group: Optional[str], config_path: Path, inventory: Optional[Path],
-                   target: Optional[str], dist: Optional[Path], canary: int, max_parallel: Optional[int],
-                   duration: float, lock_timeout: float, accept_new_host_key: bool, as_json: bool,
+    def deploy_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
+                   max_parallel: Optional[int], connect_timeout: Optional[float], config_path: Path, inventory: Any,
+                   target: Optional[str], dist: Optional[Path], canary: str, batch_size: Optional[int], duration: float,
+                   quick: bool, engine: str, lock_timeout: float, accept_new_host_key: bool, as_json: bool,
                    tune_on_canary: bool = False) -> None:
         """Push the bundle to devices as an atomic, verified release and make it current."""
         from ..config import load
         from ..errors import FleetError
-        from ..fleet import deploy_device, deploy_fleet, select_devices
+        from ..fleet import deploy_device, deploy_fleet
 
         config = load(config_path)
-        devices = select_devices(config, device=device, group=group, inventory=inventory)
+        hosts = _select(config, "deploy", devices, group, inventory, limit, retry_failed, connect_timeout)
         if tune_on_canary:
             from ..tune_fleet import tune_on_canary as _tune
 
-            built = _tune(config, devices, canary, target=target, dist=dist,
+            built = _tune(config, hosts, canary, target=target, dist=dist,
                           say=lambda m: None if as_json else echo(m, err=True))
             if not as_json:
                 echo(f"tuned on the canary: {built.reason}", err=True)
-        if device is not None and not canary:
-            res = deploy_device(config, devices[0], dist=dist, target=target,
+        if is_single(devices, group, limit, retry_failed) and canary.strip() in ("", "0") and engine == "builtin":
+            res = deploy_device(config, hosts[0], dist=dist, target=target,
                                 accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout)
             echo_json(res) if as_json else kv(f"deploy to {res.device}", _deploy_rows(res))
             return
+        live = LiveLines([h.name for h in hosts], quiet=as_json)
         try:
-            fleet = deploy_fleet(config, devices, dist=dist, target=target, canary=canary, max_parallel=max_parallel,
-                                 duration=duration, accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout)
+            run = deploy_fleet(config, hosts, dist=dist, target=target, canary=canary, max_parallel=max_parallel,
+                               batch_size=batch_size, duration=duration, quick=quick,
+                               accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout, on_result=live,
+                               engine=_engine(engine))
         except FleetError as exc:
-            echo_json(exc.results) if as_json else _fleet_table(exc.results)
+            finish(exc.results, config, as_json, exc.exit_code)
             raise
-        echo_json(fleet) if as_json else _fleet_table(fleet)
+        finish(run, config, as_json, 7)
 
     @main.command("rollback")
-    @click.option("--device", "-d", required=True, help="Device name (edgekit.toml or inventory).")
+    @host_options
     @_config
     @_inventory
+    @click.option("--to", "to_release", default=None, metavar="RELEASE", help="Switch to this release instead of the previous one.")
     @_lock
     @_accept
     @_json
-    def rollback_cmd(device: str, config_path: Path, inventory: Optional[Path], lock_timeout: float,
-                     accept_new_host_key: bool, as_json: bool) -> None:
-        """Switch the device's current release back to the previous one."""
+    def rollback_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
+                     max_parallel: Optional[int], connect_timeout: Optional[float], config_path: Path, inventory: Any,
+                     to_release: Optional[str], lock_timeout: float, accept_new_host_key: bool, as_json: bool) -> None:
+        """Switch devices' current release back to the previous one."""
         from ..config import load
-        from ..fleet import rollback_device, select_devices
+        from ..fleet import rollback_device
+        from ..fleet_engine import BuiltinEngine
 
         config = load(config_path)
-        spec = select_devices(config, device=device, inventory=inventory)[0]
-        res = rollback_device(config, spec, accept_new_host_key=accept_new_host_key, lock_timeout=lock_timeout)
-        if as_json:
-            echo_json(res)
-        else:
-            kv(f"rollback on {res.device}", [("from", res.from_release or "-"), ("to", res.to_release or "-"),
-                                             ("time", f"{res.seconds:.2f} s")])
+        hosts = _select(config, "rollback", devices, group, inventory, limit, retry_failed, connect_timeout)
+        if is_single(devices, group, limit, retry_failed):
+            res = rollback_device(config, hosts[0], to=to_release, accept_new_host_key=accept_new_host_key,
+                                  lock_timeout=lock_timeout)
+            if as_json:
+                echo_json(res)
+            else:
+                kv(f"rollback on {res.device}", [("from", res.from_release or "-"), ("to", res.to_release or "-"),
+                                                 ("time", f"{res.seconds:.2f} s")])
+            return
+        results = BuiltinEngine().rollback(config, hosts, max_parallel=max_parallel or config.deploy.max_parallel,
+                                           to=to_release, lock_timeout=lock_timeout,
+                                           accept_new_host_key=accept_new_host_key)
+        run_fleet("rollback", config, hosts, results, as_json, 7)
 
     @main.command("status")
-    @click.option("--device", "-d", required=True, help="Device name (edgekit.toml or inventory).")
+    @host_options
     @_config
     @_inventory
     @_accept
     @_json
-    def status_cmd(device: str, config_path: Path, inventory: Optional[Path], accept_new_host_key: bool,
-                   as_json: bool) -> None:
-        """Show the device's current release, the previous ones and their targets."""
+    def status_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
+                   max_parallel: Optional[int], connect_timeout: Optional[float], config_path: Path, inventory: Any,
+                   accept_new_host_key: bool, as_json: bool) -> None:
+        """Show devices' current release, the previous ones and their targets."""
         from ..config import load
-        from ..fleet import select_devices, status_device
+        from ..fleet import status_device
+        from ..fleet_engine import BuiltinEngine
 
         config = load(config_path)
-        spec = select_devices(config, device=device, inventory=inventory)[0]
-        st = status_device(config, spec, accept_new_host_key=accept_new_host_key)
+        hosts = _select(config, "status", devices, group, inventory, limit, retry_failed, connect_timeout)
+        if not is_single(devices, group, limit, retry_failed):
+            results = BuiltinEngine().status(config, hosts, max_parallel=max_parallel or config.deploy.max_parallel,
+                                             accept_new_host_key=accept_new_host_key)
+            run_fleet("status", config, hosts, results, as_json, 7)
+            return
+        st = status_device(config, hosts[0], accept_new_host_key=accept_new_host_key)
         if as_json:
             echo_json(st)
             return

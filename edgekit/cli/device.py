@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from ..errors import AccuracyError, DeviceError
+from .fleet_output import host_options, is_single, run_fleet
 from .render import clean, echo, echo_json, kv, table
 
 
@@ -56,25 +57,60 @@ def _validation_rows(res: Any) -> List[Tuple[str, str]]:
         if not res.power.get("sampler"):  # power.py missing or failed: nothing was sampled
             rows.append(("power", f"unavailable: {res.power.get('reason')}"))
         else:  # labelled rows: an estimate says so on its energy and carbon lines
-            rows += [(f"power: {label.strip().lower()}", value) for label, value in summary_rows(res.power)]
+            rows += _watt_rows(res.power, [(f"power: {label.strip().lower()}", value)
+                                           for label, value in summary_rows(res.power)])
     rows.append(("result", str(res.result_path)))
     return rows
 
 
-def _device(config: Any, name: str, inventory: Optional[Path]) -> Any:
-    """A device from edgekit.toml or the Ansible inventory, as deploy finds it."""
-    from ..fleet import select_devices
+def format_watts(x: Any) -> str:
+    """Power for people: 3.79e-05 W reads as 37.9 uW, 0.0123 W as 12.3 mW."""
+    if not isinstance(x, (int, float)):
+        return "n/a"
+    for scale, unit in ((1.0, "W"), (1e-3, "mW"), (1e-6, "uW")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return "0 W" if x == 0 else f"{x * 1e6:.2g} uW"
 
-    return select_devices(config, device=name, inventory=inventory)[0]
+
+def _watt_rows(power: Dict[str, Any], rows: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    raw = {"mean power": power.get("mean_power_w"), "idle power": power.get("idle_power_w")}
+    return [(k, format_watts(raw[k.split(": ", 1)[-1]]) if k.split(": ", 1)[-1] in raw else v) for k, v in rows]
+
+
+def _select(config: Any, action: str, devices: Tuple[str, ...], group: Optional[str], inventory: Any,
+            limit: Optional[str], retry_failed: bool, connect_timeout: Optional[float]) -> List[Any]:
+    from .deploy import _select as select
+
+    return select(config, action, devices, group, inventory, limit, retry_failed, connect_timeout)
+
+
+def _missed(res: Any) -> str:
+    m = res.metric
+    missed = ([m] if not m.get("passed") else []) + [c for c in m.get("also") or [] if not c.get("passed")]
+    what = [f"{c.get('name')} = {_fmt(c.get('value'))} misses the threshold {_fmt(c.get('threshold'))}" for c in missed]
+    if res.guard is not None and not res.guard.get("passed", True):
+        found = res.guard.get("findings") or []
+        first = found[0].get("message") if found and isinstance(found[0], dict) else "?"
+        what.append(f"guards failed: {' '.join(str(first).split())[:300]}"
+                    + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
+    return "; ".join(what)
+
+
+_inventory = click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
+                          help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
+_config = click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
 
 
 def register(main: click.Group) -> None:
     @main.command("validate")
-    @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")
-    @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
-    @click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
-                  help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
-    @click.option("--duration", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Minimum seconds per timed window.")
+    @host_options
+    @_config
+    @_inventory
+    @click.option("--duration", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                  help="Seconds per timed window (a window also ends after 10000 runs).")
+    @click.option("--quick", is_flag=True, help="One short timed window (0.25 s, 2 warm-up runs, no idle baseline): "
+                                                "proves the release runs and meets its metric; not for timing.")
     @click.option("--threads", default=None, type=int, help="Intra-op threads (default: the target profile's).")
     @click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1), help="Timed windows; the median is reported.")
     @click.option("--power", default=None, metavar="SAMPLER",
@@ -89,19 +125,43 @@ def register(main: click.Group) -> None:
     @click.option("--max-result-mb", default=None, type=click.FloatRange(min=0, min_open=True), metavar="MB",
                   help="Largest result JSON fetched from the device [EDGEKIT_MAX_RESULT_MB, else 32].")
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
+    @click.option("--engine", type=click.Choice(["builtin", "ansible"]), default="builtin", show_default=True,
+                  help="Who does the work: edgekit's own threads over SSH, or Ansible (the edgekit.fleet collection).")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def validate_cmd(device: str, config_path: str, inventory: Optional[Path], duration: float, threads: Optional[int], repeat: int,
+    def validate_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
+                     max_parallel: Optional[int], connect_timeout: Optional[float], config_path: str, inventory: Any,
+                     duration: float, quick: bool, threads: Optional[int], repeat: int,
                      power: Optional[str], power_rate: Optional[float], idle_s: Optional[float],
                      requests_per_s: Optional[float], grid_intensity: Optional[float], runs_dir: Optional[str],
-                     max_result_mb: Optional[float], accept_new_host_key: bool, as_json: bool) -> None:
-        """Run the deployed release on a device: accuracy vs reference, latency, power and carbon."""
+                     max_result_mb: Optional[float], accept_new_host_key: bool, engine: str, as_json: bool) -> None:
+        """Run the deployed release on devices: accuracy vs reference, latency, power and carbon."""
         from ..config import load
+        from ..fleet_engine import BuiltinEngine
+        from ..fleet_results import ValidateOptions
         from ..validate import power_settings, validate_device
 
         config = load(config_path)
+        hosts = _select(config, "validate", devices, group, inventory, limit, retry_failed, connect_timeout)
         settings = power_settings(config, sampler=power, rate_hz=power_rate, idle_s=idle_s,
                                   requests_per_s=requests_per_s, grid_g_per_kwh=grid_intensity)
-        res = validate_device(config, _device(config, device, inventory), duration=duration, threads=threads, repeat=repeat,
+        if not is_single(devices, group, limit, retry_failed) or engine == "ansible":
+            options = ValidateOptions(duration=duration, quick=quick, threads=threads, repeat=repeat, power=settings,
+                                      runs_dir=Path(runs_dir) if runs_dir else None, max_result_mb=max_result_mb,
+                                      max_parallel=max_parallel or config.deploy.max_parallel,
+                                      accept_new_host_key=accept_new_host_key)
+            # A metric miss everywhere exits like a single device's (6); anything else is a device failure (8).
+            if engine == "ansible":
+                from ..engine_ansible_fleet import AnsibleEngine
+
+                results = AnsibleEngine().validate(config, hosts, options)
+            else:
+                results = BuiltinEngine().validate(config, hosts, options)
+            run_fleet("validate", config, hosts, results, as_json,
+                      lambda run: AccuracyError.exit_code if all(r.error and r.error.kind == "metric" for r in
+                                                                 run.results.values() if not r.ok) else DeviceError.exit_code,
+                      engine=engine)
+            return
+        res = validate_device(config, hosts[0], duration=duration, threads=threads, repeat=repeat, quick=quick,
                               power=settings, accept_new_host_key=accept_new_host_key, runs_dir=runs_dir,
                               max_result_mb=max_result_mb)
         if as_json:
@@ -109,30 +169,30 @@ def register(main: click.Group) -> None:
         else:
             kv(f"validation on {res.device}", _validation_rows(res))
         if not res.ok:
-            m = res.metric
-            missed = ([m] if not m.get("passed") else []) + [c for c in m.get("also") or [] if not c.get("passed")]
-            what = [f"{c.get('name')} = {_fmt(c.get('value'))} misses the threshold {_fmt(c.get('threshold'))}" for c in missed]
-            if res.guard is not None and not res.guard.get("passed", True):
-                found = res.guard.get("findings") or []
-                first = found[0].get("message") if found and isinstance(found[0], dict) else "?"
-                what.append(f"guards failed: {' '.join(str(first).split())[:300]}"
-                            + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
-            raise AccuracyError(f"device '{res.device}': " + "; ".join(what), hint=f"details in {res.result_path}")
+            raise AccuracyError(f"device '{res.device}': " + _missed(res), hint=f"details in {res.result_path}")
 
     @main.command("doctor")
-    @click.option("--device", "device", required=True, help="Device name (edgekit.toml or inventory).")
-    @click.option("--config", "config_path", default="edgekit.toml", show_default=True, type=click.Path(dir_okay=False))
-    @click.option("--inventory", "-i", type=click.Path(path_type=Path), multiple=True,
-                  help="An Ansible inventory (file or directory; repeatable) adding devices [default: deploy.inventory].")
+    @host_options
+    @_config
+    @_inventory
     @click.option("--accept-new-host-key", is_flag=True, help="Trust an SSH host key not yet in known_hosts.")
     @click.option("--json", "as_json", is_flag=True, help="Print facts and checks as JSON.")
-    def doctor_cmd(device: str, config_path: str, inventory: Optional[Path], accept_new_host_key: bool, as_json: bool) -> None:
-        """Probe a device (CPU, memory, disk, runtimes, JetPack, power sensors) against its target."""
+    def doctor_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
+                   max_parallel: Optional[int], connect_timeout: Optional[float], config_path: str, inventory: Any,
+                   accept_new_host_key: bool, as_json: bool) -> None:
+        """Probe devices (CPU, memory, disk, runtimes, JetPack, power sensors) against their targets."""
         from ..config import load
         from ..doctor import doctor_device
+        from ..fleet_engine import BuiltinEngine
 
         config = load(config_path)
-        report = doctor_device(config, _device(config, device, inventory), accept_new_host_key=accept_new_host_key)
+        hosts = _select(config, "doctor", devices, group, inventory, limit, retry_failed, connect_timeout)
+        if not is_single(devices, group, limit, retry_failed):
+            results = BuiltinEngine().doctor(config, hosts, max_parallel=max_parallel or config.deploy.max_parallel,
+                                             accept_new_host_key=accept_new_host_key)
+            run_fleet("doctor", config, hosts, results, as_json, DeviceError.exit_code)
+            return
+        report = doctor_device(config, hosts[0], accept_new_host_key=accept_new_host_key)
         if as_json:
             echo_json(report)
         else:
@@ -146,27 +206,35 @@ def register(main: click.Group) -> None:
     @main.command("report")
     @click.argument("runs", nargs=-1, type=click.Path(exists=True))
     @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
-                  help="Where run files are, when no RUN is named.")
+                  help="Where run files (and the release log, releases.jsonl) are, when no RUN is named.")
     @click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+    @click.option("--fail-on-failure", is_flag=True,
+                  help="Exit non-zero when a device's current release fails (a rolled-back canary does not).")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-    def report_cmd(runs: Tuple[str, ...], runs_dir: str, out_dir: str, as_json: bool) -> None:
+    def report_cmd(runs: Tuple[str, ...], runs_dir: str, out_dir: str, fail_on_failure: bool, as_json: bool) -> None:
         """Write an HTML report (inline plots), a Markdown summary and JSON from run files."""
-        from ..report import build_report, load_runs
+        from ..report import build_report, failure, load_events, load_runs
 
-        records = load_runs([Path(r) for r in runs], Path(runs_dir), warn=lambda line: echo(f"warning: {line}", err=True))
-        res = build_report(records, Path(out_dir))
+        warn = lambda line: echo(f"warning: {line}", err=True)  # noqa: E731
+        records = load_runs([Path(r) for r in runs], Path(runs_dir), warn=warn)
+        res = build_report(records, Path(out_dir), events=load_events([Path(r) for r in runs], Path(runs_dir), warn=warn))
+        error = failure(res) if fail_on_failure else None
         if as_json:
             echo_json(res)
+            if error is not None:
+                raise error
             return
         def _latency(r: Dict[str, Any], key: str) -> str:
-            return _fmt(r[key]) + (" (emulated, not representative)" if r.get("emulated") and r[key] is not None else "")
+            return _fmt(r[key]) + (" (emulated, not representative)" if r.get("emulated") and r.get(key) is not None else "")
 
         def energy(r: Dict[str, Any]) -> str:
             mj = r.get("energy_per_inference_mj")
             return "-" if mj is None else _fmt(mj) + (" (ESTIMATE)" if r.get("power_is_estimate") else "")
 
         table(f"{res.passed}/{len(res.devices)} device(s) passed ({res.runs} run(s))",
-              ["device", "target", "metric", "value", "threshold", "passed", "p50 ms", "p99 ms", "mJ/inference"],
-              [(r["device"], r["target"], r["metric"], _fmt(r["value"]), _fmt(r["threshold"]),
-                "pass" if r["passed"] else "FAIL", _latency(r, "p50_ms"), _latency(r, "p99_ms"), energy(r)) for r in res.summary])
+              ["device", "target", "release", "status", "metric", "value", "threshold", "p50 ms", "p99 ms", "mJ/inference"],
+              [(r["device"], r.get("target"), r.get("release_id") or "-", r["status"], r.get("metric"), _fmt(r.get("value")),
+                _fmt(r.get("threshold")), _latency(r, "p50_ms"), _latency(r, "p99_ms"), energy(r)) for r in res.summary])
         echo(f"wrote {res.html}\nwrote {res.markdown}\nwrote {res.json_path}")
+        if error is not None:
+            raise error

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any, Iterable, List, Optional, Sequence
 
 import click
@@ -57,19 +58,36 @@ def echo(message: Any, err: bool = False) -> None:
 
 
 def table(title: Optional[str], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    cells = [[clean(c) for c in columns]] + [["" if v is None else clean(v) for v in r] for r in rows]
+    if not sys.stdout.isatty():
+        # Pipes and CI logs: plain aligned text, each line only as long as its content (never a
+        # 200-column box padded with blanks), and never cut: a log keeps every character.
+        _plain_table(title, cells)
+        return
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     t = Table(title=Text(clean(title)) if title is not None else None, title_justify="left")
-    for c in columns:
-        t.add_column(Text(clean(c)))
-    for r in rows:
-        t.add_row(*[Text("" if v is None else clean(v)) for v in r])
-    console = Console()
-    if not console.is_terminal:  # pipes and CI logs: don't squeeze columns into 80 characters
-        console = Console(width=200)
-    console.print(t)
+    for c in cells[0]:
+        t.add_column(Text(c))
+    for r in cells[1:]:
+        t.add_row(*[Text(v) for v in r])
+    Console().print(t)
+
+
+PLAIN_COLUMN_MAX = 40
+"""In plain output a column is padded to at most this width; a longer cell just pushes its line on."""
+
+
+def _plain_table(title: Optional[str], cells: List[List[str]]) -> None:
+    if title is not None:
+        click.echo(clean(title, newlines=False))
+    flat = [[" ".join(c.split()) for c in row] for row in cells]
+    widths = [min(PLAIN_COLUMN_MAX, max(len(row[i]) for row in flat if i < len(row))) for i in range(len(flat[0]))]
+    for row in flat:
+        parts = [c.ljust(widths[i]) if i < len(row) - 1 else c for i, c in enumerate(row)]
+        click.echo("  ".join(parts).rstrip())
 
 
 def kv(title: Optional[str], pairs: List[tuple]) -> None:

@@ -381,4 +381,3 @@ def sequences_score(outputs, references, opts=None):
             "symbol_error_rate": edits / float(max(length, 1))}
 
 
-TASK_METRICS = {"detections": detections_score, "sequences": sequences_score}

@@ -200,11 +200,12 @@ if len(sys.argv) > 1 and sys.argv[1] == "jetson":
 print(json.dumps(out))
 """
 
-# power.py's own discovery, run beside an uploaded copy of it: argv = [dir, sysfs root].
+# The sensor registry's own discovery, run over an uploaded copy of the device package laid out as a
+# release holds it: argv = [dir, sysfs root].
 POWER_PROBE = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import power
+from edgekit.device import power
 print(json.dumps(power.available_samplers(sys.argv[2]), default=str))
 """
 

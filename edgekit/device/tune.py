@@ -2,8 +2,14 @@
 """edgekit on-device tuning: every candidate of a build scored, timed and metered on the device,
 in one invocation. Standard library + numpy + onnxruntime; parses under Python 3.8.
 
-    python3 tune.py facts                       # JSON on stdout: CPU, features, runtime, sensors
-    python3 tune.py measure --plan PLAN --out RESULT [--progress FILE] [--sysfs-root DIR]
+    python3 -m edgekit.device.tune facts [--package-root DIR]     # JSON on stdout: CPU, features, runtime, sensors
+    python3 -m edgekit.device.tune measure --plan PLAN --out RESULT [--progress FILE] [--sysfs-root DIR]
+        [--package-root DIR]
+
+The host ships this package as a release lays it out (``edgekit/device/``, a root ``edgekit/__init__.py``
+and the project's ``plugins/``) into a run directory and runs it with that directory as the working
+directory, so ``-m`` imports the shipped package; ``--package-root`` names that directory, and the
+command refuses to run from any other copy of edgekit (one installed on the device, say).
 
 The plan (written by the host, edgekit/tune.py) names the candidate files, the reference outputs
 and the metric and guard settings; the result holds, per candidate, the metric and guards against
@@ -20,33 +26,16 @@ import sys
 import time
 import traceback
 
-if __package__:  # edgekit.device.tune: imported by the host, or run with python -m
-    from . import runner
-
-    def _module(name):
-        import importlib
-
-        return importlib.import_module("." + name, __package__)
-else:  # pragma: no cover - the device runs this file beside runner.py, guard.py and power.py
-    HERE = os.path.dirname(os.path.abspath(__file__))
-    if HERE not in sys.path:
-        sys.path.insert(0, HERE)
-    import runner  # type: ignore
-
-    def _module(name):
-        import importlib
-
-        return importlib.import_module(name)
+from . import plugins, runner
+from .errors import RunnerError
+from .errors import first_line as _first_line
+from .metrics import with_slack as _with_slack
+from .sessions import classify as _classify
 
 try:  # numpy is required, but its absence must become a result, not a traceback
     import numpy as np
 except ImportError:  # pragma: no cover - a bare device
     np = None
-RunnerError = runner.RunnerError
-# The runner's helpers under either of their names (the device package of issue #11 drops the underscore).
-_first_line = getattr(runner, "_first_line", None) or getattr(runner, "first_line")
-_classify = getattr(runner, "_classify", None) or getattr(runner, "classify")
-_with_slack = getattr(runner, "_with_slack", None) or getattr(runner, "with_slack")
 SCHEMA = 1
 AA_SUFFIX = "~aa"
 """The control's twin session: the same file timed again, so the spread between the two is noise."""
@@ -76,7 +65,8 @@ def facts(sysfs_root="/"):
     except Exception as exc:
         out["runtime"] = {"name": "onnxruntime", "error": _first_line(exc)}
     try:
-        power = _module("power")
+        from . import power
+
         out["power_sensors"] = [n for n in power.available_samplers(sysfs_root) if n != "estimate"]
     except Exception as exc:
         out["power_sensors"] = []
@@ -142,7 +132,9 @@ def score_candidate(run, cand, plan, feeds, refs, carry):
         metric["passed"] = bool(runner.passes(spec["name"], value["value"], _with_slack(spec["name"], bar)))
     guard = None
     if manifest.get("guard") and cand.get("precision") != "fp32":  # FP32 is the reference itself
-        full = _module("guard").check_outputs(out_names, outputs, refs, manifest["guard"], feeds)
+        from . import guard  # numpy at import: only once numpy is known to be there
+
+        full = guard.check_outputs(out_names, outputs, refs, manifest["guard"], feeds)
         guard = {"passed": full["passed"], "findings": [{"message": str(f.get("message"))[:300]}
                                                         for f in full["findings"][:20]]}
     return metric, guard
@@ -225,7 +217,7 @@ def stats(samples):
 # is not a measurement and would rank candidates by their latency again)
 # ----------------------------------------------------------------------------------------------
 def energy(run, feed, conf, profile, root):
-    power = _module("power")
+    from . import power
 
     smp, _, available, reason = power.open_sampler(conf.get("sampler", "auto"), root, profile)
     smp.close()
@@ -319,21 +311,36 @@ def measure(args, result):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="tune.py", description="edgekit on-device tuning")
+    parser = argparse.ArgumentParser(prog="python3 -m edgekit.device.tune", description="edgekit on-device tuning")
     sub = parser.add_subparsers(dest="command")
     f = sub.add_parser("facts", help="print the device's facts as JSON")
     f.add_argument("--sysfs-root", default="/")
+    f.add_argument("--package-root", default=None, help="the directory the host shipped this package into")
     m = sub.add_parser("measure", help="score, time and meter the plan's candidates")
     m.add_argument("--plan", required=True)
     m.add_argument("--out", required=True)
     m.add_argument("--progress", default=None, help="file that gets one line per step")
     m.add_argument("--sysfs-root", default="/", help="root for sysfs reads (tests point it elsewhere)")
+    m.add_argument("--package-root", default=None, help="the directory the host shipped this package into")
     return parser
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "package_root", None):
+        mine = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        if os.path.realpath(mine) != os.path.realpath(args.package_root):
+            sys.stderr.write("tune: running edgekit from %s, not the package shipped to %s; run it with that "
+                             "directory as the working directory\n" % (mine, args.package_root))
+            return 4
+        try:  # the project's own metrics and sensors, before anything names them (as validate does)
+            plugins.load_dir(args.package_root)
+        except RunnerError as exc:
+            if args.command == "facts":
+                sys.stderr.write("tune: %s\n" % exc.message)
+                return 4
+            args.plugin_error = exc
     if args.command == "facts":
         print(json.dumps(runner._jsonable(facts(args.sysfs_root)), sort_keys=True))
         return 0
@@ -346,6 +353,8 @@ def main(argv=None):
     try:
         if np is None:
             raise RunnerError("runtime", "numpy cannot be imported by %s" % sys.executable, "pip install numpy")
+        if getattr(args, "plugin_error", None) is not None:
+            raise args.plugin_error
         measure(args, result)
     except RunnerError as exc:
         result["error"] = {"kind": exc.kind, "message": exc.message}

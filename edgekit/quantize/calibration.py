@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import QuantizationError
-from ..optimize import quiet
+from ..optimize import ort_level, quiet
 
 MAX_CALIBRATION_SAMPLES = 128
 """The default cap: more samples barely move MinMax/Entropy ranges but cost a full forward pass
@@ -168,7 +168,7 @@ def calibrate(model_path: Path, feeds: Sequence[Dict[str, np.ndarray]], method: 
                                            extra_options=dict(extra or {}))
             # Re-open the augmented model with a fixed thread count (see CALIBRATION_THREADS).
             opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            opts.graph_optimization_level = ort_level("disabled")
             opts.intra_op_num_threads = CALIBRATION_THREADS
             calibrator.infer_session = ort.InferenceSession(str(work), opts, providers=["CPUExecutionProvider"])
             reader = FeedsReader(feeds)

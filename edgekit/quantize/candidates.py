@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import QuantizationError
 from ..guard import strip_output_qdq
-from ..optimize import PROTOBUF_LIMIT, copy_model, quiet, save_model
+from ..optimize import copy_model, quiet, save_model
 from .presets import QuantPreset
 
 
@@ -91,7 +91,3 @@ def file_size(path: Path) -> int:
     """Bytes on disk, external data included."""
     data = path.parent / (path.name + ".data")
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-
-
-def needs_external_data(path: Path) -> bool:
-    return file_size(path) >= PROTOBUF_LIMIT

@@ -13,6 +13,7 @@ from ..guard import describe
 from ..metrics import MetricSpec
 from ..targets import TargetProfile
 from .evaluate import AA_SUFFIX, clearly_faster, measure_latency, noise_floor, p50
+from . import registry
 from .presets import runtime_level_for
 from .result import Candidate
 
@@ -54,9 +55,9 @@ def choose(cands: List[Candidate], files: Dict[str, Path], wanted: List[str], pr
                       + _refusals(cands, what, None))
 
     # Candidates refused despite meeting the threshold are timed too, so their reason can say how fast they were.
-    timed = [c for c in cands if c.metric is not None and (c.passed or c.precision == "fp32")]
+    timed = [c for c in cands if c.metric is not None and (c.passed or registry.is_reference(c.precision))]
     levels = {c.name: runtime_level_for(c.method, profile) for c in timed}
-    fp32 = next((c for c in timed if c.precision == "fp32"), None)
+    fp32 = next((c for c in timed if registry.is_reference(c.precision)), None)
     control = (fp32 or pick).name
     threads = profile.intra_op_threads or 2
     rounds = (measure or measure_latency)({c.name: files[c.name] for c in timed}, feed, levels,
@@ -78,9 +79,10 @@ def choose(cands: List[Candidate], files: Dict[str, Path], wanted: List[str], pr
                        f"of rounds; {threads} intra-op threads, spinning off, an A/A control of {control})")
     latency["decision"] = "timing"
     fastest = min(passing, key=lambda c: p50(rounds[c.name]))
-    floats = [c for c in passing if c.precision != "int8"]
+    # integer candidates (whatever their bit width) are never shipped slower than a float one
+    floats = [c for c in passing if not registry.is_integer(c.precision)]
     inside = ""
-    if pick.precision == "int8" and floats:
+    if registry.is_integer(pick.precision) and floats:
         best_float = min(floats, key=lambda c: p50(rounds[c.name]))
         if clearly_faster(rounds[best_float.name], rounds[pick.name], max(INT8_VS_FLOAT_MARGIN, floor)):
             return best_float, (f"{best_float.name}: {pick.name} met {what} but ran slower here ({pick.p50_ms} vs "

@@ -11,47 +11,33 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 from .. import guard as _guard
 from .. import targets as _targets
-from ..errors import AccuracyError, QuantizationError
+from ..errors import QuantizationError
 from ..metrics import MetricSpec
 from ..optimize import is_large, save_model, upgrade_opset
 from ..targets import TargetProfile
 from . import calibration as cal
-from .candidates import build_dynamic, build_fp16, build_fp32, build_static, file_size
+from . import registry
+from .candidates import build_fp32, file_size
 from .choose import choose
-from .evaluate import Scorer, make_session, run_outputs
-from .fallback import accuracy_fallback, faster_than_fp32, revert_until_within_tolerance, timer
-from .fusion import fuse_transformer
-from .graph import (SUBGRAPH_OPS, activation_matmuls, initializer_names, iter_nodes, name_nodes, op_counts,
-                    quantizable_nodes)
-from .prune import drop_unprofitable_quantization
-from .presets import (DISABLED_OPTIMIZERS, QuantPreset, calibration_extra, dynamic_supported, model_family, presets_for,
-                      runtime_level_for)
-from .result import Candidate, KeptFloat, QuantizeResult, quantized_node_count
-from .sensitivity import rank_by_leave_one_out, rank_by_rebuild
+from .evaluate import make_session, run_outputs
+from .graph import SUBGRAPH_OPS, iter_nodes, name_nodes, op_counts
+from .presets import DISABLED_OPTIMIZERS, model_family, runtime_level_for
+from .registry import BuildContext
+from .result import Candidate, KeptFloat, QuantizeResult
 
 SENSITIVITY_SAMPLES = 8
 """Calibration feeds (not validation ones) used to rank nodes; the threshold is checked on validation."""
-DYNAMIC_OPS = ("MatMul", "Attention", "EmbedLayerNormalization")
-EXACT_INT8_LEVEL = "basic"
-"""Session level that runs a QDQ model as DQ -> float op -> Q (no int8 kernel fusion): what an int8
-kernel without saturation computes. Used to score static int8 for a CPU target this host does not match."""
-
-
-class _Ctx:
-    """Everything one quantize_for_target call shares between its steps."""
-
-    def __init__(self, **kw: object) -> None:
-        self.__dict__.update(kw)
-
 
 def _prepare_base(model_path: Path, work_dir: Path) -> Path:
-    """The FP32 model every candidate starts from: opset >= 13 and every node named."""
+    """The FP32 model every candidate starts from: opset >= 13 and every node named. A build hands
+    in ``optimize.prepare``'s output, already upgraded (upgrade_opset then converts nothing); a
+    direct caller may hand in an older opset."""
     import onnx
 
     model = onnx.load(str(model_path))
@@ -77,6 +63,7 @@ def quantize_for_target(
     measure: Optional[Callable[..., Dict[str, List[float]]]] = None,
     calibration_cap: Optional[int] = None,
     guard: Optional[Dict[str, object]] = None,
+    feeds_checked: bool = False,
 ) -> QuantizeResult:
     """Build the candidates ``profile`` allows and keep the fastest that meets ``metric``.
 
@@ -86,20 +73,27 @@ def quantize_for_target(
     (``evaluate.measure_latency``'s signature) for latency pruning and the choice; tests inject one.
     ``calibration_cap`` (``[calibration] max_samples``) replaces the default cap on calibration samples.
     ``guard``: edgekit.toml's [validation.guard] settings; every candidate but FP32 must pass them
-    on every output (see ``edgekit.guard``).
+    on every output (see ``edgekit.guard``). ``feeds_checked``: the caller (the build) has already
+    checked every feed against the model's inputs (``calibration.check_feeds``), so it is not done twice.
+    The result's ``reference_outputs`` are the FP32 outputs on ``validation``, computed once here.
     """
     import onnx
 
     say = progress or (lambda _msg: None)
     deadline = time.monotonic() + float(budget_s)
-    if precision not in ("auto", "int8", "fp16", "fp32"):
-        raise QuantizationError(f"unknown precision '{precision}' (known: auto, int8, fp16, fp32)")
+    known = registry.names()
+    if precision != "auto" and precision not in known:
+        raise QuantizationError(f"unknown precision '{precision}' (known: auto, {', '.join(known)})")
+    wanted = list(profile.quantization.precisions) if precision == "auto" else [precision]
+    if precision != "auto" and registry.get(precision).applies_to(profile):
+        raise QuantizationError(f"--precision {precision}: {registry.get(precision).applies_to(profile)}")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
 
-    header = onnx.load(str(model_path), load_external_data=False)
-    cal.check_feeds(header, calibration, "calibration")
-    cal.check_feeds(header, validation, "validation")
+    if not feeds_checked:
+        header = onnx.load(str(model_path), load_external_data=False)
+        cal.check_feeds(header, calibration, "calibration")
+        cal.check_feeds(header, validation, "validation")
     say("preparing the FP32 base")
     base = _prepare_base(Path(model_path), work_dir)
     graph = onnx.load(str(base))
@@ -107,10 +101,13 @@ def quantize_for_target(
     index = metric.output_index([o.name for o in graph.graph.output])
     fp32_level = runtime_level_for("fp32", profile)
     fp32_session = make_session(base, fp32_level)
-    refs = run_outputs(fp32_session, validation, index, metric.stream_plan)
+    # every FP32 output on the validation set, once per build: the metric's references, the guards'
+    # and the bundle's reference.npz
+    all_refs = _guard.all_outputs(fp32_session, validation, metric.stream_plan)
+    refs = [o[index] for o in all_refs]
     guard_conf = _guard.arithmetic.settings(guard)
     out_names = [o.name for o in graph.graph.output]
-    guard_refs = _guard.all_outputs(fp32_session, validation, metric.stream_plan) if guard_conf["enabled"] else []
+    guard_refs = all_refs if guard_conf["enabled"] else []
     cap = int(calibration_cap) if calibration_cap else cal.MAX_CALIBRATION_SAMPLES
     calib = cal.select_samples(calibration, cap, seed)
     cal_note = cal.describe_selection(len(calib), len(calibration), cap, calibration_cap is not None)
@@ -118,384 +115,77 @@ def quantize_for_target(
     sens_feeds = calib[:SENSITIVITY_SAMPLES]
     arch_ok = profile.arch == _targets.host_arch()
     host_ok = arch_ok and not profile.is_gpu and set(profile.isa_features) <= _targets.host_cpu_flags()
-    ctx = _Ctx(work_dir=work_dir, profile=profile, metric=metric, deadline=deadline, say=say, base=base,
-               host_ok=host_ok, measure=measure, graph=graph, family=family, index=index, large=is_large(base),
-               calib=calib, validation=validation, refs=refs, sens_feeds=sens_feeds,
-               sens_refs=run_outputs(fp32_session, sens_feeds, index), caches={},
-               guard_conf=guard_conf, guard_refs=guard_refs, out_names=out_names)
+    ctx = BuildContext(work_dir=work_dir, profile=profile, metric=metric, deadline=deadline, say=say, base=base,
+                       host_ok=host_ok, measure=measure, graph=graph, family=family, index=index, large=is_large(base),
+                       calib=calib, validation=validation, refs=refs, sens_feeds=sens_feeds,
+                       sens_refs=run_outputs(fp32_session, sens_feeds, index), caches={},
+                       guard_conf=guard_conf, guard_refs=guard_refs, out_names=out_names)
     del fp32_session
 
-    wanted = list(profile.quantization.precisions) if precision == "auto" else [precision]
     cands: List[Candidate] = []
-    files: Dict[str, Path] = {}
-    extras: Dict[str, dict] = {}
+    built: Dict[str, registry.Built] = {}
     metric_before: Dict[str, float] = {}
     for prec in wanted:
-        if prec == "fp32":
-            path = build_fp32(base, work_dir / "model.fp32.onnx")
-            score = Scorer(metric, validation, refs, index, fp32_level).score(path)
-            cand = Candidate(name="fp32", precision="fp32", method="fp32", metric=score,
-                             passed=metric.passes(score["value"]), size_bytes=file_size(path))
-            cands.append(cand)
-            files[cand.name] = path
-        elif prec == "fp16":
-            say("building the FP16 candidate")
-            path = build_fp16(base, work_dir / "model.fp16.onnx")
-            cand = Candidate(name="fp16", precision="fp16", method="fp16", size_bytes=file_size(path))
-            try:  # scored on the CPU EP: fp16 rounding is the same arithmetic TensorRT/CUDA do
-                cand.metric = Scorer(metric, validation, refs, index, "basic").score(path)
-                cand.passed = metric.passes(cand.metric["value"])
-                cand.guard = _check(ctx, path, "basic")
-                if not cand.guard["passed"]:  # met or not, it may not ship: say on what
-                    cand.note = cand.refused = f"guard: {_guard.describe(cand.guard)}"
-            except QuantizationError as exc:
-                cand.note = f"not scored on this host: {exc.message}"
-            cands.append(cand)
-            files[cand.name] = path
-        elif prec == "int8":
-            for cand, path, extra, before in _int8_variants(ctx):
-                metric_before = metric_before or before
-                cands.append(cand)
-                files[cand.name] = path
-                extras[cand.name] = extra
+        builder = registry.get(prec)
+        why_not = builder.applies_to(profile)
+        if why_not:  # a profile listing a precision its target cannot run: said, never silently built
+            say(f"skipping {prec}: {why_not}")
+            continue
+        for b in builder().build(ctx):
+            metric_before = metric_before or dict(b.metric_before or {})
+            cands.append(b.candidate)
+            built[b.candidate.name] = b
+    files = {name: b.path for name, b in built.items()}
 
     latency: Dict[str, object] = {"host_matches_target": host_ok}
     say("choosing")
     chosen, reason = choose(cands, files, wanted, precision, profile, metric, arch_ok, host_ok, latency,
                             validation[0], deadline, measure=measure)
-    extra = extras.get(chosen.name, {})
-    kept = [KeptFloat(**k) for k in extra.get("kept_float", [])] + _subgraph_notes(graph, chosen)
-    _cleanup(work_dir, keep=set(files.values()) | {base})
+    shipped = built[chosen.name]
+    kept = [KeptFloat(**k) for k in shipped.kept_float] + _subgraph_notes(graph, chosen)
+    _cleanup(work_dir, keep=set(files.values()) | {base}, patterns=_scratch(wanted))
     return QuantizeResult(
         model_path=files[chosen.name], target=profile.name, precision=chosen.precision, method=chosen.method,
-        preset=extra.get("preset", {}), kept_float=kept,
+        preset=dict(shipped.recipe), kept_float=kept,
         metric_before=metric_before or dict(chosen.metric or {}), metric_after=dict(chosen.metric or {}),
         latency_ms=latency, candidates=cands,
-        latency_pruning={n: e["latency_pruning"] for n, e in extras.items() if "latency_pruning" in e}, reason=reason,
-        fallback_search={n: e["fallback_search"] for n, e in extras.items() if e.get("fallback_search")},
+        latency_pruning={n: b.latency_pruning for n, b in built.items() if b.latency_pruning is not None},
+        reason=reason, fallback_search={n: b.fallback_search for n, b in built.items() if b.fallback_search},
         runtime_graph_optimization=runtime_level_for(chosen.method, profile), family=family,
-        disabled_optimizers=list(DISABLED_OPTIMIZERS) if chosen.precision == "int8" else [],
+        disabled_optimizers=list(DISABLED_OPTIMIZERS) if registry.is_integer(chosen.precision) else [],
         guard=dict(chosen.guard or {"passed": True, "findings": [], "outputs": [], "note": "FP32 is the reference"}),
         calibration={"method": profile.quantization.calibration_method, "samples": len(calib),
                      "given": len(calibration), "cap": cap, "note": cal_note, "digest": cal.feeds_digest(calib),
                      "used_by_chosen": chosen.method.startswith("static")},
-        seed=seed, fp32_size_bytes=file_size(base), candidate_files=dict(files),
-        candidate_extras={n: {k: e[k] for k in ("preset", "kept_float", "variant") if k in e} for n, e in extras.items()},
+        seed=seed, fp32_size_bytes=file_size(base), reference_outputs=all_refs,
+        candidate_files=dict(files), candidate_extras=_tuning_extras(built),
     )
 
 
-def _int8_variants(ctx: _Ctx):
-    """Yield int8 candidates in preference order, stopping at the first that meets the threshold.
-
-    onnxruntime's guidance: dynamic quantization for transformers, static for CNNs. On a CPU target a
-    transformer therefore tries (fused) dynamic first; static QDQ is built only if dynamic misses,
-    and GPU targets get static QDQ only (TensorRT imports nothing else).
-    """
-    order: List[str] = ["static"]
-    if dynamic_supported(ctx.profile):
-        if ctx.family == "transformer":
-            order = ["dynamic", "static"]
-        elif ctx.family == "generic":
-            order = ["static", "dynamic"]
-    for variant in order:
-        out = _static(ctx) if variant == "static" else _dynamic(ctx)
-        yield out
-        if out[0].passed and not out[0].refused:
-            return
-
-
-def _prune(ctx: _Ctx, note: str, build: Callable[[Sequence[str]], Path], current: Tuple[Path, Dict[str, float]],
-           still: List[Tuple[str, str]], scorer: Scorer, level: str):
-    """Issue #3 step 4: drop int8 groups that run clearly slower than float on a matching host.
-    Returns (path, score, kept_float entries, JSON record)."""
-    if note or not ctx.metric.passes(current[1]["value"]):
-        return current[0], current[1], [], {"skipped": "not run: this int8 variant does not pass"}
-    missing = sorted(set(ctx.profile.isa_features) - _targets.host_cpu_flags())
-    if ctx.profile.is_gpu:
-        why = "the target's accelerator cannot be timed on this CPU host"
-    elif ctx.profile.arch != _targets.host_arch():
-        why = f"the target's architecture ({ctx.profile.arch}) is not this host's ({_targets.host_arch()})"
-    else:
-        why = f"this host lacks the target's {', '.join(missing)}"
-    res = drop_unprofitable_quantization(build, current, still, scorer.score, ctx.metric, ctx.host_ok,
-                                         ctx.validation[0], level, ctx.profile.intra_op_threads or 2, ctx.deadline,
-                                         skip_reason=why, measure=ctx.measure, progress=ctx.say)
-    return res.model_path, res.metric, res.dropped, res.record
-
-
-def _calibrated(ctx: _Ctx, preset: QuantPreset) -> Path:
-    key = (preset.calibration_method, preset.symmetric_activations, preset.op_types)
-    if key not in ctx.caches:
-        ctx.say(f"calibrating ({preset.calibration_method}, {len(ctx.calib)} samples)")
-        cache = ctx.work_dir / f"calibration-{len(ctx.caches)}-{preset.calibration_method}.json"
-        cache.unlink(missing_ok=True)
-        ctx.caches[key] = cal.calibrate(ctx.base, ctx.calib, preset.calibration_method, preset.op_types, cache,
-                                        extra=calibration_extra(preset), large=ctx.large)
-    return ctx.caches[key]
-
-
-def _static(ctx: _Ctx):
-    """Static int8: every preset of the profile fully quantized, the best kept, then the fallback."""
-    metric = ctx.metric
-    level = runtime_level_for("static", ctx.profile)
-    # Score where the host computes what the target computes: a CPU target's int8 kernels (VNNI,
-    # ARM dot product) accumulate u8 x s8 exactly, this host's fused kernels may not (AVX2's
-    # VPMADDUBSW saturates: EfficientNet-Lite0 full int8 agreed 0.68 top-1 fused here, 0.90 as
-    # exact arithmetic). At 'basic' QDQ runs as DQ -> float op -> Q: the exact int8 arithmetic.
-    emulate = not ctx.host_ok and not ctx.profile.is_gpu
-    score_level = EXACT_INT8_LEVEL if emulate else level
-    scorer = Scorer(metric, ctx.validation, ctx.refs, ctx.index, score_level)
-    tried: List[Tuple[QuantPreset, Path, Dict[str, float]]] = []
-    presets = presets_for(ctx.profile, ctx.family)
-    # MatMulConstBOnly only works in QOperator mode; in QDQ the attention MatMuls go by name.
-    always = activation_matmuls(ctx.graph) if presets[0].extra_options.get("MatMulConstBOnly") else []
-    for preset in presets:
-        ctx.say(f"static int8 {preset.name}")
-        path = build_static(ctx.base, ctx.work_dir / f"static-{preset.name}-0.onnx", preset, _calibrated(ctx, preset),
-                            nodes_to_exclude=always, large=ctx.large)
-        tried.append((preset, path, scorer.score(path)))
-    # The better-scoring preset wins (type candidates are alternatives the profile says run alike);
-    # a tie keeps the profile's primary preset.
-    preset, path0, score0 = tried[0]
-    for p, pth, sc in tried[1:]:
-        if metric.better(sc["value"], score0["value"]) or (
-                sc["value"] == score0["value"] and sc["output_error"] < 0.9 * score0["output_error"]):
-            preset, path0, score0 = p, pth, sc
-    before = tried[0][2]
-    cache = _calibrated(ctx, preset)
-    qnodes = quantizable_nodes(ctx.graph, preset.op_types, const_b_only=bool(preset.extra_options.get("MatMulConstBOnly")))
-    kept = _const_b_notes(ctx, {n.name for n in qnodes})
-
-    def build(excluded: Sequence[str]) -> Path:
-        if not excluded:
-            return path0
-        # one file per float set: the search keeps several alive and compares them
-        return build_static(ctx.base, ctx.work_dir / f"static-{preset.name}-{_set_tag(excluded)}.onnx", preset, cache,
-                            nodes_to_exclude=list(always) + list(excluded), large=ctx.large)
-
-    def rank(names: List[str], group: int):
-        if ctx.large:  # in-memory reverts need a model under the 2 GB protobuf limit
-            rank.record = {"method": "real builds", "why": "the model is over the 2 GB protobuf limit"}  # type: ignore[attr-defined]
-            return rank_by_rebuild(build, names, ctx.sens_feeds, ctx.sens_refs, ctx.index, score_level, ctx.deadline,
-                                   group_size=max(group, -(-len(names) // 8)), progress=ctx.say)
-        return rank_by_leave_one_out(path0, ctx.base, names, ctx.sens_feeds, ctx.sens_refs, ctx.index, score_level,
-                                     deadline=ctx.deadline, group_size=group, progress=ctx.say,
-                                     op_types=preset.op_types, build=build, record=rank.record)  # type: ignore[attr-defined]
-    rank.record = {}  # type: ignore[attr-defined]
-
-    path, score, reverted, note, search = accuracy_fallback(ctx, build, scorer, (path0, score0),
-                                                             [(n.name, n.op_type) for n in qnodes], rank, level)
-    acc = [k["node"] for k in reverted]
-    still = [(n.name, n.op_type) for n in ctx.graph.graph.node
-             if n.op_type in preset.op_types and n.name not in set(always) | set(acc)]
-
-    def build_lat(extra: Sequence[str]) -> Path:
-        return build_static(ctx.base, ctx.work_dir / f"static-{preset.name}-lat{len(acc) + len(extra)}.onnx", preset,
-                            cache, nodes_to_exclude=list(always) + acc + list(extra), large=ctx.large)
-
-    path, score, dropped, record = _prune(ctx, note, build_lat, (path, score), still, scorer, level)
-    reverted += dropped
-    report, repaired = _check(ctx, path, score_level), ""
-    if not note and metric.passes(score["value"]) and not report["passed"]:
-        done = [k["node"] for k in reverted]
-
-        def build_guard(extra: Sequence[str]) -> Path:
-            return build_static(ctx.base, ctx.work_dir / f"static-{preset.name}-g{len(done) + len(extra)}.onnx", preset,
-                                cache, nodes_to_exclude=list(always) + done + list(extra), large=ctx.large)
-
-        path, score, report, more, note, repaired = _guard_fallback(
-            ctx, build_guard, scorer, score_level, (path, score), report,
-            [n.name for n in qnodes if n.name not in set(done)], len(qnodes), len(done))
-        reverted += more
-    notes = [f"presets tried: {', '.join(t[0].name for t in tried)}"] + [x for x in (note, repaired) if x]
-    if emulate:
-        notes.append(f"scored as exact int8 arithmetic (onnxruntime '{EXACT_INT8_LEVEL}' level), since this host's "
-                     "int8 kernels are not the target's")
-    kept += reverted
-    cand = _int8_candidate(Candidate(name=f"int8-static-{preset.name}", precision="int8",
-                                     method="static-qdq" if preset.format == "QDQ" else "static-qoperator", metric=score,
-                                     passed=metric.passes(score["value"]), size_bytes=file_size(path),
-                                     kept_float=len(kept), note="; ".join(notes), guard=report,
-                                     scored_at=score_level if emulate else ""), path, note)
-    gone = [k["node"] for k in reverted]  # on-device latency pruning (edgekit/tune.py) builds group reverts
-
-    def variant(extra: Sequence[str], out: Path) -> Path:
-        return build_static(ctx.base, out, preset, cache, nodes_to_exclude=list(always) + gone + list(extra),
-                            large=ctx.large)
-    return cand, path, {"preset": preset.summary(), "kept_float": kept, "latency_pruning": record,
-                        "fallback_search": search, "variant": (variant, [n for n in still if n[0] not in gone])}, before
-
-
-def _dynamic(ctx: _Ctx):
-    """Dynamic int8 (CPU only), on the transformer-fused graph when fusion applies."""
-    import onnx
-
-    q = ctx.profile.quantization
-    level = runtime_level_for("dynamic", ctx.profile)
-    src, fused = ctx.base, None
-    if ctx.family == "transformer":
-        ctx.say("fusing attention / layer norm for the CPU execution provider")
-        fused_path = ctx.work_dir / "fp32-fused.onnx"
-        fused = fuse_transformer(ctx.base, fused_path, ctx.sens_feeds, ctx.sens_refs, ctx.index, level, ctx.large)
-        if fused:
-            src = fused_path
-    graph = onnx.load(str(src), load_external_data=False) if src != ctx.base else ctx.graph
-    inits = initializer_names(graph)
-    nodes = [(n.name, n.op_type) for n in graph.graph.node if n.op_type in DYNAMIC_OPS
-             and (n.op_type != "MatMul" or (len(n.input) > 1 and n.input[1] in inits))]
-    # Without VNNI, u8 x s8 products can saturate 16-bit sums: 7-bit weights, as the profile says.
-    reduce_range = q.reduce_range
-    ctx.say("dynamic int8")
-
-    def build(excluded: Sequence[str]) -> Path:
-        return build_dynamic(src, ctx.work_dir / f"dynamic-{len(excluded)}.onnx",
-                             DYNAMIC_OPS, per_channel=q.per_channel, reduce_range=reduce_range,
-                             nodes_to_exclude=excluded, large=ctx.large)
-
-    scorer = Scorer(ctx.metric, ctx.validation, ctx.refs, ctx.index, level)
-    path0 = build([])
-    score0 = scorer.score(path0)
-
-    def rank(names: List[str], group: int):
-        # Each leave-one-out build overwrites the same scratch file; only its score is kept.
-        scratch = ctx.work_dir / "dynamic-rank.onnx"
-
-        def one(excluded: Sequence[str]) -> Path:
-            if not excluded:
-                return path0
-            return build_dynamic(src, scratch, DYNAMIC_OPS, per_channel=q.per_channel, reduce_range=reduce_range,
-                                 nodes_to_exclude=excluded, large=ctx.large)
-        return rank_by_rebuild(one, names, ctx.sens_feeds, ctx.sens_refs, ctx.index, level, ctx.deadline,
-                               group_size=max(group, -(-len(names) // 16)), progress=ctx.say)
-
-    path, score, reverted, note, search = accuracy_fallback(ctx, build, scorer, (path0, score0), nodes, rank,
-                                                             level, ranked_only=True)
-    acc = [k["node"] for k in reverted]
-
-    def build_lat(extra: Sequence[str]) -> Path:
-        return build_dynamic(src, ctx.work_dir / f"dynamic-lat{len(acc) + len(extra)}.onnx", DYNAMIC_OPS,
-                             per_channel=q.per_channel, reduce_range=reduce_range,
-                             nodes_to_exclude=acc + list(extra), large=ctx.large)
-
-    path, score, dropped, record = _prune(ctx, note, build_lat, (path, score),
-                                          [n for n in nodes if n[0] not in set(acc)], scorer, level)
-    reverted += dropped
-    report = _check(ctx, path, level)
-    if not report["passed"] and not note:
-        note = f"guard: {_guard.describe(report)}"
-    preset = {"method": "dynamic", "activation_type": "QUInt8 (per run)", "weight_type": "QInt8",
-              "per_channel": q.per_channel, "reduce_range": reduce_range, "op_types": list(DYNAMIC_OPS),
-              "extra_options": {"MatMulConstBOnly": True},
-              "transformer_fusion": dict(sorted(fused.items())) if fused else {}}
-    kept = _const_b_notes(ctx, {n for n, _ in nodes}, graph) + reverted
-    cand = _int8_candidate(Candidate(name="int8-dynamic", precision="int8", method="dynamic", metric=score, guard=report,
-                                     passed=ctx.metric.passes(score["value"]), size_bytes=file_size(path),
-                                     kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused)))
-                                                                                      if fused else "", note] if x)),
-                           path, note)
-    gone = [k["node"] for k in reverted]
-
-    def variant(extra: Sequence[str], out: Path) -> Path:
-        return build_dynamic(src, out, DYNAMIC_OPS, per_channel=q.per_channel, reduce_range=reduce_range,
-                             nodes_to_exclude=gone + list(extra), large=ctx.large)
-    return cand, path, {"preset": preset, "kept_float": kept, "latency_pruning": record, "fallback_search": search,
-                        "variant": (variant, [n for n in nodes if n[0] not in gone])}, score0
-
-
-def _int8_candidate(cand: Candidate, path: Path, note: str) -> Candidate:
-    """Record honestly: ``passed`` is the metric (false when only reverting every node reached it);
-    a fallback note that rules the candidate out (too little int8 left) and a file with no quantized
-    node at all become ``refused``."""
-    cand.quantized_nodes = quantized_node_count(path)
-    if note.startswith("every quantized node had to be reverted"):
-        cand.passed = False  # int8 cannot reach the threshold: only the float model it became does
-    elif note and not note.startswith("unreachable"):
-        cand.refused = note
-    elif cand.quantized_nodes == 0:
-        cand.refused = "no node is quantized (0 QuantizeLinear or int8 nodes): this file is a float model, not int8"
-    return cand
-
-
-def _check(ctx: _Ctx, model: Path, level: str) -> Dict[str, object]:
-    """The guard report (summary form) of one candidate on the validation feeds."""
-    return _guard.summary(_guard.check_model(model, ctx.validation, ctx.guard_refs, ctx.out_names, level,
-                                             ctx.guard_conf, ctx.metric.stream_plan))
-
-
-def _guard_fallback(ctx: _Ctx, build: Callable[[Sequence[str]], Path], scorer: Scorer, level: str,
-                    current: Tuple[Path, Dict[str, float]], report: Dict[str, object], names: List[str],
-                    total: int, done: int):
-    """The metric passes but a guard fails: revert the quantized nodes nearest the failing outputs
-    (shortest passing prefix, as the accuracy fallback does) rather than refusing int8 outright.
-    Returns (path, score, report, kept_float entries, note, what was repaired); a non-empty note
-    means not repaired."""
-    failing = sorted({str(f["output"]) for f in report["findings"]})  # type: ignore[union-attr]
-    order = _guard.nearest_first(ctx.graph, failing, names)
-    reports: Dict[str, Dict[str, object]] = {str(current[0]): report}
-    refused = f"guard: {_guard.describe(report)}"
-    if not order:
-        return current[0], current[1], report, [], refused, ""
-
-    def score(path: Path) -> Dict[str, float]:
-        if str(path) not in reports:
-            reports[str(path)] = _check(ctx, path, level)
-        found = reports[str(path)]["findings"]
-        return {**scorer.score(path), "guard_findings": float(len(found))}  # type: ignore[arg-type]
-
-    ctx.say(f"guard: {len(failing)} output(s) fail; reverting the nodes nearest them")
-    first = (current[0], {**current[1], "guard_findings": float(len(report["findings"]))})  # type: ignore[arg-type]
-    try:
-        fb = revert_until_within_tolerance(build, score, ctx.metric, order, ctx.deadline, first=first, progress=ctx.say,
-                                           accept=lambda s: ctx.metric.passes(s["value"]) and s["guard_findings"] == 0)
-    except AccuracyError as exc:
-        if exc.details.get("budget"):
-            raise
-        return (current[0], current[1], report, [],
-                f"{refused} (still failing with all {len(order)} node(s) upstream reverted)", "")
-    ops = {n.name: n.op_type for n in ctx.graph.graph.node}
-    kept = [{"node": n, "op_type": ops.get(n, "?"), "reason": "guard: int8 here damaged output "
-             + ", ".join(failing) + " (a slice collapsed or diverged from FP32)"} for n in fb.excluded]
-    result = {k: v for k, v in fb.metric.items() if k != "guard_findings"}
-    left = done + len(fb.excluded)
-    # mostly float: kept only where a matching host measures it faster than FP32 (as the accuracy fallback)
-    faster = faster_than_fp32(timer(ctx, level), "guarded", fb.model_path) if left * 2 > total else True
-    if not faster:
-        why = ("this host cannot time the target to show that the int8 left pays for its Q/DQ" if faster is None
-               else "the result was not faster than FP32 on this host")
-        return fb.model_path, result, reports[str(fb.model_path)], kept, (
-            f"{refused}; clearing them left {left} of {total} quantized nodes float, and {why}"), ""
-    repaired = f"guards repaired by keeping {len(fb.excluded)} node(s) float; before: {_guard.describe(report, 2)}"
-    return fb.model_path, result, reports[str(fb.model_path)], kept, "", repaired
-
-
-def _const_b_notes(ctx: _Ctx, quantized: set, graph: Optional[object] = None) -> List[dict]:
-    if ctx.family != "transformer":
-        return []
-    g = graph if graph is not None else ctx.graph
-    return [{"node": n.name, "op_type": n.op_type,
-             "reason": "activation x activation MatMul (attention): ranges change per input, few FLOPs"}
-            for n in g.graph.node if n.op_type == "MatMul" and n.name not in quantized]  # type: ignore[attr-defined]
+def _tuning_extras(built: Dict[str, registry.Built]) -> Dict[str, Dict[str, object]]:
+    """What on-device tuning (edgekit/tune_build.py, tune_prune.py) needs to ship another candidate
+    than the host's choice, or to build its group reverts: kept in memory, never serialised."""
+    return {n: {"preset": dict(b.recipe), "kept_float": list(b.kept_float),
+                **({"variant": b.variant} if b.variant is not None else {})} for n, b in built.items()}
 
 
 def _subgraph_notes(graph, chosen: Candidate) -> List[KeptFloat]:
-    if chosen.precision != "int8":
+    if not registry.is_integer(chosen.precision):
         return []
     return [KeptFloat(node=node.name, op_type=node.op_type,
                       reason="control flow: its subgraph bodies stay float (int8 quantizes the main graph)")
             for node, depth in iter_nodes(graph.graph) if depth == 0 and node.op_type in SUBGRAPH_OPS]
 
 
-def _set_tag(excluded: Sequence[str]) -> str:
-    import hashlib
 
-    digest = hashlib.sha256("\n".join(sorted(excluded)).encode()).hexdigest()[:10]
-    return f"{len(excluded)}-{digest}"
+def _scratch(wanted: List[str]) -> List[str]:
+    return [p for name in wanted for p in registry.get(name).scratch]
 
 
-def _cleanup(work_dir: Path, keep: set) -> None:
-    """Drop the fallback's intermediate files; the chosen and candidate files stay."""
+def _cleanup(work_dir: Path, keep: set, patterns: List[str]) -> None:
+    """Drop the builders' intermediate files (their ``scratch`` patterns); the candidate files stay."""
     keep_names = {p.name for p in keep} | {p.name + ".data" for p in keep}
-    for pattern in ("static-*.onnx*", "dynamic-*.onnx*"):
+    for pattern in patterns:
         for p in work_dir.glob(pattern):
             if p.name not in keep_names:
                 p.unlink(missing_ok=True)

@@ -9,12 +9,11 @@ import numpy as np
 
 from ..errors import QuantizationError
 from ..metrics import MetricSpec
+from ..optimize import ort_level
 from .presets import DISABLED_OPTIMIZERS
 
 EVAL_THREADS = 2
 """Fixed for scoring, so the metric (and so every accuracy decision) is host-independent."""
-
-_LEVELS = ("disabled", "basic", "extended", "all")
 
 ModelSource = Union[Path, bytes]
 
@@ -23,12 +22,7 @@ def make_session(model: ModelSource, level: str = "extended", threads: int = EVA
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = [
-        ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    ][_LEVELS.index(level)]
+    opts.graph_optimization_level = ort_level(level)
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     # Idle onnxruntime workers spin for a while after each run; with sessions interleaved, the idle

@@ -17,7 +17,7 @@ to quantize) that the profile cannot know. The reasoning, from onnxruntime's own
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -177,14 +177,6 @@ def calibration_extra(preset: QuantPreset) -> Dict[str, Any]:
     return opts
 
 
-def describe(presets: List[QuantPreset]) -> str:
-    return ", ".join(p.name for p in presets)
-
-
-def find(presets: List[QuantPreset], name: str) -> Optional[QuantPreset]:
-    return next((p for p in presets if p.name == name), None)
-
-
 PRECISION_FLAGS = {"trt_int8_enable": "int8", "trt_fp16_enable": "fp16"}
 """TensorRT builder flags and the lowest precision each lets the engine use."""
 
@@ -197,7 +189,10 @@ def provider_options_for(profile: TargetProfile, precision: str) -> Dict[str, Di
     ``trt_fp16_enable`` on an FP32 model (which ships only when FP16 missed the threshold) runs the
     precision that failed. So int8 stays only on int8 artifacts, fp16 on int8/fp16 ones.
     """
-    allowed = {"int8": {"int8", "fp16"}, "fp16": {"fp16"}}.get(precision, set())
+    from . import registry
+
+    # a .tflite 'as-converted' artifact (no builder) or FP32 lets the engine use nothing lower
+    allowed = registry.get(precision).engine_precisions if precision in registry.names() else frozenset()
     options: Dict[str, Dict[str, Any]] = {}
     for provider, opts in profile.runtime.provider_options.items():
         fixed = dict(opts)

@@ -6,6 +6,8 @@ from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .registry import PrecisionName
+
 
 class KeptFloat(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -20,7 +22,7 @@ class Candidate(BaseModel):
 
     name: str
     """e.g. ``int8-static-u8s8-rr-pc``, ``int8-dynamic``, ``fp16``, ``fp32``."""
-    precision: Literal["int8", "fp16", "fp32"]
+    precision: PrecisionName
     method: str
     metric: Optional[Dict[str, float]] = None
     """MetricSpec.score on the validation feeds vs FP32 (None: could not run on this host)."""
@@ -50,7 +52,7 @@ class QuantizeResult(BaseModel):
     model_path: Path
     """The chosen ONNX file, inside work_dir (excluded from the manifest)."""
     target: str
-    precision: Literal["int8", "fp16", "fp32"]
+    precision: PrecisionName
     method: str
     """``static-qdq``, ``static-qoperator``, ``dynamic``, ``fp16`` or ``fp32``."""
     preset: Dict[str, Any] = Field(default_factory=dict)
@@ -89,11 +91,14 @@ class QuantizeResult(BaseModel):
     """The chosen candidate's guard report (see Candidate.guard)."""
     fp32_size_bytes: int = 0
     """The FP32 model this build would ship (the same prepared graph), for size ratios."""
+    reference_outputs: Any = Field(default=None, exclude=True, repr=False)
+    """Every FP32 output per validation feed (sample-major), computed once by the engine: the build's
+    reference.npz. Never serialized."""
     candidate_files: Dict[str, Path] = Field(default_factory=dict, exclude=True)
     """{candidate name: its file inside work_dir}, for on-device tuning (excluded from the manifest)."""
     candidate_extras: Dict[str, Dict[str, Any]] = Field(default_factory=dict, exclude=True)
-    """{int8 candidate name: its preset, kept_float and a builder of group reverts}, so tuning can ship another
-    candidate and prune on the device (in memory only: never serialised)."""
+    """{candidate name: its recipe ('preset'), kept_float and, for int8, a builder of group reverts
+    ('variant')}, so tuning can ship another candidate and prune on the device (in memory only: never serialised)."""
 
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QGemm",

@@ -1,12 +1,16 @@
 """Reading run files (``runs/<UTC time>-<device>.json``) into values the renderers share."""
 from __future__ import annotations
 
+import os
+import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pydantic import ConfigDict
 
 from ..errors import ConfigError
+from .releases import parse_time
 from .schema import RunFields, RunFileError, max_result_bytes, read_result
 
 HOST_BLOCK_ALLOWANCE = 64 * 1024
@@ -23,6 +27,9 @@ def power_is_estimate(power: Dict[str, Any]) -> bool:
     return bool(power.get("is_estimate")) or power.get("sampler") == "estimate" or power.get("method") == "estimate"
 
 
+_STAMP = re.compile(r"(\d{8}T\d{6}Z)-")
+
+
 class RunRecord(RunFields):
     """One validation run, as the runner wrote it plus the host's ``host`` block."""
 
@@ -30,6 +37,21 @@ class RunRecord(RunFields):
 
     path: Path
     started: Optional[str] = None
+    mtime: Optional[float] = None
+    """When the file was last written (the host's clock), to place the run within its file name's second."""
+
+    @property
+    def when(self) -> datetime:
+        """When the host stored the run: the UTC second in its file name, refined by the file's
+        mtime when that falls within the same second (a copied file's does not); else the device's
+        ``started``; runs with neither sort first."""
+        stamp = _STAMP.match(self.path.name)
+        named = parse_time(stamp.group(1)) if stamp else None
+        if named is None:
+            return parse_time(self.started) or datetime.min.replace(tzinfo=timezone.utc)
+        if self.mtime is not None and 0 <= self.mtime - named.timestamp() < 1:
+            return datetime.fromtimestamp(self.mtime, timezone.utc)
+        return named
 
     @property
     def emulated(self) -> bool:
@@ -57,16 +79,22 @@ class RunRecord(RunFields):
                 "error": (self.error or {}).get("message"), "path": str(self.path), **self.power_summary()}
 
     def power_summary(self) -> Dict[str, Any]:
-        """Flat power and carbon fields (None when the run has no such figure)."""
+        """Flat power and carbon fields (None when the run has no such figure). ``carbon_g_per_day``
+        is the report's figure (idle noise and an estimate's idle left out, see energy.py; the note
+        says which), ``carbon_g_per_day_device`` the one in the run file."""
+        from .energy import carbon_per_day  # energy.py renders runs: imported here, not at the top
+
         pw = self.power or {}
         c = pw.get("carbon") if isinstance(pw.get("carbon"), dict) else {}
+        day, note = carbon_per_day(pw) if pw and not power_unavailable(pw) else (None, None)
         return {"power_sampler": pw.get("sampler"),
                 "power_is_estimate": None if power_unavailable(pw) else power_is_estimate(pw),
                 "energy_per_inference_mj": pw.get("energy_per_inference_mj"),
                 "energy_per_inference_above_idle_mj": pw.get("energy_per_inference_above_idle_mj"),
-                "mean_power_w": pw.get("mean_power_w"), "carbon_g_per_1000_inferences": c.get("g_per_1000_inferences"),
-                "carbon_g_per_day": c.get("g_per_day_at_rps"), "requests_per_s": c.get("requests_per_s"),
-                "grid_g_per_kwh": c.get("grid_g_per_kwh")}
+                "mean_power_w": pw.get("mean_power_w"), "idle_power_w": pw.get("idle_power_w"),
+                "carbon_g_per_1000_inferences": c.get("g_per_1000_inferences"),
+                "carbon_g_per_day": day, "carbon_g_per_day_note": note, "carbon_g_per_day_device": c.get("g_per_day_at_rps"),
+                "requests_per_s": c.get("requests_per_s"), "grid_g_per_kwh": c.get("grid_g_per_kwh")}
 
 
 def read_run(path: Path) -> RunRecord:
@@ -81,8 +109,13 @@ def read_run(path: Path) -> RunRecord:
     facts = data.get("device") or {}
     device = host.get("device") or (facts.get("hostname") if isinstance(facts.get("hostname"), str) else None) \
         or Path(path).stem
-    return RunRecord(path=Path(path), device=device, device_facts=facts,
-                     **{k: v for k, v in data.items() if k in RunRecord.model_fields and k not in ("device", "path")})
+    try:
+        mtime: Optional[float] = os.stat(path).st_mtime
+    except OSError:
+        mtime = None
+    return RunRecord(path=Path(path), device=device, device_facts=facts, mtime=mtime,
+                     **{k: v for k, v in data.items() if k in RunRecord.model_fields
+                        and k not in ("device", "path", "mtime")})
 
 
 def find_runs(paths: Sequence[Path] = (), runs_dir: Optional[Path] = None) -> List[Path]:

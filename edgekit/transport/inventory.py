@@ -220,7 +220,7 @@ def device_from_vars(where: str, host: str, v: Dict[str, Any], groups: List[str]
     spec: Dict[str, Any] = {
         "name": host,
         "target": _text(v["edgekit_target"]),
-        "transport": "local" if v.get("ansible_connection") == "local" else "ssh",
+        "transport": _transport(at, v.get("ansible_connection")),
         "host": host,
         "python": "python3" if python in AUTO_PYTHON else python,
         "groups": groups,
@@ -344,3 +344,21 @@ def _yaml_keyed(text: str) -> bool:
 
 def _ini_shaped(text: str) -> bool:
     return bool(re.search(r"^\s*\[[^\]]+\]\s*(#.*)?$", text, re.M))
+
+
+# Ansible connection plugins that reach a host the way edgekit's ssh transport does.
+SSH_CONNECTIONS = (None, "ssh", "paramiko", "paramiko_ssh", "smart", "ansible.builtin.ssh", "ansible.builtin.paramiko_ssh")
+
+
+def _transport(at: str, connection: object) -> str:
+    """The edgekit transport for an ansible_connection: ssh-like ones are ssh, a registered transport
+    name is itself, anything else (docker, winrm, ...) is refused rather than tried over SSH."""
+    from . import names
+
+    if connection in SSH_CONNECTIONS:
+        return "ssh"
+    if isinstance(connection, str) and connection.rsplit(".", 1)[-1] in names():
+        return connection.rsplit(".", 1)[-1]
+    raise ConfigError(f"{at}: ansible_connection={str(connection)[:40]!r} has no edgekit transport",
+                      hint=f"edgekit reaches devices over: {', '.join(names())}")
+

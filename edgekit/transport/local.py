@@ -1,4 +1,7 @@
-"""A directory on this machine standing in for a device (``transport = "local"``)."""
+"""A directory on this machine standing in for a device (``transport = "local"``).
+
+Its release operations run in this process (:class:`FilesSession`: edgekit/device/release.py's
+functions over the file operations below), so no shell is involved."""
 from __future__ import annotations
 
 import errno
@@ -6,25 +9,44 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ..device.release import sha256_file
 from ..errors import DeviceError
-from . import RunResult, Transport
+from . import FilesSession, ReleaseSession, RunResult, Transport
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import DeviceSpec, ProjectConfig
 
 
-class LocalTransport(Transport):
+class LocalTransport(Transport, kind="local"):
     def __init__(self, name: str, root: Path, python: str = "python3") -> None:
         self.name = name
-        self.root = str(Path(root).resolve())
+        self._root = str(Path(root).resolve())
         self.python = python
         self.bytes_sent = 0
         """File bytes written by ``put`` (deploy reports them, as it does for SSH)."""
+
+    @classmethod
+    def from_device(cls, device: "DeviceSpec", config: Optional["ProjectConfig"] = None,
+                    **options: Any) -> "LocalTransport":
+        root = Path(device.path).expanduser()
+        if config is not None and not root.is_absolute():
+            root = config.root / root
+        return cls(device.name, root, python=device.python)
+
+    @property
+    def root(self) -> str:
+        return self._root
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
     def _abs(self, p: str) -> str:
         return p if os.path.isabs(p) else self.path(p)
+
+    def release_session(self) -> ReleaseSession:
+        return FilesSession(self)
 
     def run(self, argv: Sequence[str], timeout: Optional[float] = None, cwd: Optional[str] = None) -> RunResult:
         where = self._abs(cwd) if cwd else self.root
@@ -62,7 +84,7 @@ class LocalTransport(Transport):
         except FileNotFoundError:
             raise DeviceError(f"device '{self.name}': {self._abs(remote)} does not exist") from None
 
-    # File operations (the same set the SSH transport does over SFTP; see deploy.py)
+    # File operations (edgekit.device.release.PosixFs's set, which the release logic runs over)
     def mkdir(self, path: str) -> None:
         os.mkdir(self._abs(path))  # FileExistsError when it exists: the deploy lock relies on this
 
@@ -114,6 +136,17 @@ class LocalTransport(Transport):
         except OSError:
             return None
         return st.f_bavail * st.f_frsize
+
+    def sha256_many(self, paths: Sequence[str]) -> Dict[str, str]:
+        return {p: h for p, h in ((p, sha256_file(self._abs(p))) for p in paths) if h}
+
+    def copy_many(self, pairs: Sequence[Tuple[str, str]]) -> None:
+        for src, dst in pairs:
+            s = self._abs(src)
+            if os.path.islink(s) or not os.path.isfile(s):
+                continue
+            self.rmtree(dst)
+            shutil.copyfile(s, self._abs(dst))
 
     def describe(self) -> str:
         return f"local:{self.root}"

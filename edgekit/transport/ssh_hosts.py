@@ -10,6 +10,7 @@ import getpass
 import logging
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,10 @@ class Endpoint:
     proxy_jump: List[str] = field(default_factory=list)
     proxy_command: Optional[str] = None
     known_hosts_files: List[str] = field(default_factory=list)
+    connect_timeout: Optional[float] = None
+    """``ConnectTimeout`` from ~/.ssh/config (seconds), if set."""
+    keepalive_s: Optional[float] = None
+    """``ServerAliveInterval`` from ~/.ssh/config (seconds), if set."""
 
     @property
     def host_key_name(self) -> str:
@@ -110,7 +115,52 @@ def resolve_endpoint(ssh_config: paramiko.SSHConfig, host: str, *, port: Optiona
         proxy_jump=jumps,
         proxy_command=command if not jumps else None,  # as in OpenSSH, ProxyJump wins
         known_hosts_files=known,
+        connect_timeout=_seconds(opts.get("connecttimeout"), "ConnectTimeout", host),
+        keepalive_s=_seconds(opts.get("serveraliveinterval"), "ServerAliveInterval", host),
     )
+
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds to reach a device when neither --connect-timeout, the device's connect_timeout nor
+~/.ssh/config's ConnectTimeout says otherwise (OpenSSH itself waits for the TCP stack: minutes)."""
+DEFAULT_KEEPALIVE_S = 15.0
+"""An SSH keepalive every this many seconds while a connection is open (a long validate is silent on
+the wire for minutes; NAT boxes and stateful firewalls drop idle flows)."""
+
+
+def _seconds(value: Optional[str], option: str, host: str) -> Optional[float]:
+    """A positive number of seconds from ~/.ssh/config; 0 or none means 'not set' (OpenSSH's meaning)."""
+    if value is None or str(value).strip().lower() in ("", "none", "0"):
+        return None
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"ssh config for host '{host}': {option} '{value}' is not a number of seconds") from None
+    if seconds <= 0:
+        raise ConfigError(f"ssh config for host '{host}': {option} {value} must be positive")
+    return seconds
+
+
+def connect_timeout_for(explicit: Optional[float], ep: Endpoint) -> float:
+    """The connect timeout: the device's (or --connect-timeout's) value, else ConnectTimeout, else 10 s."""
+    return float(explicit or ep.connect_timeout or DEFAULT_CONNECT_TIMEOUT)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A connection attempt that ran out of time (TCP connect, banner, key exchange or auth): the
+    device did not answer in time. Retrying it only doubles the wait, so nobody does."""
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return True
+    text = str(exc).lower()
+    # "No existing session": paramiko's start_client gave up waiting for the key exchange (its
+    # deadline passed without an error), and connect then found no session.
+    return any(s in text for s in ("timed out", "timeout", "error reading ssh protocol banner", "no existing session"))
+
+
+def connect_hint(ep: Endpoint) -> str:
+    """The 'is sshd there?' hint with this device's own port, user and host filled in."""
+    port = f"-p {ep.port} " if ep.port != 22 else ""
+    return f"is the device on and its sshd running? try: ssh {port}{ep.user}@{ep.hostname} true"
 
 
 def trust_hint(ep: Endpoint, record_to: Path) -> str:

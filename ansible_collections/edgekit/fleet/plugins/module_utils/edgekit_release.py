@@ -1,0 +1,1 @@
+../../../../../edgekit/device/release.py
