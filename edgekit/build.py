@@ -44,6 +44,8 @@ class BuildResult(BaseModel):
     """``dist/<model>/<target>.build.json``: host timings and duration, outside the release."""
     timing_note: str = ""
     """Whether the timing comparisons were measured or reused from the previous build record."""
+    tuning: Dict[str, Any] = {}
+    """``--tune-on``: the manifest's tuning section plus this run's cost ('run'); empty otherwise."""
 
 
 def _io_specs(model_path: Path) -> Dict[str, List[Dict[str, Any]]]:
@@ -235,9 +237,11 @@ def _write_reference_subset(config: ProjectConfig, bundle: Path, val: List[Dict[
 
 
 def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precision: str = "auto",
-          budget_s: float = 300.0, progress: Optional[Progress] = None, remeasure: bool = False) -> BuildResult:
+          budget_s: float = 300.0, progress: Optional[Progress] = None, remeasure: bool = False,
+          tune: Optional[Any] = None) -> BuildResult:
     """``remeasure``: time every comparison afresh instead of reusing the previous build record's
-    timings of identical models (which keeps rebuilds byte-identical)."""
+    timings of identical models (which keeps rebuilds byte-identical). ``tune``: a
+    ``tune.TuneOptions``; the device it names chooses among the candidates (edgekit/tune.py)."""
     from . import export, optimize
     from .quantize import quantize_for_target
     from .guard import resolve as resolve_guard
@@ -258,9 +262,16 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     if not val:
         raise ConfigError(f"{config.path}: field 'validation': no samples")
 
+    if tune is not None:  # refusals (an emulated board, no power sensor for energy) before the minutes of work
+        from .tune import preflight
+
+        preflight(config, profile, tune, say)
     say(f"exporting {config.model.source} model '{config.model.name}' to ONNX")
     exported = export.export(config, work, check_feed=val[0])
     if exported.source == "tflite":
+        if tune is not None:
+            raise ConfigError(f"{config.path}: a converted .tflite model ships as it is: there are no candidates "
+                              "for --tune-on to choose between")
         return _bundle_tflite(config, profile, exported.path, bundle, val, labels, t0, say, starts)
     io = _io_specs(exported.path)
     _check_data_matches_model(exported.path, io, config, calib, val)
@@ -282,6 +293,13 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
                             budget_s=budget_s, seed=config.seed, progress=say, measure=memo, guard=guard,
                             calibration_cap=cap, feeds_checked=True)
     reference = q.reference_outputs  # the FP32 outputs the candidates were scored against
+    tuning: Dict[str, Any] = {}
+    tune_run: Dict[str, Any] = {}
+    if tune is not None:  # the device chooses among the candidates that passed here
+        from .tune_build import tune_quantized
+
+        q, tuning, tune_run = tune_quantized(config, profile, q, val, reference, labels, starts, metric, guard, io,
+                                             work, Path(out_dir), tune, say)
 
     say("writing the bundle")
     artifact.clean_dir(bundle)
@@ -315,14 +333,17 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
         "export": {"source": exported.source, "opset": exported.opset, "max_abs_diff": exported.max_abs_diff},
         # measurements (host latency) vary between builds: they go to the build record, not here
         "quantization": q.model_dump(mode="json", exclude={"model_path": True, "latency_ms": True,
+                                                           "candidate_files": True, "candidate_extras": True,
                                                            "latency_pruning": True,
                                                            "candidates": {"__all__": {"p50_ms"}},
                                                            "fallback_search": {"__all__": {"p50_ms", "aa_noise_floor"}}}),
         "build_metrics": {"size_bytes": size, "fp32_size_bytes": fp32_size, "host_metric": host_metric},
         "reference": shipped,
+        **({"tuning": tuning} if tuning else {}),
     })
     seconds = time.perf_counter() - t0
     record = build_record.write(bundle, manifest["release_id"], seconds, {
+        **({"tuning": tune_run} if tune_run else {}),
         "latency_ms": q.latency_ms, "latency_pruning": q.latency_pruning,
         "candidates_p50_ms": {c.name: c.p50_ms for c in q.candidates},
         "fallback_search_p50_ms": {n: {k: rec[k] for k in ("p50_ms", "aa_noise_floor") if k in rec}
@@ -332,4 +353,5 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
                        precision=q.precision, method=q.method, reason=q.reason, size_bytes=size,
                        fp32_size_bytes=fp32_size, metric=q.metric_after, seconds=seconds, record=record,
                        timing_note=memo.summary(), guard=q.guard, calibration=str(q.calibration.get("note", "")),
-                       guard_refused={c.name: guard_refusal(c) for c in q.candidates if guard_refusal(c)})
+                       guard_refused={c.name: guard_refusal(c) for c in q.candidates if guard_refusal(c)},
+                       tuning={**tuning, "run": tune_run} if tuning else {})

@@ -7,6 +7,7 @@ from typing import List, Optional
 import click
 
 from .render import clean, echo, echo_json, kv, table
+from .tune import print_tuning, tune_options, tune_settings
 
 class _Precisions(click.Choice):
     """``auto`` and every registered precision (``edgekit.quantize.registry``), read when click needs them."""
@@ -41,15 +42,19 @@ CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_typ
               help="Time every comparison afresh (default: reuse the previous build record's timings of identical "
                    "models, so a rebuild is byte-identical).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@tune_options
 def build(target_names: List[str], config_path: Path, out: Optional[Path], precision: str, budget: float,
-          remeasure: bool, as_json: bool) -> None:
+          remeasure: bool, as_json: bool, **tune_args: object) -> None:
     """Export, optimize and quantize the model for a target; write dist/<model>/<target>/."""
     from .. import config as config_mod
     from .. import targets
     from ..build import build as run_build
     from ..errors import ConfigError
 
+    tune = tune_settings(tune_args)  # its mistakes are one line each, before anything is built
     cfg = config_mod.load(config_path)
+    if tune is not None:
+        cfg.device(tune.device)
     names = list(target_names) or cfg.targets
     if not names:
         raise ConfigError(f"{cfg.path}: no target given; pass --target NAME or list 'targets' in the file")
@@ -63,7 +68,8 @@ def build(target_names: List[str], config_path: Path, out: Optional[Path], preci
     out_dir = out or (cfg.root / "dist")
     results = []
     for profile in profiles:
-        results.append(_build_one(run_build, cfg, profile, out_dir, precision, budget, remeasure, quiet=as_json))
+        results.append(_build_one(run_build, cfg, profile, out_dir, precision, budget, remeasure, quiet=as_json,
+                                  tune=tune))
     if as_json:
         echo_json(results[0] if len(results) == 1 else results)
         return
@@ -78,6 +84,8 @@ def build(target_names: List[str], config_path: Path, out: Optional[Path], preci
             echo(f"{r.target}: guards refused {name}: {findings}")
         if "reused" in r.timing_note:
             echo(f"{r.target}: {r.timing_note}")
+        if r.tuning:
+            print_tuning(r.target, r.tuning)
 
 
 def _fmt_metric(m: dict) -> str:
@@ -95,9 +103,9 @@ def _fmt_guard(g: dict) -> str:
     return f"FAIL ({len(g.get('findings') or [])} finding(s))"
 
 
-def _build_one(run_build, cfg, profile, out_dir, precision, budget, remeasure, quiet):  # type: ignore[no-untyped-def]
+def _build_one(run_build, cfg, profile, out_dir, precision, budget, remeasure, quiet, tune=None):  # type: ignore[no-untyped-def]
     if quiet:
-        return run_build(cfg, profile, out_dir, precision=precision, budget_s=budget, remeasure=remeasure)
+        return run_build(cfg, profile, out_dir, precision=precision, budget_s=budget, remeasure=remeasure, tune=tune)
     from rich.console import Console
     from rich.markup import escape
 
@@ -109,7 +117,7 @@ def _build_one(run_build, cfg, profile, out_dir, precision, budget, remeasure, q
             console.log(line)
 
         return run_build(cfg, profile, out_dir, precision=precision, budget_s=budget, progress=progress,
-                         remeasure=remeasure)
+                         remeasure=remeasure, tune=tune)
 
 
 def _project_dirs(config_path: Path) -> List[Path]:

@@ -78,13 +78,17 @@ def register(main: click.Group) -> None:
     @click.option("--engine", type=click.Choice(["builtin", "ansible"]), default="builtin", show_default=True,
                   help="Who does the work: edgekit's own threads over SSH, or Ansible (the edgekit.fleet "
                        "collection through ansible-runner; for big fleets).")
+    @click.option("--tune-on-canary", is_flag=True,
+                  help="Rebuild the target first with --tune-on the first canary, so the fleet gets what it measured "
+                       "(costs a build; the tuning cache answers identical boards next time).")
     @_lock
     @_accept
     @_json
     def deploy_cmd(devices: Tuple[str, ...], group: Optional[str], limit: Optional[str], retry_failed: bool,
                    max_parallel: Optional[int], connect_timeout: Optional[float], config_path: Path, inventory: Any,
                    target: Optional[str], dist: Optional[Path], canary: str, batch_size: Optional[int], duration: float,
-                   quick: bool, engine: str, lock_timeout: float, as_json: bool) -> None:
+                   quick: bool, engine: str, lock_timeout: float, as_json: bool,
+                   tune_on_canary: bool = False) -> None:
         """Push the bundle to devices as an atomic, verified release and make it current."""
         from ..config import load
         from ..errors import FleetError
@@ -92,6 +96,13 @@ def register(main: click.Group) -> None:
 
         config = load(config_path)
         hosts = _select(config, "deploy", devices, group, inventory, limit, retry_failed, connect_timeout)
+        if tune_on_canary:
+            from ..tune_fleet import tune_on_canary as _tune
+
+            built = _tune(config, hosts, canary, target=target, dist=dist,
+                          say=lambda m: None if as_json else echo(m, err=True))
+            if not as_json:
+                echo(f"tuned on the canary: {built.reason}", err=True)
         if is_single(devices, group, limit, retry_failed) and canary.strip() in ("", "0") and engine == "builtin":
             res = deploy_device(config, hosts[0], dist=dist, target=target, lock_timeout=lock_timeout)
             echo_json(res) if as_json else kv(f"deploy to {res.device}", _deploy_rows(res))

@@ -159,7 +159,15 @@ def quantize_for_target(
                      "used_by_chosen": chosen.method.startswith("static")},
         seed=seed, fp32_size_bytes=file_size(base), reference_outputs=all_refs,
         methods_skipped=getattr(ctx, "method_skips", {}),
+        candidate_files=dict(files), candidate_extras=_tuning_extras(built),
     )
+
+
+def _tuning_extras(built: Dict[str, registry.Built]) -> Dict[str, Dict[str, object]]:
+    """What on-device tuning (edgekit/tune_build.py, tune_prune.py) needs to ship another candidate
+    than the host's choice, or to build its group reverts: kept in memory, never serialised."""
+    return {n: {"preset": dict(b.recipe), "kept_float": list(b.kept_float),
+                **({"variant": b.variant} if b.variant is not None else {})} for n, b in built.items()}
 
 
 def _subgraph_notes(graph, chosen: Candidate) -> List[KeptFloat]:

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import (TYPE_CHECKING, Annotated, Any, ClassVar, Dict, FrozenSet, Iterable, List, Literal, Optional, Tuple,
-                    Type)
+from typing import (TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Dict, FrozenSet, Iterable, List, Literal,
+                    Optional, Sequence, Tuple, Type)
 
 from pydantic import AfterValidator
 
@@ -68,6 +68,10 @@ class Built:
     fallback_search: Optional[Dict[str, Any]] = None
     metric_before: Optional[Dict[str, float]] = None
     """The first full quantization's score, before any fallback (the manifest's metric_before)."""
+    variant: Optional[Tuple[Callable[[Sequence[str], Path], Path], List[Tuple[str, str]]]] = None
+    """(build, nodes): ``build(extra_float_nodes, out)`` writes this candidate with those nodes also
+    float, and ``nodes`` ({name, op_type} pairs still quantized) are what it may revert; on-device
+    latency pruning (``--tune-on``) builds its group reverts with it. None: no such variants."""
 
 
 class BuildContext:

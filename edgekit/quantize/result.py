@@ -97,6 +97,11 @@ class QuantizeResult(BaseModel):
     reference_outputs: Any = Field(default=None, exclude=True, repr=False)
     """Every FP32 output per validation feed (sample-major), computed once by the engine: the build's
     reference.npz. Never serialized."""
+    candidate_files: Dict[str, Path] = Field(default_factory=dict, exclude=True)
+    """{candidate name: its file inside work_dir}, for on-device tuning (excluded from the manifest)."""
+    candidate_extras: Dict[str, Dict[str, Any]] = Field(default_factory=dict, exclude=True)
+    """{candidate name: its recipe ('preset'), kept_float and, for int8, a builder of group reverts
+    ('variant')}, so tuning can ship another candidate and prune on the device (in memory only: never serialised)."""
 
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QGemm",

@@ -50,7 +50,7 @@ class Int8(CandidateBuilder):
             cands.append(cand)
             yield Built(cand, path, recipe=extra["preset"], kept_float=extra["kept_float"],
                         latency_pruning=extra["latency_pruning"], fallback_search=extra["fallback_search"],
-                        metric_before=before)
+                        metric_before=before, variant=extra["variant"])
         # issue #14: CLE, NNCF (bias correction, SmoothQuant), layouts; each competes in choose()
         yield from as_built(ctx, cands, _calibrated, EXACT_INT8_LEVEL)
 
@@ -188,8 +188,13 @@ def _static(ctx: BuildContext):
                                      passed=metric.passes(score["value"]), size_bytes=file_size(path),
                                      kept_float=len(kept), note="; ".join(notes), guard=report,
                                      scored_at=score_level if emulate else ""), path, note)
+    gone = [k["node"] for k in reverted]  # on-device latency pruning (edgekit/tune_prune.py) builds group reverts
+
+    def variant(extra: Sequence[str], out: Path) -> Path:
+        return build_static(ctx.base, out, preset, cache, nodes_to_exclude=list(always) + gone + list(extra),
+                            large=ctx.large)
     return cand, path, {"preset": preset.summary(), "kept_float": kept, "latency_pruning": record,
-                        "fallback_search": search}, before
+                        "fallback_search": search, "variant": (variant, [n for n in still if n[0] not in gone])}, before
 
 
 def _dynamic(ctx: BuildContext):
@@ -259,8 +264,13 @@ def _dynamic(ctx: BuildContext):
                                      kept_float=len(kept), note="; ".join(x for x in [("fused: " + ", ".join(sorted(fused)))
                                                                                       if fused else "", note] if x)),
                            path, note)
-    return cand, path, {"preset": preset, "kept_float": kept, "latency_pruning": record,
-                        "fallback_search": search}, score0
+    gone = [k["node"] for k in reverted]
+
+    def variant(extra: Sequence[str], out: Path) -> Path:
+        return build_dynamic(src, out, DYNAMIC_OPS, per_channel=q.per_channel, reduce_range=reduce_range,
+                             nodes_to_exclude=gone + list(extra), large=ctx.large)
+    return cand, path, {"preset": preset, "kept_float": kept, "latency_pruning": record, "fallback_search": search,
+                        "variant": (variant, [n for n in nodes if n[0] not in gone])}, score0
 
 
 def _int8_candidate(cand: Candidate, path: Path, note: str) -> Candidate:
