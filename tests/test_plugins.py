@@ -10,6 +10,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from bundles import tiny_project
 from click.testing import CliRunner
 
 from edgekit.cli import main
@@ -60,36 +61,15 @@ class ToyShunt(Sampler):
         return {{"power_w": int_of(raw, SOURCE) / 1000.0}}
 '''
 
-PROJECT = """plugins = ["plugins/mean_abs.py", "plugins/toy_shunt.py"]
-
-[model]
-name = "toy"
-source = "onnx"
-path = "model.onnx"
-
-[[inputs]]
-name = "x"
-shape = [1, 16]
-
-[calibration]
-data = "calib.npz"
-
-[validation]
-data = "val.npz"
-metric = "mean_abs"
-threshold = 0.5
-
+PROJECT = tiny_project(plugins=["plugins/mean_abs.py", "plugins/toy_shunt.py"], name="toy", metric="mean_abs",
+                       threshold=0.5, power='sampler = "toy-shunt"\nidle_s = 0.2\nrate_hz = 50')
+DEVICE = """
 [[devices]]
 name = "local"
 target = "x86-avx512-vnni"
 transport = "local"
 path = ".device/local"
-python = "{python}"
-
-[power]
-sampler = "toy-shunt"
-idle_s = 0.2
-rate_hz = 50
+python = {python}
 """
 
 
@@ -126,7 +106,7 @@ def _project(root: Path) -> Path:
     (root / "plugins" / "mean_abs.py").write_text(TOY_METRIC)
     (root / "plugins" / "toy_shunt.py").write_text(TOY_SENSOR.format(source=str(root / "shunt")))
     cfg = root / "edgekit.toml"
-    cfg.write_text(PROJECT.format(python=sys.executable))
+    cfg.write_text(PROJECT + DEVICE.format(python=json.dumps(sys.executable)))
     return cfg
 
 
