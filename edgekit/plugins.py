@@ -137,3 +137,8 @@ class Catalog(Generic[T]):
             return self.registry[key]
         except KeyError:
             raise ValueError(f"unknown {self.what} '{key}' (known: {', '.join(self.names())})") from None
+
+    def check(self, value: str) -> str:
+        """Pydantic validator (``AfterValidator``): ``value`` is a registered name."""
+        self.get(value)
+        return value

@@ -77,12 +77,7 @@ names = _catalog.names
 get = _catalog.get
 
 
-def _check(value: str) -> str:
-    get(value)
-    return value
-
-
-SourceName = Annotated[str, AfterValidator(_check)]
+SourceName = Annotated[str, AfterValidator(_catalog.check)]
 """A registered ``model.source``: the project schema's type."""
 
 

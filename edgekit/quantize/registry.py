@@ -165,6 +165,7 @@ ensure_loaded = _catalog.ensure_loaded
 builders = _catalog.entries
 names = _catalog.names
 get = _catalog.get
+check_name = _catalog.check
 
 
 def is_integer(name: str) -> bool:
@@ -180,13 +181,7 @@ def is_reference(name: str) -> bool:
     return b is not None and b.reference
 
 
-def check_name(value: str) -> str:
-    """Pydantic validator: ``value`` is a registered precision."""
-    get(value)
-    return value
-
-
-PrecisionName = Annotated[str, AfterValidator(check_name)]
+PrecisionName = Annotated[str, AfterValidator(_catalog.check)]
 """A registered precision name: the schema type for profiles, candidates and results."""
 
 
