@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from bundles import tiny_project
+from bundles import tiny_model, tiny_project
 from click.testing import CliRunner
 
 from edgekit.cli import main
@@ -83,22 +83,9 @@ def clean_registries() -> Iterator[None]:
         live.update(old)
 
 
-def _model(path: Path) -> None:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 1, (16, 4)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="head")], "toy",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
 def _project(root: Path) -> Path:
     (root / "plugins").mkdir(parents=True)
-    _model(root / "model.onnx")
+    tiny_model(root / "model.onnx")
     rng = np.random.default_rng(1)
     np.savez(root / "calib.npz", x=rng.normal(0, 1, (32, 16)).astype(np.float32))
     np.savez(root / "val.npz", x=rng.normal(0, 1, (24, 16)).astype(np.float32))
