@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -45,6 +45,17 @@ from bundles import make_tiny_bundle  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import append_results  # noqa: E402
+
+
+def scratch_home(prefix: str) -> Tuple[Path, Path]:
+    """A fresh work directory and its home/, made $HOME without an ssh-agent: the benchmark trusts
+    only its own servers (their keys go into that home's known_hosts)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    home = work / "home"
+    (home / ".ssh").mkdir(parents=True)
+    os.environ["HOME"] = str(home)
+    os.environ.pop("SSH_AUTH_SOCK", None)
+    return work, home
 
 
 def median(xs: List[float]) -> float:
@@ -350,11 +361,7 @@ def bench_round_trips(fleet: SshdFleet, work: Path, home: Path, rtt_ms: float, s
 
 def main_round_trips(args: argparse.Namespace) -> None:
     """``--round-trips``: only the round-trip table (issue 19's targets)."""
-    work = Path(tempfile.mkdtemp(prefix="edgekit-bench-rt-"))
-    home = work / "home"
-    (home / ".ssh").mkdir(parents=True)
-    os.environ["HOME"] = str(home)
-    os.environ.pop("SSH_AUTH_SOCK", None)
+    work, home = scratch_home("edgekit-bench-rt-")
     fleet = start_fleet(work / "sshd", 1, first_host=40)
     rows = []
     try:
@@ -395,11 +402,7 @@ def main() -> None:
     import paramiko
 
     load_before = os.getloadavg()[0]
-    work = Path(tempfile.mkdtemp(prefix="edgekit-bench-deploy-"))
-    home = work / "home"
-    (home / ".ssh").mkdir(parents=True)
-    os.environ["HOME"] = str(home)  # the benchmark trusts only its own servers
-    os.environ.pop("SSH_AUTH_SOCK", None)
+    work, home = scratch_home("edgekit-bench-deploy-")
     fleet = start_fleet(work / "sshd", 16, first_host=10)
     try:
         kh = trust(home, *[s.known_hosts_line() for s in fleet.servers])

@@ -22,7 +22,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -30,7 +29,7 @@ from typing import Any, Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from deploy import device, server_cpu  # noqa: E402
+from deploy import device, scratch_home, server_cpu  # noqa: E402
 from sshd_fixtures import SshdFleet, start_fleet, trust, write_project  # noqa: E402
 
 from bundles import make_tiny_bundle  # noqa: E402
@@ -90,11 +89,7 @@ def main() -> None:
     if "ansible" in args.engines and missing():
         sys.exit(f"bench/fleet.py: {missing()} (pip install 'edgekit[ansible]')")
     load_before = os.getloadavg()[0]
-    work = Path(tempfile.mkdtemp(prefix="edgekit-bench-fleet-"))
-    home = work / "home"
-    (home / ".ssh").mkdir(parents=True)
-    os.environ["HOME"] = str(home)  # the benchmark trusts only its own servers
-    os.environ.pop("SSH_AUTH_SOCK", None)
+    work, home = scratch_home("edgekit-bench-fleet-")
     rows: List[Dict[str, Any]] = []
     fleet: Optional[SshdFleet] = None
     try:

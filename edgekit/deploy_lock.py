@@ -25,15 +25,14 @@ or unmarked ones an older edgekit left.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
-import socket
 import threading
 import time
-import uuid
 from typing import Any, Dict, List, Optional, Sequence, Set
 
+from .device.lock_owner import machine, new_owner, parse_owner  # noqa: F401
+from .device.lock_owner import owner_dead as _owner_dead
 from .device.release import DAMAGED, LOCK, NEW_PREFIX, OWNER_LIMIT, PARTIAL_OWNER, STALE_PREFIX  # noqa: F401
 from .errors import ConfigError, DeployError
 from .transport import ReleaseSession, Transport
@@ -60,74 +59,14 @@ def _setting(name: str, default: float) -> float:
     return value
 
 
-def _read_local(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4096).decode("ascii", "replace").strip()
-    except OSError:
-        return ""
-
-
-def _start_time(pid: int) -> Optional[str]:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or None."""
-    stat = _read_local(f"/proc/{pid}/stat")
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-@functools.lru_cache(maxsize=1)
-def machine() -> Dict[str, str]:
-    """This machine's identity as far as pids mean anything: empty values where it cannot be told
-    (then no lock is ever judged dead by pid, only by its heartbeat)."""
-    try:
-        pid_ns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        pid_ns = ""
-    # /proc mounted for another PID namespace (unshare -p without --mount-proc) shows other pids.
-    if _read_local("/proc/self/stat").split(" ", 1)[0] != str(os.getpid()):
-        pid_ns = ""
-    machine_id = _read_local("/etc/machine-id") or _read_local("/var/lib/dbus/machine-id")
-    return {"machine_id": machine_id, "boot_id": _read_local("/proc/sys/kernel/random/boot_id"), "pid_ns": pid_ns}
-
-
-def new_owner() -> Dict[str, Any]:
-    pid = os.getpid()
-    return {"token": uuid.uuid4().hex, "pid": pid, "start": _start_time(pid), "host": socket.gethostname(),
-            "time": round(time.time(), 3), **machine()}
-
-
-def parse_owner(raw: str) -> Optional[Dict[str, Any]]:
-    try:
-        owner = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return owner if isinstance(owner, dict) else None
-
-
 def owner_dead(owner: Dict[str, Any]) -> bool:
-    """True only when the owner provably no longer runs: taken on this machine, in this boot and this
-    PID namespace, and its process is gone or is another process now (or it is this very process,
-    which no longer holds it: a deploy whose connection was lost)."""
-    me = machine()
-    if not all(me.values()) or any(owner.get(k) != v for k, v in me.items()):
-        return False
-    try:
-        pid = int(owner["pid"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
+    """True only when the owner provably no longer runs (see edgekit/device/lock_owner.py), or it is
+    this very process, which no longer holds it: a deploy whose connection was lost."""
+    def still_mine(token: Any) -> bool:
         with _held_guard:
-            return owner.get("token") not in _held
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    start = _start_time(pid)
-    return start is not None and owner.get("start") is not None and start != owner.get("start")
+            return token in _held
+
+    return _owner_dead(owner, still_mine)
 
 
 def _clean(value: Any, limit: int = 64) -> str:

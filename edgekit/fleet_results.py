@@ -115,22 +115,22 @@ class HostResult:
         for key in ("deploy", "validation", "data"):
             value = getattr(self, key)
             if value is not None:
-                out[key] = _jsonable(value)
+                out[key] = to_jsonable(value)
         return out
 
 
-def _jsonable(value: Any) -> Any:
-    """Dataclasses (DeployResult, DeviceStatus) and pydantic models (ValidationResult, DoctorReport) as
-    plain JSON values."""
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses (DeployResult, DeviceStatus), pydantic models (ValidationResult, DoctorReport) and
+    paths as plain JSON values: the fleet's JSON lines and the CLI's --json output alike."""
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     if hasattr(value, "__dataclass_fields__"):
-        return _jsonable(asdict(value))
+        return to_jsonable(asdict(value))
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "__fspath__"):
         return str(value)
     return value
 

@@ -21,11 +21,12 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Dict, List, Set
+from typing import Any, Callable, Dict, Generic, List, Set, TypeVar
 
 from .errors import ConfigError
 
 ENV = "EDGEKIT_PLUGINS"
+T = TypeVar("T")
 _done_groups: Set[str] = set()
 _modules: Dict[str, object] = {}
 """Plugin spec (module name or resolved file path) -> the imported module."""
@@ -104,3 +105,40 @@ def load(group: str) -> None:
         except Exception as exc:
             raise ConfigError(f"plugin '{ep.name}' ({ep.value}, entry point group {group}) failed to load: "
                               f"{type(exc).__name__}: {exc}") from None
+
+
+class Catalog(Generic[T]):
+    """What a registry module answers from its ``registry`` dict: its built-in entries (every module
+    of ``package()``, imported lazily since they import the registry) and its plugins loaded on first
+    use, the entries in ``order``, their names, and ``get`` whose error lists every known name."""
+
+    def __init__(self, registry: Dict[str, T], group: str, package: Callable[[], ModuleType], *,
+                 order: Callable[[T], Any], name: Callable[[T], str], what: str) -> None:
+        self.registry, self.group, self.package = registry, group, package
+        self.order, self.name, self.what = order, name, what
+        self._loaded = False
+
+    def ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            import_package(self.package())
+        load(self.group)  # cheap once loaded; EDGEKIT_PLUGINS may name more since
+
+    def entries(self) -> List[T]:
+        self.ensure_loaded()
+        return sorted(self.registry.values(), key=self.order)
+
+    def names(self) -> List[str]:
+        return [self.name(e) for e in self.entries()]
+
+    def get(self, key: str) -> T:
+        self.ensure_loaded()
+        try:
+            return self.registry[key]
+        except KeyError:
+            raise ValueError(f"unknown {self.what} '{key}' (known: {', '.join(self.names())})") from None
+
+    def check(self, value: str) -> str:
+        """Pydantic validator (``AfterValidator``): ``value`` is a registered name."""
+        self.get(value)
+        return value

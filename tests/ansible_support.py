@@ -1,9 +1,7 @@
 """Helpers for the Ansible engine's tests: ansible-core and ansible-runner must be there under CI."""
 from __future__ import annotations
 
-import os
-
-import pytest
+from sshd_fixtures import skip_or_fail_in_ci
 
 
 def require_ansible() -> None:
@@ -11,9 +9,4 @@ def require_ansible() -> None:
     Ansible engine's end-to-end tests must run."""
     from edgekit.engine_ansible import missing
 
-    reason = missing()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI must run the Ansible engine's tests (pip install 'edgekit[ansible]')", pytrace=False)
-    pytest.skip(reason)
+    skip_or_fail_in_ci(missing(), "CI must run the Ansible engine's tests (pip install 'edgekit[ansible]')")

@@ -2,15 +2,22 @@
 onnx.helper, its FP32 reference outputs from a real onnxruntime session, runner.py and manifest."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
 
-TINY_PROJECT = """
+def tiny_project(*, plugins: Sequence[str] = (), name: str = "tiny", metric: str = "top1", threshold: float = 0.9,
+                 power: str = "idle_s = 0.2") -> str:
+    """edgekit.toml for the tiny model (an ONNX passthrough); tests append [[devices]] as they need.
+    ``power`` holds the [power] table's lines: by default sampling stays on (sampler auto), with a
+    short idle baseline to keep the suite quick."""
+    head = f"plugins = {json.dumps(list(plugins))}\n" if plugins else ""
+    return head + f"""
 [model]
-name = "tiny"
+name = "{name}"
 source = "onnx"
 path = "model.onnx"
 
@@ -23,14 +30,15 @@ data = "calib.npz"
 
 [validation]
 data = "val.npz"
-metric = "top1"
-threshold = 0.9
+metric = "{metric}"
+threshold = {threshold}
 
 [power]
-idle_s = 0.2
+{power}
 """
-"""edgekit.toml for the tiny model (an ONNX passthrough); tests append [[devices]] as they need.
-Power sampling stays on (sampler auto), with a short idle baseline to keep the suite quick."""
+
+
+TINY_PROJECT = tiny_project()
 
 
 def tiny_model(path: Path, seed: int = 0, n_in: int = 16, n_out: int = 4) -> None:

@@ -36,14 +36,19 @@ def sshd_missing_reason() -> Optional[str]:
     return None
 
 
-def require_sshd() -> None:
-    """Skip without sshd on a developer machine; fail under CI, where the e2e tier must run."""
-    reason = sshd_missing_reason()
+def skip_or_fail_in_ci(reason: Optional[str], ci_note: str) -> None:
+    """``reason`` (what is missing, or None): skip on a developer machine, fail under CI (``ci_note``
+    says what CI must run), where a test needing a service must never be skipped."""
     if reason is None:
         return
     if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI must run the SSH end-to-end tests", pytrace=False)
+        pytest.fail(f"{reason}; {ci_note}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_sshd() -> None:
+    """Skip without sshd on a developer machine; fail under CI, where the e2e tier must run."""
+    skip_or_fail_in_ci(sshd_missing_reason(), "CI must run the SSH end-to-end tests")
 
 
 def generate_key(path: Path, comment: str = "edgekit-tests") -> Path:

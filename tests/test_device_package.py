@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEVICE = ROOT / "edgekit" / "device"
 MODULES = sorted(p for p in DEVICE.rglob("*.py") if "__pycache__" not in p.parts)
 RUNTIMES = {"numpy", "onnxruntime", "tflite_runtime", "ai_edge_litert"}
-STDLIB_ONLY = ("power.py", "energy.py", "bounded.py", "errors.py", "plugins.py", "sensors/")
+STDLIB_ONLY = ("power.py", "energy.py", "bounded.py", "errors.py", "plugins.py", "lock_owner.py", "sensors/")
 """Power sampling must work where numpy is broken; the wrapper and the loader need nothing."""
 
 

@@ -364,9 +364,13 @@ def test_galaxy_build_ships_the_device_release_script_itself(tmp_path: Path) -> 
         layout = tar.getmember("plugins/module_utils/release_layout.py")
         assert layout.isfile()
         shipped_layout = tar.extractfile(layout).read()  # type: ignore[union-attr]
+        owner = tar.getmember("plugins/module_utils/lock_owner.py")  # the lock judgement deploy_lock.py uses
+        assert owner.isfile()
+        shipped_owner = tar.extractfile(owner).read()  # type: ignore[union-attr]
         names = set(tar.getnames())
     assert shipped == (ROOT / "edgekit" / "device" / "release.py").read_bytes()
     assert shipped_layout == (ROOT / "edgekit" / "device" / "release_layout.py").read_bytes()
+    assert shipped_owner == (ROOT / "edgekit" / "device" / "lock_owner.py").read_bytes()
     assert {"plugins/modules/release.py", "plugins/modules/validate.py", "plugins/action/release.py",
             "playbooks/deploy.yml", "playbooks/validate.yml", "playbooks/rollback.yml", "README.md"} <= names
 

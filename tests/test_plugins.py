@@ -10,6 +10,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from bundles import tiny_model, tiny_project
 from click.testing import CliRunner
 
 from edgekit.cli import main
@@ -60,36 +61,15 @@ class ToyShunt(Sampler):
         return {{"power_w": int_of(raw, SOURCE) / 1000.0}}
 '''
 
-PROJECT = """plugins = ["plugins/mean_abs.py", "plugins/toy_shunt.py"]
-
-[model]
-name = "toy"
-source = "onnx"
-path = "model.onnx"
-
-[[inputs]]
-name = "x"
-shape = [1, 16]
-
-[calibration]
-data = "calib.npz"
-
-[validation]
-data = "val.npz"
-metric = "mean_abs"
-threshold = 0.5
-
+PROJECT = tiny_project(plugins=["plugins/mean_abs.py", "plugins/toy_shunt.py"], name="toy", metric="mean_abs",
+                       threshold=0.5, power='sampler = "toy-shunt"\nidle_s = 0.2\nrate_hz = 50')
+DEVICE = """
 [[devices]]
 name = "local"
 target = "x86-avx512-vnni"
 transport = "local"
 path = ".device/local"
-python = "{python}"
-
-[power]
-sampler = "toy-shunt"
-idle_s = 0.2
-rate_hz = 50
+python = {python}
 """
 
 
@@ -103,22 +83,9 @@ def clean_registries() -> Iterator[None]:
         live.update(old)
 
 
-def _model(path: Path) -> None:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 1, (16, 4)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="head")], "toy",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
 def _project(root: Path) -> Path:
     (root / "plugins").mkdir(parents=True)
-    _model(root / "model.onnx")
+    tiny_model(root / "model.onnx")
     rng = np.random.default_rng(1)
     np.savez(root / "calib.npz", x=rng.normal(0, 1, (32, 16)).astype(np.float32))
     np.savez(root / "val.npz", x=rng.normal(0, 1, (24, 16)).astype(np.float32))
@@ -126,7 +93,7 @@ def _project(root: Path) -> Path:
     (root / "plugins" / "mean_abs.py").write_text(TOY_METRIC)
     (root / "plugins" / "toy_shunt.py").write_text(TOY_SENSOR.format(source=str(root / "shunt")))
     cfg = root / "edgekit.toml"
-    cfg.write_text(PROJECT.format(python=sys.executable))
+    cfg.write_text(PROJECT + DEVICE.format(python=json.dumps(sys.executable)))
     return cfg
 
 

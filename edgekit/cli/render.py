@@ -15,6 +15,8 @@ from typing import Any, Iterable, List, Optional, Sequence
 
 import click
 
+from ..fleet_results import to_jsonable
+
 # C0 controls but tab and newline, DEL, C1 controls (CSI/OSC as single bytes), and the Unicode
 # format characters that reorder or hide text (bidi overrides and isolates, zero-width joiners).
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
@@ -29,22 +31,6 @@ def clean(value: Any, *, newlines: bool = True) -> str:
     if not newlines:
         text = " ".join(text.split("\n")).replace("\t", " ")
     return text
-
-
-def to_jsonable(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return to_jsonable(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if hasattr(value, "__fspath__"):
-        return str(value)
-    return value
 
 
 def echo_json(value: Any) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Dict, List, Literal, Optional, Type
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Dict, Literal, Optional, Type
 
 from pydantic import AfterValidator
 
@@ -68,40 +68,16 @@ class Exporter:
         raise NotImplementedError
 
 
-_loaded = False
+_catalog: plugins.Catalog[Type[Exporter]] = plugins.Catalog(
+    Exporter.registry, PLUGIN_GROUP, lambda: sys.modules[__name__], order=lambda e: (e.order, e.source),
+    name=lambda e: e.source, what="model source")
+ensure_loaded = _catalog.ensure_loaded
+exporters = _catalog.entries
+names = _catalog.names
+get = _catalog.get
 
 
-def ensure_loaded() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        plugins.import_package(sys.modules[__name__])
-    plugins.load(PLUGIN_GROUP)
-
-
-def exporters() -> List[Type[Exporter]]:
-    ensure_loaded()
-    return sorted(Exporter.registry.values(), key=lambda e: (e.order, e.source))
-
-
-def names() -> List[str]:
-    return [e.source for e in exporters()]
-
-
-def get(source: str) -> Type[Exporter]:
-    ensure_loaded()
-    try:
-        return Exporter.registry[source]
-    except KeyError:
-        raise ValueError(f"unknown model source '{source}' (known: {', '.join(names())})") from None
-
-
-def _check(value: str) -> str:
-    get(value)
-    return value
-
-
-SourceName = Annotated[str, AfterValidator(_check)]
+SourceName = Annotated[str, AfterValidator(_catalog.check)]
 """A registered ``model.source``: the project schema's type."""
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import (TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Dict, FrozenSet, Iterable, List, Literal,
                     Optional, Sequence, Tuple, Type)
 
@@ -155,36 +156,20 @@ class CandidateBuilder:
         raise NotImplementedError
 
 
-_loaded = False
+def _builders_package() -> ModuleType:
+    from . import builders  # every module of it is one built-in precision; they import this module
+
+    return builders
 
 
-def ensure_loaded() -> None:
-    """Import the built-in builders (every module of ``edgekit.quantize.builders``) and the plugins."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import builders as package
-
-        plugins.import_package(package)
-    plugins.load(PLUGIN_GROUP)  # cheap once loaded; EDGEKIT_PLUGINS may name more since
-
-
-def builders() -> List[Type[CandidateBuilder]]:
-    ensure_loaded()
-    return sorted(CandidateBuilder.registry.values(), key=lambda c: (c.order, c.precision))
-
-
-def names() -> List[str]:
-    """Every registered precision, in ``order``."""
-    return [b.precision for b in builders()]
-
-
-def get(name: str) -> Type[CandidateBuilder]:
-    ensure_loaded()
-    try:
-        return CandidateBuilder.registry[name]
-    except KeyError:
-        raise ValueError(f"unknown precision '{name}' (known: {', '.join(names())})") from None
+_catalog: plugins.Catalog[Type[CandidateBuilder]] = plugins.Catalog(
+    CandidateBuilder.registry, PLUGIN_GROUP, _builders_package, order=lambda c: (c.order, c.precision),
+    name=lambda c: c.precision, what="precision")
+ensure_loaded = _catalog.ensure_loaded
+builders = _catalog.entries
+names = _catalog.names
+get = _catalog.get
+check_name = _catalog.check
 
 
 def is_integer(name: str) -> bool:
@@ -200,13 +185,7 @@ def is_reference(name: str) -> bool:
     return b is not None and b.reference
 
 
-def check_name(value: str) -> str:
-    """Pydantic validator: ``value`` is a registered precision."""
-    get(value)
-    return value
-
-
-PrecisionName = Annotated[str, AfterValidator(check_name)]
+PrecisionName = Annotated[str, AfterValidator(_catalog.check)]
 """A registered precision name: the schema type for profiles, candidates and results."""
 
 

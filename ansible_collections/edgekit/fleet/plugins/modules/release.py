@@ -63,12 +63,11 @@ kind: {description: "On failure: locked, lock_failed, lock_lost, no_space, write
 
 import json
 import os
-import socket
 import time
-import uuid
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.edgekit.fleet.plugins.module_utils import edgekit_release as R
+from ansible_collections.edgekit.fleet.plugins.module_utils import lock_owner as O
 
 POLL_S = 0.2
 
@@ -79,68 +78,10 @@ class Failed(Exception):
         self.kind, self.message, self.hint, self.extra = kind, message, hint, extra
 
 
-# -- who holds the lock (the same owner record and judgement as edgekit/deploy_lock.py) -------------
-def _read_local(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read(4096).decode("ascii", "replace").strip()
-    except (IOError, OSError):
-        return ""
-
-
-def _start_time(pid):
-    fields = _read_local("/proc/%d/stat" % pid).rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-def _machine():
-    try:
-        pid_ns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        pid_ns = ""
-    if _read_local("/proc/self/stat").split(" ", 1)[0] != str(os.getpid()):
-        pid_ns = ""
-    return {"machine_id": _read_local("/etc/machine-id") or _read_local("/var/lib/dbus/machine-id"),
-            "boot_id": _read_local("/proc/sys/kernel/random/boot_id"), "pid_ns": pid_ns}
-
-
-def new_owner():
-    pid = os.getpid()
-    owner = {"token": uuid.uuid4().hex, "pid": pid, "start": _start_time(pid), "host": socket.gethostname(),
-             "time": round(time.time(), 3), "engine": "ansible"}
-    owner.update(_machine())
-    return owner
-
-
+# -- who holds the lock: edgekit/deploy_lock.py's owner record and judgement (module_utils/lock_owner.py)
 def owner_dead(owner, mine):
-    """Provably gone: taken on this machine, boot and PID namespace, and its process is gone or
-    another one now. Anything else is judged by its heartbeat only."""
-    me = _machine()
-    if not all(me.values()) or any(owner.get(k) != v for k, v in me.items()):
-        return False
-    try:
-        pid = int(owner["pid"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return owner.get("token") != mine
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        if exc.errno == 3:  # ESRCH
-            return True
-    start = _start_time(pid)
-    return start is not None and owner.get("start") is not None and start != owner.get("start")
-
-
-def _parse(raw):
-    try:
-        o = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return o if isinstance(o, dict) else None
+    """Provably gone (O.owner_dead); an owner in this process is ours only under our own token."""
+    return O.owner_dead(owner, lambda token: token == mine)
 
 
 def ask(dev, req, stream=None):
@@ -161,7 +102,7 @@ def acquire(dev, p, owner_text, owner):
         if ans.get("locked"):
             return
         held, beat = str(ans.get("held") or ""), str(ans.get("beat") or "")
-        o = _parse(held)
+        o = O.parse_owner(held)
         if not (o is not None and beat.endswith(" " + str(o.get("token", ""))[:8])):
             beat = ""  # not the owner's own beat: a deposed holder still beating keeps nobody's lock alive
         now = time.time()
@@ -185,7 +126,7 @@ def abandoned(name, raw, token):
         return True
     if not raw:
         return not name.startswith(R.NEW_PREFIX)
-    o = _parse(raw)
+    o = O.parse_owner(raw)
     return o is not None and (o.get("token") == token or owner_dead(o, token))
 
 
@@ -241,7 +182,7 @@ def _blobs(raw):
 
 def deploy(dev, p, files, rid):
     t0 = time.time()
-    owner = new_owner()
+    owner = O.new_owner(engine="ansible")
     owner_text = json.dumps(owner, sort_keys=True)
     blobs = _blobs(p["staged"])
     staged = set(n for b in blobs for n, _ in b["files"])
@@ -381,7 +322,7 @@ def rollback(module, dev, p, name):
         st = ask(dev, {"op": "status"})
         target = to or st.get("previous")
         module.exit_json(changed=target != st.get("current"), rollback={"from": st.get("current"), "to": target})
-    owner = new_owner()
+    owner = O.new_owner(engine="ansible")
     owner_text = json.dumps(owner, sort_keys=True)
     acquire(dev, p, owner_text, owner)
     try:

@@ -1,0 +1,1 @@
+../../../../../edgekit/device/lock_owner.py
