@@ -68,3 +68,21 @@ def test_grid_intensity_is_checked(bad: Any) -> None:
 def test_grid_intensity_default() -> None:
     assert hp.check_grid_intensity(None) == device_power.DEFAULT_GRID_G_PER_KWH == 481.0
     assert hp.check_grid_intensity("30") == 30.0
+
+
+def test_carbon_per_day_in_the_terminal_follows_the_report() -> None:
+    """An estimate's idle figure is the sampler's own noise: two runs whose idle differs 60x must
+    print the same carbon per day (requests x energy above idle), and say how it was counted."""
+    from edgekit.report.energy import carbon_text
+
+    def estimate(idle_w: float) -> Dict[str, Any]:
+        return _power(sampler="estimate", is_estimate=True, method="estimate", idle_power_w=idle_w,
+                      energy_per_inference_above_idle_mj=2.0, energy_per_inference_mj=2.0,
+                      carbon=device_power.carbon(0.002, idle_w, 0.002, 481.0, 1.0))
+
+    quiet, noisy = hp.format_carbon(estimate(5e-5)), hp.format_carbon(estimate(3e-3))
+    assert quiet == noisy and "energy above idle per request only" in quiet
+    per_day = carbon_text(estimate(3e-3))[1]
+    assert per_day in quiet  # the terminal and the report print the same figure
+    measured = _power()
+    assert f"{hp.format_grams(measured['carbon']['g_per_day_at_rps'])}/day at 5 req/s" in hp.format_carbon(measured)

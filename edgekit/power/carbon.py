@@ -55,12 +55,18 @@ def _label(power: Mapping[str, Any]) -> str:
 
 def format_carbon(power: Mapping[str, Any]) -> str:
     """One line: grams of CO2 per 1000 inferences and per day at the configured request rate."""
+    from ..report.energy import carbon_per_day  # the report's rule, so the terminal and the report agree
+
     c = power.get("carbon") or {}
     if c.get("g_per_1000_inferences") is None:
         return "carbon: n/a (no energy per inference)"
+    # An estimate's idle figure is the sampler's own CPU use, which swings 10-100x between runs:
+    # per day counts what the report counts (requests x energy above idle), and says so.
+    day, note = carbon_per_day(power)
     return (f"{format_grams(c['g_per_1000_inferences'])} CO2 per 1000 inferences, "
-            f"{format_grams(c.get('g_per_day_at_rps'))}/day at {c.get('requests_per_s', 1):g} req/s "
-            f"(grid {c.get('grid_g_per_kwh', DEFAULT_GRID_G_PER_KWH):g} g/kWh){_label(power)}")
+            f"{format_grams(day)}/day at {c.get('requests_per_s', 1):g} req/s "
+            f"(grid {c.get('grid_g_per_kwh', DEFAULT_GRID_G_PER_KWH):g} g/kWh){_label(power)}"
+            + (f"; {note}" if note else ""))
 
 
 def summary_rows(power: Mapping[str, Any]) -> List[Tuple[str, str]]:
