@@ -9,7 +9,6 @@ progress and result, and is removed afterwards.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import posixpath
 import tempfile
@@ -19,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
+from .artifact import sha256_file
 from .config import DeviceSpec
 from .device_layout import Device
 from .errors import DeviceError
@@ -33,14 +33,6 @@ PROGRESS_LIMIT = 256 * 1024
 POLL_S = 0.5
 
 Say = Callable[[str], None]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
