@@ -37,6 +37,12 @@ class MetricSpec:
     def higher_is_better(self) -> bool:
         return registry.get(self.name).higher_is_better
 
+    @property
+    def screenable(self) -> bool:
+        """Whether a candidate's scoring may stop once its misses rule the threshold out: a
+        share-of-rows metric (top1, topk) on independent samples (not streams)."""
+        return bool(registry.get(self.name).share_of_rows) and self.higher_is_better and not self.stream
+
     def output_index(self, output_names: Sequence[str]) -> int:
         return list(output_names).index(self.output) if self.output else 0
 

@@ -207,3 +207,61 @@ def test_one_float_set_against_fp32() -> None:
     assert faster_than_fp32(timing, "guarded", Path("g.onnx")) is True and seen == [["guarded"]]
     slow = lambda models: {"guarded": _rounds(1.1), "fp32": _rounds(1.0)}  # noqa: E731
     assert faster_than_fp32(slow, "guarded", Path("g.onnx")) is False
+
+
+def test_a_fast_stand_in_build_is_checked_by_a_real_build_of_every_passing_set() -> None:
+    """The search may run on in-memory reverts (a stand-in for the quantizer); every passing set is
+    then built for real and scored again, and a set whose real build misses is dropped, so what
+    ships is always a real build that passed."""
+    fake, real = Fake(HARM), Fake(dict(HARM, n2=0.03))  # for real, n2 hurts far more
+    path0 = fake.build([])
+    res = search_float_set(fake.build, fake.score, METRIC, RANKED, NODES, [[n] for n in NODES],
+                           time.monotonic() + 60, (path0, fake.score(path0)), rebuild=real.build, rescore=real.score)
+    # the stand-in's best (n6, n0, n1 float) leaves n2 quantized: its real build misses and is dropped
+    assert res.record["real_build_missed"] == [{"strategy": "ranked prefix", "float_nodes": 3, "value": 0.966}]
+    tried = {e["strategy"]: e for e in res.record["strategies"]}
+    assert tried["ranked prefix"] == {"strategy": "ranked prefix", "passed": True, "float_nodes": 3,
+                                      "value": 0.966, "in_memory_value": 0.992}
+    assert res.strategy == "gain above noise" and sorted(res.excluded) == ["n0", "n1", "n2", "n3", "n6"]
+    assert frozenset(res.excluded) in real.built and res.model_path == real.build(res.excluded)
+    assert res.metric == real.score(res.model_path) and res.metric["value"] >= 0.99
+    assert res.record["real_builds"] == 2
+
+
+def test_the_screening_scorer_stops_a_hopeless_candidate_and_scores_a_passing_one_in_full(tmp_path: Path) -> None:
+    """Scorer.screen on top-1: the samples the first scored candidate missed go first, and scoring
+    stops once the misses rule the threshold out; a candidate that can pass is scored on every
+    sample, with the same value as score()."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekit.quantize.evaluate import Scorer
+
+    def linear(w: np.ndarray, path: Path) -> Path:
+        g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [4, 3], w.astype(np.float32).ravel())])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3))
+    feeds = [{"x": rng.normal(size=(1, 4)).astype(np.float32)} for _ in range(40)]
+    refs = [f["x"] @ w.astype(np.float32) for f in feeds]
+    metric = MetricSpec("top1", 0.95)
+    scorer = Scorer(metric, feeds, refs, 0, "basic")
+    bad = linear(-w, tmp_path / "bad.onnx")  # argmax becomes argmin: nearly every sample missed
+    first = scorer.score(bad)
+    assert first["value"] < 0.5 and "screened" not in first
+    again = scorer.screen(bad)
+    assert again.get("screened") == 1.0 and again["value"] < 0.95 and scorer.screened == 1
+    assert again["value"] >= first["value"]  # a bound: at least what the full score is
+    good = linear(w, tmp_path / "good.onnx")
+    full, screened = scorer.score(good), scorer.screen(good)
+    assert "screened" not in screened and screened["value"] == full["value"] == 1.0
+    assert scorer.screened == 1
+    cosine = Scorer(MetricSpec("cosine", 0.99), feeds, refs, 0, "basic")  # not a share of rows: always in full
+    cosine.score(bad)
+    assert "screened" not in cosine.screen(bad)

@@ -375,6 +375,29 @@ def test_padding_positions_are_not_compared() -> None:
     assert {(f["check"], f["slice"]) for f in rep["findings"]} >= {("slice_rel_error", 7)}
 
 
+def test_a_masked_output_is_judged_along_its_last_axis_without_an_override() -> None:
+    """By shape alone [1, 16, 32] would be judged along axis 1 (16 < 32), the tokens. With the
+    padding mask in the feeds, axis 1 is positions: padding
+    garbage must not fail a slice, and a damaged feature of a real token still must (MiniLM's
+    SmoothQuant int8 was refused for "slices 13-16 on axis 1", its padding, by a caller that did
+    not pass the build's resolved axes)."""
+    rng = np.random.default_rng(6)
+    ref = [rng.normal(0, 1, (1, 16, 32)) for _ in range(6)]
+    masks = [np.concatenate([np.ones((1, 5), np.int64), np.zeros((1, 11), np.int64)], axis=1) for _ in ref]
+    out = [r.copy() for r in ref]
+    for o in out:
+        o[0, 5:] = rng.normal(0, 3, (11, 32))
+    feeds = [{"attention_mask": m} for m in masks]
+    rep = G.check_outputs(["h"], [[o] for o in out], [[r] for r in ref], {}, feeds)
+    assert rep["passed"], rep["findings"]
+    assert rep["outputs"][0]["axis"] == 2
+    assert not G.check_outputs(["h"], [[o] for o in out], [[r] for r in ref], {})["passed"]  # no mask: axis 1
+    for o in out:
+        o[0, 1, 9] += 50.0
+    rep = G.check_outputs(["h"], [[o] for o in out], [[r] for r in ref], {}, feeds)
+    assert ("slice_rel_error", 9) in {(f["check"], f["slice"]) for f in rep["findings"]}
+
+
 def test_feature_axes_are_resolved_from_declared_shapes(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper

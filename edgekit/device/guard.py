@@ -20,7 +20,9 @@ sequence, so [batch, sequence, hidden] uses the last axis) and records it in the
 ``feature_axis = {output = axis}`` overrides it.
 
 Positions an input mask marks as padding (``mask_input``, e.g. ``attention_mask`` shaped like the
-output's first two axes) are not compared: a transformer's padded tokens carry no meaning.
+output's first two axes) are not compared: a transformer's padded tokens carry no meaning. Such an
+output's axis 1 holds positions, so without an override its feature axis is the last one, whatever
+the sizes ([1, 16, 384] is 16 tokens; judged as features, padding would look like damage).
 """
 from __future__ import annotations
 
@@ -104,7 +106,12 @@ def check_output(name, outputs, references, conf=None, masks=None):
     the per-sample padding masks (or None)."""
     conf = settings(conf)
     shape = np.shape(references[0])
-    axis = feature_axis(shape, (conf["feature_axis"] or {}).get(name))
+    override = (conf["feature_axis"] or {}).get(name)
+    if override is None and masks is not None and len(shape) >= 3 and np.shape(masks[0]) == tuple(shape[:2]):
+        # the padding mask is [batch, positions]: axis 1 holds positions (tokens), not features,
+        # however few of them there are ([1, 17, 384] is 17 tokens of 384 features)
+        override = len(shape) - 1
+    axis = feature_axis(shape, override)
     outs, refs = _matrices(outputs, axis, masks), _matrices(references, axis, masks)
     if any(o.shape[0] != r.shape[0] for o, r in zip(outs, refs)) or len(set(r.shape[0] for r in refs)) != 1:
         axis = None  # the feature axis changes size between samples: check the output as a whole

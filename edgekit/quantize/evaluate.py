@@ -91,6 +91,11 @@ class Scorer:
         self.references = references
         self.index = index
         self.level = level
+        self._hard_first: Optional[List[int]] = None
+        """Sample order for ``screen``: the samples the first fully scored candidate missed, first."""
+        self._rows: Optional[List[int]] = None
+        self.screened = 0
+        """How many ``screen`` calls stopped early (the build record reports it)."""
 
     def outputs(self, model: ModelSource) -> List[np.ndarray]:
         return run_outputs(make_session(model, self.level), self.feeds, self.index, self.metric.stream_plan)
@@ -99,10 +104,51 @@ class Scorer:
         outs = self.outputs(model)
         result = dict(self.metric.score(outs, self.references, self.feeds))
         result["output_error"] = output_error(outs, self.references)
+        if self._hard_first is None and self.metric.screenable:
+            self._learn_order(outs)
         return result
 
     def passes(self, result: Dict[str, float]) -> bool:
         return self.metric.passes(result["value"])
+
+    def _hits(self, i: int, out: np.ndarray) -> Tuple[int, int]:
+        """(hits, rows) of sample ``i``."""
+        one = self.metric.score([out], [self.references[i]], [self.feeds[i]])
+        n = int(one.get("n", 1))
+        return int(round(float(one["value"]) * n)), n
+
+    def _learn_order(self, outs: List[np.ndarray]) -> None:
+        per = [self._hits(i, o) for i, o in enumerate(outs)]
+        self._rows = [n for _, n in per]
+        # the samples with the most missed rows first, then in sample order: deterministic
+        self._hard_first = sorted(range(len(outs)), key=lambda i: (-(per[i][1] - per[i][0]), i))
+
+    def screen(self, model: ModelSource) -> Dict[str, float]:
+        """``score``, except that for a share-of-rows metric (``MetricSpec.screenable``) it runs the
+        samples the first scored candidate missed first and stops once this candidate's misses rule
+        the threshold out. A stopped result has ``screened`` = 1 and ``value`` = the best the metric
+        could still have reached (below the threshold; no ``output_error``). A candidate that can
+        pass is always scored on every sample, so every passing value is a full score.
+        Deterministic: the order and the stopping point depend only on the models' outputs."""
+        if not self.metric.screenable or self._hard_first is None or self._rows is None:
+            return self.score(model)
+        total = sum(self._rows)
+        session = make_session(model, self.level)
+        name = session.get_outputs()[self.index].name
+        outs: List[Optional[np.ndarray]] = [None] * len(self.feeds)
+        misses = 0
+        for i in self._hard_first:
+            outs[i] = np.asarray(session.run([name], self.feeds[i])[0])
+            hits, n = self._hits(i, outs[i])
+            misses += n - hits
+            best = (total - misses) / max(total, 1)
+            if not self.metric.passes(best):
+                self.screened += 1
+                return {"value": best, "n": float(total), "screened": 1.0}
+        full = [o for o in outs if o is not None]
+        result = dict(self.metric.score(full, self.references, self.feeds))
+        result["output_error"] = output_error(full, self.references)
+        return result
 
 
 AA_SUFFIX = " (A/A)"

@@ -107,7 +107,9 @@ def shortest_passing_prefix(passes: Callable[[int], bool], n: int) -> Optional[i
 
 
 def _best(metric: MetricSpec, results: Dict[int, Tuple[Path, Dict[str, float]]]) -> float:
-    values = [r[1]["value"] for r in results.values()]
+    # a screened score (Scorer.screen stopped early) is only a bound: full scores speak first
+    values = [r[1]["value"] for r in results.values() if not r[1].get("screened")] or \
+        [r[1]["value"] for r in results.values()]
     best = values[0]
     for v in values[1:]:
         if metric.better(v, best):
@@ -216,6 +218,8 @@ def search_float_set(
     timing: Optional[Timing] = None,
     progress: Optional[Callable[[str], None]] = None,
     ranked_only: bool = False,
+    rebuild: Optional[Build] = None,
+    rescore: Optional[Score] = None,
 ) -> SearchResult:
     """Try several float sets; among those that meet ``metric``, keep the fastest on a matching host.
 
@@ -227,6 +231,12 @@ def search_float_set(
     when it cannot beat it), and the passing
     set with the fewest float nodes wins (ties: the better metric, then the order above). Raises
     AccuracyError when no strategy passes, or when the budget runs out (never a partial search).
+
+    ``build`` may be a fast stand-in for the real quantizer (an in-memory revert of the full int8
+    graph, ``sensitivity.revert_in_memory``) and ``score`` a screening scorer that stops a hopeless
+    candidate early (``Scorer.screen``): then ``rebuild`` makes each passing set for real and
+    ``rescore`` scores it in full before anything is timed or chosen, and a set whose real build
+    misses is dropped (the record says so).
     """
     say = progress or (lambda _msg: None)
     cache: Dict[frozenset, Tuple[Path, Dict[str, float]]] = {frozenset(): first}
@@ -291,6 +301,23 @@ def search_float_set(
                 found.append((label, got))
         record["strategies"].append(entry)
     record["builds"] = builds
+    if rebuild is not None and found:
+        real_builds, kept = 0, []
+        for label, got in found:
+            path = rebuild(list(got))
+            value = (rescore or score)(path)
+            real_builds += 1
+            for entry in record["strategies"]:  # the record states what the real build scored
+                if entry["strategy"] == label and entry.get("value") != round(value["value"], 6):
+                    entry.update(in_memory_value=entry.get("value"), value=round(value["value"], 6))
+            if metric.passes(value["value"]):
+                cache[frozenset(got)] = (path, value)
+                kept.append((label, got))
+            else:
+                record.setdefault("real_build_missed", []).append(
+                    {"strategy": label, "float_nodes": len(got), "value": round(value["value"], 6)})
+        record["real_builds"] = real_builds
+        found = kept
     if len(found) > 1:
         # Every node float is the FP32 model with extra Q/DQ: the FP32 candidate speaks for it, and
         # it must not win the timing against the int8 sets it is meant to be compared with.
@@ -363,8 +390,12 @@ MAX_LOO_GROUPS = 48
 
 def accuracy_fallback(ctx: Any, build: Build, scorer: Any, first: Tuple[Path, Dict[str, float]],
                       nodes: List[Tuple[str, str]], rank: Callable[[List[str], int], List[Tuple[str, float]]],
-                      level: str, ranked_only: bool = False):
-    """Run the accuracy fallback when needed. Returns (path, score, kept_float entries, note, record)."""
+                      level: str, ranked_only: bool = False, fast_build: Optional[Callable[[], Optional[Build]]] = None):
+    """Run the accuracy fallback when needed. Returns (path, score, kept_float entries, note, record).
+
+    ``fast_build()``, called once the ranking is done, may return a stand-in for ``build`` that
+    makes a float set without the quantizer (an in-memory revert the ranking has checked against
+    real builds); the search then builds only the passing sets for real."""
     path, score = first
     if ctx.metric.passes(score["value"]) or not nodes:
         return path, score, [], "", {}
@@ -374,10 +405,12 @@ def accuracy_fallback(ctx: Any, build: Build, scorer: Any, first: Tuple[Path, Di
     pairs = rank(names, group)
     gains = dict(pairs)
 
+    fast = fast_build() if fast_build else None
+    screen = getattr(scorer, "screen", scorer.score)
     try:
-        fb = search_float_set(build, scorer.score, ctx.metric, pairs, names, depthwise_blocks(ctx.graph, names),
+        fb = search_float_set(fast or build, screen, ctx.metric, pairs, names, depthwise_blocks(ctx.graph, names),
                               ctx.deadline, first, timing=timer(ctx, level), progress=ctx.say,
-                              ranked_only=ranked_only)
+                              ranked_only=ranked_only, rebuild=build if fast else None, rescore=scorer.score)
     except AccuracyError as exc:
         if exc.details.get("budget"):
             raise
@@ -385,7 +418,9 @@ def accuracy_fallback(ctx: Any, build: Build, scorer: Any, first: Tuple[Path, Di
     ops = dict(nodes)
     kept = [{"node": n, "op_type": ops[n], "reason": f"accuracy: reverting it cut the output error by {gains.get(n, 0.0):.3g} "
              f"(float set chosen by: {fb.strategy})"} for n in fb.excluded]
-    record = dict(fb.record, ranking=getattr(rank, "record", {}))
+    record = dict(fb.record, ranking=getattr(rank, "record", {}),
+                  search_builds="in-memory reverts, passing sets rebuilt" if fast else "quantizer",
+                  screened=getattr(scorer, "screened", 0))
     if len(fb.excluded) == len(names):
         return fb.model_path, fb.metric, kept, "every quantized node had to be reverted, so this is not an int8 model", record
     if len(fb.excluded) * 2 > len(names):

@@ -28,7 +28,10 @@ class Metric(object):
     project uses it (its own settings; it fails on outputs of another shape), where other metrics
     are all computed on every run. ``slack``: what a device may differ from the host's score on a
     reference subset (float noise; ``relative_slack`` makes it a fraction of the bar), in the
-    metric's worse direction. ``order``: its place among the report's columns.
+    metric's worse direction. ``order``: its place among the report's columns. ``share_of_rows``:
+    the value is the share of rows (one per sample and position) that hit, each hit 0 or 1, and
+    ``n`` is the row count (top1, topk): then a build can stop scoring a candidate as soon as its
+    misses rule the threshold out (``edgekit.quantize.evaluate.Scorer.screen``).
     """
 
     name = ""
@@ -37,6 +40,7 @@ class Metric(object):
     slack = 0.0
     relative_slack = False
     order = 100
+    share_of_rows = False
 
     def __init_subclass__(cls, **kwargs):
         super(Metric, cls).__init_subclass__(**kwargs)

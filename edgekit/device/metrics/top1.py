@@ -12,6 +12,7 @@ def rows(arr):
 class Top1(Metric):
     name = "top1"
     order = 10
+    share_of_rows = True
 
     def score(self, outputs, references, feeds, settings):
         hits = []

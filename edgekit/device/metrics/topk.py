@@ -10,6 +10,7 @@ from .top1 import rows
 class TopK(Metric):
     name = "topk"
     order = 20
+    share_of_rows = True
 
     def key(self, k=5):
         return "top%d" % int(k)
