@@ -251,3 +251,29 @@ def test_a_built_int8_bundle_names_the_optimizers_its_session_needs_off(digits_b
         assert manifest["runtime"]["disabled_optimizers"] == ["WeightBiasQuantization"] == q["disabled_optimizers"]
     else:
         assert "disabled_optimizers" not in manifest["runtime"]
+
+
+def test_the_search_runs_on_checked_in_memory_reverts_and_ships_a_real_build(tmp_path: Path) -> None:
+    """The engine's search builds float sets by the in-memory revert (checked by the ranking), screens
+    top-1 candidates that can no longer pass, and rebuilds every passing set with the real
+    quantizer: the shipped file is quantize_static(nodes_to_exclude=kept float), scoring what the
+    manifest says it scores."""
+    import onnx
+
+    from edgekit.quantize import quantize_for_target
+
+    fp32 = relu6_cnn(tmp_path / "fp32.onnx", seed=1)  # full int8: top-1 0.967 on these 60 inputs
+    profile = targets.load_all()["raspberry-pi-5"]  # not this host's ISA: untimed, fewest float nodes win
+    res = quantize_for_target(fp32, tmp_path / "w", profile, feeds(32, 1), feeds(60, 2), MetricSpec("top1", 0.97),
+                              precision="int8", budget_s=600)
+    assert res.metric_before["value"] < 0.97 <= res.metric_after["value"]
+    (label, rec), = [(k, v) for k, v in res.fallback_search.items() if k.startswith("int8-static")]
+    assert rec["ranking"]["method"] == "in-memory reverts"
+    assert rec["search_builds"] == "in-memory reverts, passing sets rebuilt"
+    assert rec["real_builds"] >= 1 and "screened" in rec  # screening itself: test_fallback_search.py
+    kept = [k.node for k in res.kept_float if k.reason.startswith("accuracy")]
+    assert kept
+    # the shipped file is a real excluding build: no Identity left by an in-memory revert
+    shipped = onnx.load(str(res.model_path))
+    assert not [n for n in shipped.graph.node if n.name.endswith("__edgekit_float")]
+    assert not str(res.model_path).endswith(".mem.onnx")
