@@ -505,6 +505,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             work = work_root / name
             work.mkdir(parents=True, exist_ok=True)
             report["models"].append(bench_model(name, work, log, tuple(x.strip() for x in args.skip.split(",") if x)))
+            if args.json:  # after each model: a later model failing must not lose the earlier ones
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(report, indent=2, default=str))
     report["host"]["loadavg_end"] = os.getloadavg()
     report["total_s"] = time.perf_counter() - t_start
     command = "python bench/quantize.py " + " ".join(argv if argv is not None else sys.argv[1:])

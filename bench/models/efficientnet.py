@@ -19,12 +19,18 @@ SAMPLE = ROOT / "samples" / "efficientnet-lite0"
 
 
 def _sample(module: str):
-    sys.path.insert(0, str(SAMPLE))
+    """The sample's ``module``.py, loaded from its file under a private name: the digits sample has a
+    ``model.py`` too, and one benchmark run loads both (``import model`` would get whichever came first)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_edgekit_effnet_{module}", SAMPLE / f"{module}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(SAMPLE))  # make_data / model may import their siblings
     try:
-        return __import__(module)
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
     finally:
         sys.path.remove(str(SAMPLE))
-        sys.modules.pop(module, None)
+    return mod
 
 
 def export(path: Path, opset: int = 17) -> Path:
