@@ -265,3 +265,46 @@ def test_the_screening_scorer_stops_a_hopeless_candidate_and_scores_a_passing_on
     cosine = Scorer(MetricSpec("cosine", 0.99), feeds, refs, 0, "basic")  # not a share of rows: always in full
     cosine.score(bad)
     assert "screened" not in cosine.screen(bad)
+
+
+def test_when_every_stand_in_pick_misses_for_real_the_search_reruns_with_real_builds() -> None:
+    """A stand-in that disagrees with the quantizer everywhere must not turn a reachable threshold
+    into "unreachable": the search raises with ``stand_in_missed``, and the engine's fallback
+    searches again with real builds only."""
+    import types
+
+    import onnx
+
+    from edgekit.quantize.fallback import accuracy_fallback
+
+    stand_in = Fake({n: 0.0 for n in NODES} | {"n6": 0.02})  # in memory only n6 hurts
+    real = Fake(HARM)  # for real n0..n3 hurt too
+    ranked = [("n6", 0.02)] + [(n, 0.0) for n in NODES if n not in ("n6", "n7")] + [("n7", -0.005)]
+    path0 = real.build([])
+    first = (path0, real.score(path0))
+    with pytest.raises(AccuracyError) as err:
+        search_float_set(stand_in.build, stand_in.score, METRIC, ranked, NODES, [[n] for n in NODES],
+                         time.monotonic() + 60, first, rebuild=real.build, rescore=real.score)
+    assert err.value.details["stand_in_missed"] is True  # its only pick, n6 alone, misses for real
+
+    said: List[str] = []
+    ctx = types.SimpleNamespace(metric=METRIC, say=said.append, graph=onnx.ModelProto(), deadline=time.monotonic() + 60,
+                                host_ok=False)
+    memory = {"n6": 0.02}
+
+    def in_memory(excluded: Sequence[str]) -> Path:  # a stand-in file: scored by what it computes
+        return Path("s-" + "-".join(sorted(excluded)) + ".onnx")
+
+    def score(path: Path) -> Dict[str, float]:
+        if path.name.startswith("s-"):
+            gone = set(path.stem[2:].split("-")) - {""}
+            return {"value": 1.0 - sum(h for n, h in memory.items() if n not in gone)}
+        return real.score(path)
+    scorer = types.SimpleNamespace(score=score)
+    rank = lambda names, group: ranked  # noqa: E731
+    path, score, kept, note, record = accuracy_fallback(ctx, real.build, scorer, first, [(n, "Conv") for n in NODES],
+                                                        rank, "all", fast_build=lambda: in_memory)
+    assert note == "" and score["value"] >= 0.99
+    assert [k["node"] for k in kept] == ["n6", "n0", "n1"]  # what real builds need, as without a stand-in
+    assert record["search_builds"] == "quantizer"
+    assert any("searching with real builds" in s for s in said)

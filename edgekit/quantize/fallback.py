@@ -330,7 +330,8 @@ def search_float_set(
             f"float, threshold {metric.threshold}",
             hint="int8 cannot meet this threshold for this model; use --precision fp32 (or fp16), "
                  "or relax the threshold in edgekit.toml",
-            metric=metric.name, best=best, threshold=metric.threshold)
+            metric=metric.name, best=best, threshold=metric.threshold,
+            stand_in_missed=bool(record.get("real_build_missed")))
     # Default pick: fewest float nodes, then the better metric, then strategy order.
     default = min(range(len(found)), key=lambda i: (len(found[i][1]), -_signed(metric, evaluate(found[i][1])[1]["value"]), i))
     pick = default
@@ -407,10 +408,21 @@ def accuracy_fallback(ctx: Any, build: Build, scorer: Any, first: Tuple[Path, Di
 
     fast = fast_build() if fast_build else None
     screen = getattr(scorer, "screen", scorer.score)
+
+    def search(stand_in: Optional[Build]):
+        return search_float_set(stand_in or build, screen, ctx.metric, pairs, names, depthwise_blocks(ctx.graph, names),
+                                ctx.deadline, first, timing=timer(ctx, level), progress=ctx.say,
+                                ranked_only=ranked_only, rebuild=build if stand_in else None, rescore=scorer.score)
     try:
-        fb = search_float_set(fast or build, screen, ctx.metric, pairs, names, depthwise_blocks(ctx.graph, names),
-                              ctx.deadline, first, timing=timer(ctx, level), progress=ctx.say,
-                              ranked_only=ranked_only, rebuild=build if fast else None, rescore=scorer.score)
+        try:
+            fb = search(fast)
+        except AccuracyError as exc:
+            if not (fast and exc.details.get("stand_in_missed")):
+                raise
+            # every set that passed in memory missed as a real build: search again with the quantizer
+            ctx.say("fallback: the in-memory reverts disagreed with real builds; searching with real builds")
+            fast = None
+            fb = search(None)
     except AccuracyError as exc:
         if exc.details.get("budget"):
             raise
