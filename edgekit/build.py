@@ -245,7 +245,7 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     from . import export, optimize
     from .quantize import quantize_for_target
     from .guard import resolve as resolve_guard
-    from .quantize.choose import guard_refusal
+    from .quantize.choose import guard_refusal, without_measurements
     from .quantize.candidates import file_size
     from .quantize import registry
     from .quantize.evaluate import measure_latency
@@ -336,7 +336,8 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
                                                            "candidate_files": True, "candidate_extras": True,
                                                            "latency_pruning": True,
                                                            "candidates": {"__all__": {"p50_ms"}},
-                                                           "fallback_search": {"__all__": {"p50_ms", "aa_noise_floor"}}}),
+                                                           "fallback_search": {"__all__": {"p50_ms", "aa_noise_floor"}}})
+        | {"reason": without_measurements(q.reason)},
         "build_metrics": {"size_bytes": size, "fp32_size_bytes": fp32_size, "host_metric": host_metric},
         "reference": shipped,
         **({"tuning": tuning} if tuning else {}),
@@ -344,7 +345,7 @@ def build(config: ProjectConfig, profile: TargetProfile, out_dir: Path, precisio
     seconds = time.perf_counter() - t0
     record = build_record.write(bundle, manifest["release_id"], seconds, {
         **({"tuning": tune_run} if tune_run else {}),
-        "latency_ms": q.latency_ms, "latency_pruning": q.latency_pruning,
+        "latency_ms": q.latency_ms, "latency_pruning": q.latency_pruning, "reason": q.reason,
         "candidates_p50_ms": {c.name: c.p50_ms for c in q.candidates},
         "fallback_search_p50_ms": {n: {k: rec[k] for k in ("p50_ms", "aa_noise_floor") if k in rec}
                                    for n, rec in q.fallback_search.items()},

@@ -159,3 +159,30 @@ def test_real_timing_sessions_spin_off_with_pinned_threads_and_an_a_a_twin(tmp_p
     out = measure_latency({"a": tmp_path / "m.onnx", "b": tmp_path / "m.onnx"}, feed, {"a": "all", "b": "all"},
                           threads=1, rounds=4, per_round=1, control="a")
     assert sorted(out) == ["a", "a" + AA_SUFFIX, "b"] and all(len(v) == 4 for v in out.values())
+
+
+def test_the_manifest_reason_leaves_the_timings_out_so_the_same_choice_gives_the_same_release() -> None:
+    """Timings differ from build to build; the manifest is hashed into the release id. The same
+    choice measured twice (different ms, ratios and noise floors) must give the same manifest
+    reason, while the terminal's reason keeps every figure."""
+    from edgekit.quantize.choose import without_measurements
+
+    why = "the fallback had to revert 40 of 63 quantized nodes: too little int8 left to pay for its Q/DQ"
+    reasons = []
+    for slow, aa in ((1.07, 0.01), (1.12, 0.03)):
+        cands = candidates(refused_static=why)
+        cands = [cands[0], cands[2]]
+        chosen, reason, _, _ = run_choose({"int8-static": scaled(slow), "fp32": BASE, "fp32" + AA_SUFFIX: jittered(aa)},
+                                          cands)
+        assert chosen.name == "fp32" and " ms)" in reason and "x FP32 speed here" in reason
+        reasons.append(reason)
+    assert reasons[0] != reasons[1]
+    stable = [without_measurements(r) for r in reasons]
+    assert stable[0] == stable[1]
+    assert " ms" not in stable[0] and "speed here" not in stable[0] and why in stable[0]
+    # every form choose() writes: slower-than-float, inside the noise floor, clearly faster
+    for rounds in ({"int8-static": scaled(1.04), "int8-dynamic": scaled(1.3), "fp32": BASE, "fp32" + AA_SUFFIX: jittered(0.005)},
+                   {"int8-static": scaled(1.04), "int8-dynamic": scaled(1.3), "fp32": BASE, "fp32" + AA_SUFFIX: jittered(0.08)}):
+        _, reason, _, _ = run_choose(rounds)
+        text = without_measurements(reason)
+        assert "%" not in text.replace("more than 10%", "") and " ms" not in text, text

@@ -1,6 +1,7 @@
 """Choosing between the scored candidates: the profile's order, overridden by clear host timing."""
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -108,6 +109,25 @@ def choose(cands: List[Candidate], files: Dict[str, Path], wanted: List[str], pr
                       f"{inside}, so the difference is noise and the profile order holds" + _refusals(cands, what, fp32))
     return pick, (f"{pick.name}: the profile's first choice that meets {what} ({pick.metric['value']:.4f}{speed}); "  # type: ignore[index]
                   "no other candidate was clearly faster on this host" + _refusals(cands, what, fp32))
+
+
+_MEASURED = (
+    (re.compile(r"; measured [0-9.]+x FP32 speed here \([0-9.]+ vs [0-9.]+ ms\)"), ""),
+    (re.compile(r"; measured [0-9.]+ ms here"), ""),
+    (re.compile(r", [0-9.]+x FP32 speed here"), ""),
+    (re.compile(r" \([0-9.]+ vs [0-9.]+ ms(, beyond the A/A noise floor of [0-9.]+%)?\)"), ""),
+    (re.compile(r"noise floor of [0-9.]+%"), "noise floor"),
+)
+
+
+def without_measurements(reason: str) -> str:
+    """``reason`` without the host's timings (the ms, speed ratios and noise floors this module
+    writes into it): what the manifest records. Timings vary from build to build, and the manifest
+    is hashed into the release id, so two builds that choose the same files must not differ there;
+    the full text goes to the terminal and the build record."""
+    for pattern, replacement in _MEASURED:
+        reason = pattern.sub(replacement, reason)
+    return reason
 
 
 def _record_control(latency: Dict[str, object], rounds: Dict[str, List[float]], control: str, threads: int) -> float:
