@@ -102,10 +102,14 @@ class Scorer:
 
     def score(self, model: ModelSource) -> Dict[str, float]:
         outs = self.outputs(model)
-        result = dict(self.metric.score(outs, self.references, self.feeds))
-        result["output_error"] = output_error(outs, self.references)
         if self._hard_first is None and self.metric.screenable:
             self._learn_order(outs)
+        return self._result(outs)
+
+    def _result(self, outs: List[np.ndarray]) -> Dict[str, float]:
+        """The metric on every sample's output, with the continuous ``output_error`` beside it."""
+        result = dict(self.metric.score(outs, self.references, self.feeds))
+        result["output_error"] = output_error(outs, self.references)
         return result
 
     def passes(self, result: Dict[str, float]) -> bool:
@@ -145,10 +149,7 @@ class Scorer:
             if not self.metric.passes(best):
                 self.screened += 1
                 return {"value": best, "n": float(total), "screened": 1.0}
-        full = [o for o in outs if o is not None]
-        result = dict(self.metric.score(full, self.references, self.feeds))
-        result["output_error"] = output_error(full, self.references)
-        return result
+        return self._result([o for o in outs if o is not None])
 
 
 AA_SUFFIX = " (A/A)"
